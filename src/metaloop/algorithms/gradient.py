@@ -1,0 +1,217 @@
+"""Shared shell of the gradient-based learners (MAML and its relatives).
+
+A ``GradientMetaLearner`` wraps any ``nn.Module`` and adapts it with the functional inner
+loop of ``metaloop.functional``.  Subclasses change only what differs: which learning
+rates the inner loop uses (Meta-SGD learns them), which parameters adapt (ANIL), and
+how the adapted parameters become a meta-loss (MAML: query loss; Reptile: a surrogate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
+from metaloop.functional.batching import VectorizePolicy, map_tasks
+from metaloop.functional.inner import GradientMode, TaskLoss, check_mode, inner_steps_iter
+from metaloop.functional.losses import LossFn, accuracy
+from metaloop.functional.optim import InnerOptimizer, LearningRate, make_inner_optimizer
+from metaloop.functional.params import Params, call, detach, name_filter, split_module
+from metaloop.tasks.base import Task, TaskBatch
+
+
+def _check_inner(inner_lr: float, inner_steps: int, *, allow_zero_steps: bool = False) -> None:
+    if isinstance(inner_steps, bool) or not isinstance(inner_steps, int):
+        raise ValueError(f"inner_steps must be an integer, got {inner_steps!r}")
+    if inner_steps < (0 if allow_zero_steps else 1):
+        raise ValueError(
+            f"inner_steps must be >= {0 if allow_zero_steps else 1} for this algorithm, "
+            f"got {inner_steps}"
+        )
+    if not isinstance(inner_lr, (int, float)) or inner_lr <= 0:
+        raise ValueError(f"inner_lr must be a positive number, got {inner_lr!r}")
+
+
+class GradientMetaLearner(MetaLearner):
+    """Common machinery: inner loop, task batching, evaluation at several step counts.
+
+    Args:
+        model: any ``nn.Module`` mapping inputs to predictions.
+        inner_lr: inner learning rate ``alpha``.
+        inner_steps: inner steps ``K`` during meta-training.
+        loss: ``"mse"``, ``"cross_entropy"`` or a callable ``(prediction, target) -> scalar``.
+        inner_optimizer: ``"sgd"``, ``"momentum"`` or ``"adam"`` (differentiated through),
+            with ``inner_optimizer_kwargs`` passed on.
+        adapt: which parameters the inner loop changes: ``None`` for all, a name prefix or a
+            list of prefixes, or a predicate on names.
+        eval_steps: inner steps at test time (default ``inner_steps``).
+        vectorize: ``"auto"``, ``"vmap"`` or ``"loop"`` (see ``functional.batching``).
+        chunk_size: at most this many tasks in one vectorized call (bounds memory).
+    """
+
+    gradient_mode: GradientMode = "second_order"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.01,
+        inner_steps: int = 1,
+        loss: str | LossFn = "mse",
+        inner_optimizer: str = "sgd",
+        inner_optimizer_kwargs: dict[str, Any] | None = None,
+        adapt: str | Sequence[str] | None = None,
+        eval_steps: int | None = None,
+        vectorize: str = "auto",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__(loss)
+        _check_inner(inner_lr, inner_steps)
+        self.model = model
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = inner_steps
+        self.eval_steps = inner_steps if eval_steps is None else eval_steps
+        self.inner_optimizer_name = inner_optimizer
+        self.inner_optimizer_kwargs = dict(inner_optimizer_kwargs or {})
+        make_inner_optimizer(inner_optimizer, self.inner_lr, **self.inner_optimizer_kwargs)
+        self.adapt_names = name_filter(model, adapt)
+        self.policy = VectorizePolicy(vectorize)
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+        self.chunk_size = chunk_size
+
+    # -- pieces subclasses may override ------------------------------------------------
+    def inner_learning_rates(self) -> LearningRate:
+        """The inner learning rate(s); Meta-SGD returns learned per-parameter tensors."""
+        return self.inner_lr
+
+    def make_optimizer(self) -> InnerOptimizer:
+        return make_inner_optimizer(
+            self.inner_optimizer_name, self.inner_learning_rates(), **self.inner_optimizer_kwargs
+        )
+
+    @property
+    def default_eval_steps(self) -> tuple[int, ...]:  # type: ignore[override]
+        return (self.eval_steps,)
+
+    # -- functional core -----------------------------------------------------------------
+    def task_loss(self, buffers: Params) -> TaskLoss:
+        """``(params, x, y) -> L(f_params(x), y)`` for this learner's model."""
+        model, loss_fn = self.model, self.loss_fn
+
+        def loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
+            return loss_fn(call(model, params, buffers, x), y)
+
+        return loss
+
+    def adapt_params(
+        self,
+        params: Params,
+        buffers: Params,
+        x: Tensor,
+        y: Tensor,
+        steps: int,
+        mode: GradientMode | None = None,
+    ) -> Params:
+        """``theta_K`` after ``steps`` inner steps on ``(x, y)`` from ``params``."""
+        adapted = params
+        for adapted, _ in inner_steps_iter(
+            self.task_loss(buffers), params, x, y, self.make_optimizer(), steps,
+            mode or self.gradient_mode, self.adapt_names,
+        ):
+            pass
+        return adapted
+
+    def query_loss_per_task(self, batch: TaskBatch, mode: GradientMode) -> tuple[Tensor, Tensor]:
+        """Per-task query loss and accuracy after ``inner_steps`` steps, shape ``[T]`` each."""
+        params, buffers = split_module(self.model)
+        model, loss_fn, steps = self.model, self.loss_fn, self.inner_steps
+        classification = self.classification
+
+        def per_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
+            adapted = self.adapt_params(params, buffers, sx, sy, steps, mode)
+            prediction = call(model, adapted, buffers, qx)
+            loss = loss_fn(prediction, qy)
+            acc = accuracy(prediction, qy) if classification else torch.zeros_like(loss)
+            return loss, acc
+
+        return map_tasks(
+            per_task, batch.support_x, batch.support_y, batch.query_x, batch.query_y,
+            policy=self.policy, chunk_size=self.chunk_size,
+        )
+
+    def metrics(self, loss: Tensor, per_task_loss: Tensor, per_task_acc: Tensor) -> dict[str, float]:
+        out = {"loss": float(loss.detach()), "query_loss": float(per_task_loss.detach().mean())}
+        if self.classification:
+            out["accuracy"] = float(per_task_acc.detach().mean())
+        return out
+
+    # -- protocol ------------------------------------------------------------------------
+    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        """``(1/T) sum_i L_query_i(theta_K^i)`` differentiated per ``gradient_mode``."""
+        losses, accs = self.query_loss_per_task(batch, self.gradient_mode)
+        loss = losses.mean()
+        return loss, self.metrics(loss, losses, accs)
+
+    def adapt(self, support: Task | tuple[Tensor, Tensor], steps: int | None = None) -> Predictor:
+        x, y = as_support(support)
+        steps = self.eval_steps if steps is None else steps
+        params, buffers = split_module(self.model)
+        adapted = detach(self.adapt_params(params, buffers, x, y, steps, "first_order"))
+        model = self.model
+
+        def predict(inputs: Tensor) -> Tensor:
+            return call(model, adapted, buffers, inputs)
+
+        return predict
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:
+        """One inner loop per task up to ``max(steps)``; query metrics at each step count."""
+        steps = sorted(set(steps if steps is not None else self.default_eval_steps))
+        if steps and steps[0] < 0:
+            raise ValueError(f"evaluation step counts must be >= 0, got {steps}")
+        params, buffers = split_module(self.model)
+        params = detach(params)
+        model, loss_fn, classification = self.model, self.loss_fn, self.classification
+        wanted = set(steps)
+        optimizer = self.make_optimizer()
+        task_loss = self.task_loss(buffers)
+
+        def per_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
+            losses, accs = [], []
+
+            def record(p: Params) -> None:
+                prediction = call(model, p, buffers, qx)
+                losses.append(loss_fn(prediction, qy))
+                accs.append(accuracy(prediction, qy) if classification else losses[-1] * 0)
+
+            if 0 in wanted:
+                record(params)
+            inner = inner_steps_iter(
+                task_loss, params, sx, sy, optimizer, max(steps), "first_order", self.adapt_names
+            )
+            for t, (adapted, _) in enumerate(inner, start=1):
+                if t in wanted:
+                    record(adapted)
+            return torch.stack(losses), torch.stack(accs)
+
+        losses, accs = map_tasks(
+            per_task, batch.support_x, batch.support_y, batch.query_x, batch.query_y,
+            policy=self.policy, chunk_size=self.chunk_size,
+        )
+        out: StepMetrics = {}
+        for j, s in enumerate(steps):
+            out[s] = {"loss": losses[:, j]}
+            if classification:
+                out[s]["accuracy"] = accs[:, j]
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
+            f"mode={self.gradient_mode}, inner_optimizer={self.inner_optimizer_name}, "
+            f"vectorize={self.policy.mode}, loss={self.loss_name}"
+        )

@@ -1,0 +1,74 @@
+"""Run a per-task function over a batch of tasks: with ``vmap`` or with a loop.
+
+``map_tasks(fn, *tensors)`` applies ``fn`` to the ``i``-th slice of every tensor and stacks
+the outputs.  ``vectorize="vmap"`` uses ``torch.func.vmap`` (one batched computation),
+``"loop"`` a Python loop (works for any model, e.g. batch norm that updates running
+statistics in place), and ``"auto"`` tries ``vmap`` and falls back to the loop for models
+that cannot be vectorized, remembering the decision in a ``VectorizePolicy``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+Vectorize = Literal["auto", "vmap", "loop"]
+VECTORIZE_MODES = ("auto", "vmap", "loop")
+
+
+class VectorizePolicy:
+    """Remembers whether ``vmap`` worked for a given learner, so ``auto`` tries it once."""
+
+    def __init__(self, mode: str = "auto") -> None:
+        if mode not in VECTORIZE_MODES:
+            raise ValueError(f"vectorize must be one of {', '.join(VECTORIZE_MODES)}, got {mode!r}")
+        self.mode = mode
+        self.vmap_failed: str | None = None
+
+    @property
+    def uses_vmap(self) -> bool:
+        return self.mode == "vmap" or (self.mode == "auto" and self.vmap_failed is None)
+
+
+def _stack(outputs: list) -> tuple[Tensor, ...]:
+    return tuple(torch.stack(parts) for parts in zip(*outputs))
+
+
+def map_tasks(
+    fn: Callable[..., tuple[Tensor, ...]],
+    *tensors: Tensor,
+    policy: VectorizePolicy | None = None,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, ...]:
+    """Stack ``fn(t[0][i], t[1][i], ...)`` over the leading task dimension.
+
+    ``fn`` returns a tuple of tensors; the result is the tuple of their stacks.
+    ``chunk_size`` runs at most that many tasks at once (the rest follow), to bound memory.
+    """
+    policy = policy or VectorizePolicy("auto")
+    n = tensors[0].shape[0]
+    if chunk_size is not None and chunk_size < n:
+        parts = [
+            map_tasks(fn, *(t[i : i + chunk_size] for t in tensors), policy=policy)
+            for i in range(0, n, chunk_size)
+        ]
+        return tuple(torch.cat(p) for p in zip(*parts))
+    if policy.uses_vmap:
+        try:
+            return tuple(vmap(fn, randomness="different")(*tensors))
+        except Exception as err:  # noqa: BLE001 - any failure means "not vectorizable"
+            if policy.mode == "vmap":
+                raise
+            policy.vmap_failed = f"{type(err).__name__}: {err}"
+            warnings.warn(
+                "vmap over tasks failed for this model; falling back to a per-task loop "
+                f"(vectorize='loop' silences this). Reason: {policy.vmap_failed}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return _stack([fn(*(t[i] for t in tensors)) for i in range(n)])

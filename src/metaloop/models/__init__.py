@@ -1,0 +1,5 @@
+"""Backbones: plain ``nn.Module``s, nothing meta-specific."""
+
+from metaloop.models.mlp import MLP
+
+__all__ = ["MLP"]
