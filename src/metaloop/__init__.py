@@ -1,7 +1,9 @@
 """metaloop: meta-learning on PyTorch, every algorithm family behind one small protocol."""
 
-from metaloop import algorithms, functional, models, tasks
+from metaloop import algorithms, evaluation, functional, models, tasks, train
 from metaloop.algorithms import FOMAML, MAML, JointTraining, MetaLearner, MetaSGD, Reptile
+from metaloop.evaluation import evaluate
+from metaloop.train import Trainer
 
 __version__ = "0.1.0"
 
@@ -12,8 +14,12 @@ __all__ = [
     "MetaLearner",
     "MetaSGD",
     "Reptile",
+    "Trainer",
     "algorithms",
+    "evaluate",
+    "evaluation",
     "functional",
     "models",
     "tasks",
+    "train",
 ]

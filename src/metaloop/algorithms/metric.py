@@ -1,0 +1,232 @@
+"""Shared pieces of the metric-based learners (ProtoNet, Matching, Relation, Siamese).
+
+A metric-based learner has no inner loop: it embeds a task's support and query examples
+with a shared encoder ``f_phi`` and classifies each query by comparing its embedding with
+the support embeddings.  Every such learner reduces to one function
+
+    scores(z_support [T, S, ...], y_support [T, S], z_query [T, Q, ...], ways) -> [T, Q, ways]
+
+and ``MetricMetaLearner`` turns it into the ``MetaLearner`` protocol:
+
+* ``meta_loss(batch)``: ``loss(scores, y_query)`` over all queries of the batch, with
+  ``scores`` computed from **one** forward pass of the encoder over every support and
+  query example of every task (the task dimension is flattened into the batch);
+* ``adapt(support)``: embeds the support set once and returns ``x -> scores[Q, ways]``;
+* ``evaluate_batch(batch)``: per-task query loss and accuracy from one forward pass.
+
+Metric learners take no inner steps: ``steps`` is accepted for protocol compatibility and
+ignored (every requested step count reports the same numbers).
+
+Note on batch norm: the single forward pass normalises support and query examples of the
+whole meta-batch together when the encoder is in training mode (as the ProtoNet reference
+code does for one episode); in ``eval()`` mode the running statistics are used.
+
+Labels are integers ``0 .. ways-1``; ``ways`` is read from ``batch.ways`` or, when that is
+``None``, from the largest support label, so one learner trains on 60-way episodes and
+tests on 5-way ones.  Every class must have at least one support example in every task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
+from metaloop.functional.losses import LossFn
+from metaloop.tasks.base import Task, TaskBatch, TaskError
+
+# -- distances ---------------------------------------------------------------------------
+
+
+def squared_euclidean(a: Tensor, b: Tensor) -> Tensor:
+    """``d[..., i, j] = ||a[..., i, :] - b[..., j, :]||^2`` for ``a [..., N, D]``, ``b [..., M, D]``.
+
+    Computed as ``||a||^2 - 2 a.b + ||b||^2`` (one batched matmul), clamped at zero.
+    """
+    a2 = (a * a).sum(-1, keepdim=True)
+    b2 = (b * b).sum(-1).unsqueeze(-2)
+    return (a2 - 2.0 * a @ b.transpose(-1, -2) + b2).clamp_min(0.0)
+
+
+def cosine_similarity(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """``c[..., i, j] = a_i . b_j / (||a_i|| ||b_j||)`` for ``a [..., N, D]``, ``b [..., M, D]``."""
+    a = a / a.norm(dim=-1, keepdim=True).clamp_min(eps)
+    b = b / b.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return a @ b.transpose(-1, -2)
+
+
+def euclidean(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
+    """``||a_i - b_j||`` with a gradient that stays finite at zero distance."""
+    return squared_euclidean(a, b).clamp_min(eps).sqrt()
+
+
+# -- labels ------------------------------------------------------------------------------
+
+
+def infer_ways(support_y: Tensor, ways: int | None = None) -> int:
+    """``ways`` if given, else ``max(support_y) + 1``."""
+    if ways is not None:
+        return int(ways)
+    if support_y.numel() == 0:
+        raise TaskError("cannot infer the number of ways from an empty support set")
+    return int(support_y.max()) + 1
+
+
+def check_labels(support_y: Tensor, query_y: Tensor | None, ways: int) -> None:
+    """Raise ``TaskError`` unless labels are integers in ``0..ways-1`` and every class has
+    at least one support example in every task.  ``support_y [T, S]``, ``query_y [T, Q]``.
+    """
+    for name, y in (("support_y", support_y), ("query_y", query_y)):
+        if y is None:
+            continue
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise TaskError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= ways):
+            raise TaskError(
+                f"{name} labels must lie in 0..{ways - 1} for a {ways}-way task, found range "
+                f"{int(y.min())}..{int(y.max())}"
+            )
+    counts = F.one_hot(support_y, ways).sum(-2)  # [T, ways]
+    missing = (counts == 0).nonzero()
+    if missing.numel():
+        task, cls = (int(v) for v in missing[0])
+        raise TaskError(
+            f"class {cls} has no support examples in task {task} ({missing.shape[0]} empty "
+            f"(task, class) pairs in all); every class 0..{ways - 1} needs at least one "
+            "support example"
+        )
+
+
+def one_hot(labels: Tensor, ways: int, dtype: torch.dtype) -> Tensor:
+    return F.one_hot(labels, ways).to(dtype)
+
+
+def class_means(z: Tensor, labels: Tensor, ways: int) -> Tensor:
+    """Per-class mean of embeddings: ``z [T, S, D]``, ``labels [T, S]`` -> ``[T, ways, D]``.
+
+    ``c_k = (1/|S_k|) sum_{i: y_i = k} z_i`` (ProtoNet's prototypes).
+    """
+    return class_sums(z, labels, ways, mean=True)
+
+
+def class_sums(z: Tensor, labels: Tensor, ways: int, mean: bool = False) -> Tensor:
+    """Per-class sum (or mean) of embeddings of any trailing shape: ``z [T, S, *F]`` ->
+    ``[T, ways, *F]``.
+    """
+    onehot = one_hot(labels, ways, z.dtype)  # [T, S, ways]
+    if mean:
+        onehot = onehot / onehot.sum(1, keepdim=True).clamp_min(1.0)
+    flat = z.reshape(*z.shape[:2], -1)
+    out = onehot.transpose(1, 2) @ flat
+    return out.reshape(z.shape[0], ways, *z.shape[2:])
+
+
+# -- embedding ---------------------------------------------------------------------------
+
+
+def embed(encoder: nn.Module, x: Tensor) -> Tensor:
+    """``encoder(x)`` with a clear error when the output does not have one row per input."""
+    z = encoder(x)
+    if not isinstance(z, Tensor) or z.dim() < 2 or z.shape[0] != x.shape[0]:
+        shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+        raise ValueError(
+            f"the encoder must map {x.shape[0]} inputs of shape {tuple(x.shape[1:])} to "
+            f"[{x.shape[0]}, ...] embeddings, got {shape}"
+        )
+    return z
+
+
+def embed_batch(encoder: nn.Module, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+    """Embed all support and query examples of a batch in one forward pass.
+
+    Returns ``z_support [T, S, *E]`` and ``z_query [T, Q, *E]`` where ``E`` is the
+    encoder's output shape per example (a vector or a feature map).
+    """
+    sx, qx = batch.support_x, batch.query_x
+    t, s, q = sx.shape[0], sx.shape[1], qx.shape[1]
+    if sx.shape[2:] != qx.shape[2:]:
+        raise TaskError(
+            f"support and query features differ in shape: {tuple(sx.shape[2:])} vs "
+            f"{tuple(qx.shape[2:])}"
+        )
+    x = torch.cat([sx.reshape(t * s, *sx.shape[2:]), qx.reshape(t * q, *qx.shape[2:])])
+    z = embed(encoder, x)
+    return z[: t * s].reshape(t, s, *z.shape[1:]), z[t * s :].reshape(t, q, *z.shape[1:])
+
+
+# -- the shared learner shell --------------------------------------------------------------
+
+
+class MetricMetaLearner(MetaLearner):
+    """``MetaLearner`` shell for learners defined by ``scores(z_s, y_s, z_q, ways)``.
+
+    Subclasses implement ``scores``; ``loss`` is applied as ``loss(scores[N, ways],
+    labels[N])`` (cross-entropy on logits by default).
+    """
+
+    default_eval_steps: tuple[int, ...] = (0,)
+
+    def __init__(self, encoder: nn.Module, loss: str | LossFn = "cross_entropy") -> None:
+        super().__init__(loss)
+        if not isinstance(encoder, nn.Module):
+            raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}")
+        self.encoder = encoder
+        self.classification = True
+
+    def scores(self, z_support: Tensor, y_support: Tensor, z_query: Tensor, ways: int) -> Tensor:
+        """Class scores ``[T, Q, ways]`` of each query (higher is more likely)."""
+        raise NotImplementedError
+
+    def episode_scores(self, batch: TaskBatch) -> tuple[Tensor, int]:
+        """Scores ``[T, Q, ways]`` for every query of a batch (one encoder forward)."""
+        ways = infer_ways(batch.support_y, batch.ways)
+        check_labels(batch.support_y, batch.query_y, ways)
+        z_s, z_q = embed_batch(self.encoder, batch)
+        return self.scores(z_s, batch.support_y, z_q, ways), ways
+
+    def per_task_metrics(self, scores: Tensor, query_y: Tensor) -> dict[str, Tensor]:
+        """Per-task query loss and accuracy, shape ``[T]`` each."""
+        losses = torch.stack([self.loss_fn(s, y) for s, y in zip(scores, query_y)])
+        acc = (scores.argmax(-1) == query_y).to(scores.dtype).mean(-1)
+        return {"loss": losses, "accuracy": acc}
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        """``loss(scores, y_query)`` averaged over every query of the batch."""
+        scores, _ = self.episode_scores(batch)
+        loss = self.loss_fn(scores.flatten(0, 1), batch.query_y.flatten())
+        acc = (scores.argmax(-1) == batch.query_y).float().mean()
+        value = float(loss.detach())
+        return loss, {"loss": value, "query_loss": value, "accuracy": float(acc)}
+
+    def adapt(self, support: Task | tuple[Tensor, Tensor], steps: int | None = None) -> Predictor:
+        """Embed the support set once; the predictor maps ``x [Q, ...]`` to ``[Q, ways]``
+        scores.  ``steps`` is ignored (no inner loop).  The support embeddings are detached:
+        the predictor is for inference, training goes through ``meta_loss``.
+        """
+        x, y = as_support(support)
+        if x.shape[0] != y.shape[0]:
+            raise TaskError(f"support has {x.shape[0]} inputs but {y.shape[0]} labels")
+        ways = infer_ways(y)
+        y = y.unsqueeze(0)
+        check_labels(y, None, ways)
+        z_s = embed(self.encoder, x).detach().unsqueeze(0)
+
+        def predict(inputs: Tensor) -> Tensor:
+            z_q = embed(self.encoder, inputs).unsqueeze(0)
+            return self.scores(z_s, y, z_q, ways)[0]
+
+        return predict
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:
+        """Per-task query metrics ``{s: {"loss": [T], "accuracy": [T]}}``; identical for every
+        requested ``s`` since metric learners take no inner steps."""
+        steps = tuple(steps) if steps is not None else self.default_eval_steps
+        if any(s < 0 for s in steps):
+            raise ValueError(f"evaluation step counts must be >= 0, got {steps}")
+        scores, _ = self.episode_scores(batch)
+        metrics = self.per_task_metrics(scores, batch.query_y)
+        return {s: dict(metrics) for s in steps}

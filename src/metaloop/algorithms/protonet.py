@@ -1,0 +1,103 @@
+"""Prototypical Networks (Snell, Swersky and Zemel, 2017).
+
+An encoder ``f_phi`` maps examples to embeddings.  A class's prototype is the mean
+embedding of its support examples,
+
+    c_k = (1 / |S_k|) sum_{(x_i, y_i) in S, y_i = k} f_phi(x_i),
+
+and a query ``x`` is classified by a softmax over negative distances to the prototypes,
+
+    p(y = k | x) = softmax_k( -d(f_phi(x), c_k) / tau ),
+
+with ``d`` the squared Euclidean distance (the paper's choice, which makes the classifier
+linear in ``f_phi(x)``) or, with ``distance="cosine"``, the logit ``cos(f_phi(x), c_k) / tau``
+(scaled cosine similarity; ``tau = 0.1`` by default, i.e. a scale of 10).  The meta-loss
+is the query cross-entropy ``-(1/N) sum log p(y_q | x_q)``, minimised over ``phi``.
+
+Support and query of the whole meta-batch go through the encoder in one forward pass.
+Nothing here fixes the number of ways: it is read per batch, so the paper's recipe of
+training with more ways (60) than testing (5 or 20) works as is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from metaloop.algorithms.metric import (
+    MetricMetaLearner,
+    class_means,
+    cosine_similarity,
+    squared_euclidean,
+)
+
+Distance = Literal["squared_euclidean", "cosine"]
+DISTANCES = ("squared_euclidean", "cosine")
+
+
+class ProtoNet(MetricMetaLearner):
+    """Prototypical network over any encoder.
+
+    Args:
+        encoder: ``nn.Module`` mapping ``[N, *input]`` to ``[N, *E]`` embeddings (feature maps
+            are flattened).
+        distance: ``"squared_euclidean"`` (logits ``-||f(x) - c_k||^2 / tau``) or
+            ``"cosine"`` (logits ``cos(f(x), c_k) / tau``).
+        temperature: ``tau``; default 1 for squared Euclidean and 0.1 for cosine.
+        learn_temperature: make ``log(1/tau)`` a learned parameter (meta-trained with phi).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        distance: Distance = "squared_euclidean",
+        temperature: float | None = None,
+        learn_temperature: bool = False,
+    ) -> None:
+        super().__init__(encoder, "cross_entropy")
+        if distance not in DISTANCES:
+            raise ValueError(f"unknown distance {distance!r}; choose one of {', '.join(DISTANCES)}")
+        if temperature is None:
+            temperature = 1.0 if distance == "squared_euclidean" else 0.1
+        if not isinstance(temperature, (int, float)) or temperature <= 0:
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        self.distance = distance
+        log_scale = torch.tensor(-math.log(float(temperature)))
+        if learn_temperature:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+        self.learn_temperature = bool(learn_temperature)
+
+    @property
+    def temperature(self) -> float:
+        return float(torch.exp(-self.log_scale.detach()))
+
+    def prototypes(self, z_support: Tensor, y_support: Tensor, ways: int) -> Tensor:
+        """``c_k``: mean flattened support embedding per class, ``[T, ways, D]``."""
+        return class_means(z_support.flatten(2), y_support, ways)
+
+    def logits(self, z_query: Tensor, prototypes: Tensor) -> Tensor:
+        """``[T, Q, ways]`` logits of flattened query embeddings against prototypes."""
+        z_query = z_query.flatten(2)
+        if z_query.shape[-1] != prototypes.shape[-1]:
+            raise ValueError(
+                f"query embeddings have {z_query.shape[-1]} features but prototypes "
+                f"{prototypes.shape[-1]}"
+            )
+        scale = self.log_scale.exp().to(z_query.dtype)
+        if self.distance == "squared_euclidean":
+            return -squared_euclidean(z_query, prototypes) * scale
+        return cosine_similarity(z_query, prototypes) * scale
+
+    def scores(self, z_support: Tensor, y_support: Tensor, z_query: Tensor, ways: int) -> Tensor:
+        return self.logits(z_query, self.prototypes(z_support, y_support, ways))
+
+    def extra_repr(self) -> str:
+        return (
+            f"distance={self.distance}, temperature={self.temperature:.4g}, "
+            f"learn_temperature={self.learn_temperature}"
+        )

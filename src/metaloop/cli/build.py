@@ -1,0 +1,231 @@
+"""Turn a validated configuration into objects: task family, model, learner, trainer.
+
+Registries map config names to classes.  Everything is built (and so every bad value is
+reported) before training starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from metaloop.cli.config import ConfigError, constructor_kwargs, validate_fixed
+from metaloop.tasks import (
+    BernoulliBandit,
+    GaussianMean,
+    LinearRegression,
+    Quadratic,
+    RotatingBoundary,
+    Sinusoid,
+)
+
+SYNTHETIC_FAMILIES: dict[str, Callable[..., Any]] = {
+    "sinusoid": Sinusoid,
+    "linear": LinearRegression,
+    "quadratic": Quadratic,
+    "gaussian_mean": GaussianMean,
+    "rotating_boundary": RotatingBoundary,
+    "bandit": BernoulliBandit,
+}
+IMAGE_FAMILIES = ("omniglot",)
+
+# name -> "module:Class", imported lazily so optional algorithms never break the CLI
+ALGORITHMS: dict[str, str] = {
+    "maml": "metaloop.algorithms.maml:MAML",
+    "fomaml": "metaloop.algorithms.maml:FOMAML",
+    "reptile": "metaloop.algorithms.reptile:Reptile",
+    "metasgd": "metaloop.algorithms.metasgd:MetaSGD",
+    "joint": "metaloop.algorithms.pretrain:JointTraining",
+    "anil": "metaloop.algorithms.anil:ANIL",
+    "cavia": "metaloop.algorithms.cavia:CAVIA",
+    "imaml": "metaloop.algorithms.imaml:IMAML",
+    "protonet": "metaloop.algorithms.protonet:ProtoNet",
+    "matching": "metaloop.algorithms.matching:MatchingNet",
+    "relation": "metaloop.algorithms.relation:RelationNet",
+    "siamese": "metaloop.algorithms.siamese:SiameseNet",
+    "finetune": "metaloop.algorithms.finetune:FineTuneBaseline",
+}
+MODELS: dict[str, str] = {
+    "mlp": "metaloop.models.mlp:MLP",
+    "conv4": "metaloop.models.conv:Conv4",
+}
+# learners whose model is an embedding (no classification head)
+EMBEDDING_LEARNERS = {"protonet", "matching", "siamese", "relation"}
+
+
+def _load(spec: str, kind: str, name: str, registry: dict[str, str]) -> Any:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(
+            f"{kind} {name!r} is registered but not available in this installation ({err}); "
+            f"available: {', '.join(available(registry))}"
+        ) from err
+
+
+def available(registry: dict[str, str]) -> list[str]:
+    names = []
+    for name, spec in registry.items():
+        module_name, _, attr = spec.partition(":")
+        try:
+            if hasattr(importlib.import_module(module_name), attr):
+                names.append(name)
+        except ImportError:
+            continue
+    return names
+
+
+def _lookup(registry: dict[str, str], kind: str, name: Any) -> Any:
+    if name not in registry:
+        raise ConfigError(f"unknown {kind} {name!r}; choose one of {', '.join(available(registry))}")
+    return _load(registry[name], kind, name, registry)
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Validate the whole configuration by building every piece once (cheaply)."""
+    validate_fixed(cfg)
+    build_family(cfg, "train", check_only=True)
+    model = build_model(cfg)
+    build_learner(cfg, model)
+
+
+def _task_options(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    task = dict(cfg["task"])
+    family = task.pop("family", "sinusoid")
+    return family, task
+
+
+def build_family(cfg: dict[str, Any], part: str = "train", check_only: bool = False,
+                 **override: Any) -> Any:
+    """The task family for ``part`` (``train``, ``val`` or ``test``) with optional overrides
+    of ``ways``/``shots``/``queries`` (evaluation uses other episode sizes)."""
+    family, options = _task_options(cfg)
+    options.update({k: v for k, v in override.items() if v})
+    if family in SYNTHETIC_FAMILIES:
+        cls = SYNTHETIC_FAMILIES[family]
+        kwargs = constructor_kwargs("task", cls, options)
+        try:
+            return cls(**kwargs)
+        except ValueError as err:
+            raise ConfigError(f"[task] {err}") from err
+    if family in IMAGE_FAMILIES:
+        return _image_family(cfg, family, options, part, check_only)
+    raise ConfigError(
+        f"unknown task family {family!r}; choose one of "
+        f"{', '.join([*SYNTHETIC_FAMILIES, *IMAGE_FAMILIES])}"
+    )
+
+
+def _image_family(cfg, family: str, options: dict[str, Any], part: str, check_only: bool) -> Any:
+    from metaloop import data
+
+    allowed = {"ways", "shots", "queries", "ways_test", "shots_test", "queries_test"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise ConfigError(f"[task] unknown key(s) {sorted(unknown)} for omniglot; valid keys are "
+                          f"family, {', '.join(sorted(allowed))}")
+    for k in ("ways", "shots", "queries"):
+        if k not in options:
+            raise ConfigError(f"[task] omniglot needs {k} (a positive integer)")
+    d = cfg["data"]
+    root = d["root"] or None
+    try:
+        return data.omniglot_family(
+            root=root,
+            split=d["split"],
+            part=part,
+            ways=options["ways"],
+            shots=options["shots"],
+            queries=options["queries"],
+            image_size=d["image_size"],
+            rotations=d["rotations"],
+            cache_dir=d["cache_dir"] or None,
+            download=d["download"],
+        )
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise ConfigError(f"[data]/[task] {err}") from err
+
+
+def _model_defaults(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    family, options = _task_options(cfg)
+    embedding = cfg["algorithm"].get("name") in EMBEDDING_LEARNERS
+    if name == "mlp":
+        if family in ("sinusoid",):
+            return {"in_features": 1, "out_features": 1}
+        if family == "linear":
+            return {"in_features": options.get("dim", 5), "out_features": 1}
+        if family == "quadratic":
+            return {"in_features": 1, "out_features": 1, "hidden": (), "bias": False}
+        if family == "gaussian_mean":
+            return {"in_features": 1, "out_features": options.get("dim", 1), "hidden": (), "bias": False}
+        if family == "rotating_boundary":
+            return {"in_features": 2, "out_features": 2}
+        if family == "bandit":
+            return {"in_features": options.get("arms", 5), "out_features": 1}
+    if name == "conv4":
+        return {
+            "in_channels": 1,
+            "ways": None if embedding else options.get("ways", 5),
+            "image_size": cfg["data"]["image_size"],
+        }
+    return {}
+
+
+def build_model(cfg: dict[str, Any]) -> nn.Module:
+    model_cfg = dict(cfg["model"])
+    name = model_cfg.pop("name", "mlp")
+    cls = _lookup(MODELS, "model", name)
+    kwargs = {**_model_defaults(cfg, name), **constructor_kwargs("model", cls, model_cfg)}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"[model] {name}: {err}") from err
+
+
+def build_learner(cfg: dict[str, Any], model: nn.Module) -> Any:
+    algo_cfg = dict(cfg["algorithm"])
+    name = algo_cfg.pop("name", "maml")
+    cls = _lookup(ALGORITHMS, "algorithm", name)
+    kwargs = constructor_kwargs("algorithm", cls, algo_cfg, skip=("model", "encoder"))
+    family, _ = _task_options(cfg)
+    if "loss" not in kwargs and "loss" in _all_params(cls):
+        classification = family in ("omniglot", "rotating_boundary")
+        kwargs["loss"] = "cross_entropy" if classification else "mse"
+    try:
+        return cls(model, **kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"[algorithm] {name}: {err}") from err
+
+
+def _all_params(cls: Any) -> set[str]:
+    import inspect
+
+    names: set[str] = set()
+    for base in getattr(cls, "__mro__", (cls,)):
+        init = base.__dict__.get("__init__")
+        if init is not None:
+            names |= set(inspect.signature(init).parameters)
+    return names
+
+
+def build_optimizer(cfg: dict[str, Any], learner: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    t = cfg["train"]
+    params = [p for p in learner.parameters() if p.requires_grad]
+    if t["optimizer"] == "adam":
+        opt = torch.optim.Adam(params, lr=t["outer_lr"], weight_decay=t["weight_decay"])
+    elif t["optimizer"] == "adamw":
+        opt = torch.optim.AdamW(params, lr=t["outer_lr"], weight_decay=t["weight_decay"])
+    else:
+        opt = torch.optim.SGD(params, lr=t["outer_lr"], weight_decay=t["weight_decay"])
+    scheduler = None
+    if t["scheduler"] == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t["iterations"])
+    elif t["scheduler"] == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, t["iterations"] // 4), gamma=0.5)
+    return opt, scheduler

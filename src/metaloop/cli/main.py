@@ -1,0 +1,325 @@
+"""The ``metaloop`` command: train, eval, bench, plot, lake-runs.
+
+    metaloop train configs/sinusoid-maml.toml --run-dir runs/sine [--set train.iterations=1000]
+    metaloop train runs/sine                       # resume
+    metaloop eval runs/sine --episodes 600 --steps 1,5,10 --shots 5 [--json]
+    metaloop bench sinusoid [--json]
+    metaloop plot runs/sine [--out curve.png]
+    metaloop lake-runs runs/omni --runs all_runs.zip [--json]
+
+Every error the user can fix is printed as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from metaloop.cli.config import ConfigError, dump_toml, load_config
+
+CONFIG_NAME = "config.toml"
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--steps takes integers separated by commas, got {text!r}") from err
+    if not steps or any(s < 0 for s in steps):
+        raise argparse.ArgumentTypeError(f"--steps takes integers >= 0, got {text!r}")
+    return steps
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="metaloop", description="Meta-learning on PyTorch.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="meta-train from a TOML config, or resume a run directory")
+    t.add_argument("config", help="a TOML config file, or an existing run directory to resume")
+    t.add_argument("--run-dir", help="where config, metrics, checkpoints and plots go")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. train.iterations=1000 (repeatable)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="evaluate a run: mean +- 95%% CI per inner step count")
+    e.add_argument("run_dir")
+    e.add_argument("--episodes", type=_positive, default=None)
+    e.add_argument("--steps", type=_steps, default=None, help="e.g. 1,5,10")
+    e.add_argument("--shots", type=_positive, default=None)
+    e.add_argument("--queries", type=_positive, default=None)
+    e.add_argument("--ways", type=_positive, default=None)
+    e.add_argument("--seed", type=int, default=None)
+    e.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    e.add_argument("--protocol", choices=("standard", "within-alphabet"), default=None)
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--json", action="store_true", help="print one JSON object (docs/cli.md)")
+
+    b = sub.add_parser("bench", help="meta-training throughput against a plain per-task loop")
+    b.add_argument("workload", help="sinusoid, omniglot, memory or protonet")
+    b.add_argument("--repeats", type=_positive, default=None)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--json", action="store_true")
+
+    pl = sub.add_parser("plot", help="learning curves of a run directory as a PNG")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png)")
+
+    lk = sub.add_parser("lake-runs", help="Lake et al.'s 20-run one-shot benchmark")
+    lk.add_argument("run_dir")
+    lk.add_argument("--runs", required=True, help="all_runs.zip or its extracted folder")
+    lk.add_argument("--steps", type=int, default=None)
+    lk.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    lk.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "eval":
+            return cmd_eval(args)
+        if args.command == "bench":
+            return cmd_bench(args)
+        if args.command == "plot":
+            return cmd_plot(args)
+        if args.command == "lake-runs":
+            return cmd_lake(args)
+    except ConfigError as err:
+        print(f"metaloop {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"metaloop {args.command}: interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+# -- train ---------------------------------------------------------------------------------
+def _resolve_train_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    source = Path(args.config)
+    if source.is_dir():
+        run_dir = Path(args.run_dir) if args.run_dir else source
+        if run_dir != source:
+            raise ConfigError(f"resuming {source}: --run-dir must be omitted or equal to it")
+        saved = source / CONFIG_NAME
+        if not saved.exists():
+            raise ConfigError(f"{source} is a directory without {CONFIG_NAME}; give a config file")
+        return load_config(saved, args.overrides), run_dir
+    if not args.run_dir:
+        raise ConfigError("train needs --run-dir (where checkpoints and logs go)")
+    run_dir = Path(args.run_dir)
+    cfg = load_config(source, args.overrides)
+    saved = run_dir / CONFIG_NAME
+    if saved.exists():
+        previous = load_config(saved)
+        changed = _differences(previous, cfg, ignore={("train", "iterations"), ("train", "progress")})
+        if changed:
+            raise ConfigError(
+                f"{run_dir} already holds a run with a different config ({'; '.join(changed)}); "
+                "resume it with `metaloop train " + str(run_dir) + "` or choose a new --run-dir"
+            )
+    return cfg, run_dir
+
+
+def _differences(a: dict, b: dict, ignore: set[tuple[str, str]]) -> list[str]:
+    out = []
+    for section in set(a) | set(b):
+        va, vb = a.get(section), b.get(section)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            for k in set(va) | set(vb):
+                if (section, k) not in ignore and va.get(k) != vb.get(k):
+                    out.append(f"{section}.{k}: {va.get(k)!r} -> {vb.get(k)!r}")
+        elif va != vb:
+            out.append(f"{section}: {va!r} -> {vb!r}")
+    return sorted(out)
+
+
+def _threads(cfg: dict[str, Any]) -> None:
+    import torch
+
+    if cfg["train"]["threads"]:
+        torch.set_num_threads(cfg["train"]["threads"])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from metaloop.cli.build import build_family, build_learner, build_model, build_optimizer, validate
+    from metaloop.train import Trainer
+
+    cfg, run_dir = _resolve_train_config(args)
+    if args.no_progress:
+        cfg["train"]["progress"] = False
+    validate(cfg)
+    _threads(cfg)
+    import torch
+
+    torch.manual_seed(cfg["seed"])  # model initialisation is part of the seeded run
+    family = build_family(cfg, "train")
+    val_family = build_family(cfg, "val")
+    model = build_model(cfg)
+    learner = build_learner(cfg, model)
+    optimizer, scheduler = build_optimizer(cfg, learner)
+    t = cfg["train"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_NAME).write_text(dump_toml(cfg))
+    trainer = Trainer(
+        learner, optimizer, meta_batch_size=t["meta_batch_size"], seed=cfg["seed"],
+        scheduler=scheduler, grad_clip=t["grad_clip"] or None, nonfinite=t["nonfinite"],
+        tasks_per_chunk=t["tasks_per_chunk"] or None, device=cfg["device"],
+        progress=t["progress"], tensorboard=t["tensorboard"],
+    )
+    result = trainer.fit(
+        family, t["iterations"], validate_on=val_family, validate_every=t["validate_every"],
+        validation_tasks=t["validation_tasks"], patience=t["patience"] or None, run_dir=run_dir,
+        checkpoint_every=t["checkpoint_every"], log_every=t["log_every"], config=cfg,
+    )
+    summary = {
+        "run_dir": str(run_dir), "iterations": result.iteration, "seconds": round(result.seconds, 1),
+        "best_iteration": result.best_iteration, "best_" + (result.metric_name or "metric"): result.best_metric,
+        "stopped_early": result.stopped_early,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+# -- eval ----------------------------------------------------------------------------------
+def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str] | None = None):
+    """Config and learner of a run directory, weights from its best or latest checkpoint."""
+    from metaloop.cli.build import build_learner, build_model, validate
+    from metaloop.train.checkpoint import BEST, load_checkpoint, load_latest
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_NAME).exists():
+        raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_NAME})")
+    cfg = load_config(run_dir / CONFIG_NAME, overrides)
+    validate(cfg)
+    model = build_model(cfg)
+    learner = build_learner(cfg, model)
+    state = None
+    if checkpoint == "best" and (run_dir / BEST).exists():
+        state = load_checkpoint(run_dir / BEST)
+    else:
+        state = load_latest(run_dir)
+    if state is None:
+        raise ConfigError(f"{run_dir} has no checkpoint yet (train it first)")
+    learner.load_state_dict(state["learner"])
+    return cfg, learner, state
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from metaloop.cli.build import build_family
+    from metaloop.evaluation import evaluate
+
+    cfg, learner, state = load_run(args.run_dir, args.checkpoint, args.overrides)
+    _threads(cfg)
+    ev = cfg["eval"]
+    episodes = args.episodes or ev["episodes"]
+    steps = args.steps or ev["steps"] or None
+    protocol = args.protocol or ev["protocol"]
+    sizes = {
+        "ways": args.ways or ev["ways"] or None,
+        "shots": args.shots or ev["shots"] or None,
+        "queries": args.queries or ev["queries"] or None,
+    }
+    if protocol == "within-alphabet":
+        from metaloop import data
+
+        family = data.within_alphabet_family(cfg, **{k: v for k, v in sizes.items() if v})
+    else:
+        family = build_family(cfg, "test", **sizes)
+    seed = args.seed if args.seed is not None else ev["seed"]
+    result = evaluate(learner, family, episodes=episodes, steps=steps, seed=seed,
+                      batch_size=ev["batch_size"], device=cfg["device"])
+    reference = {str(k): v for k, v in ev.get("reference", {}).items()}
+    out = result.to_dict()
+    out.update({
+        "run_dir": str(args.run_dir), "checkpoint": args.checkpoint,
+        "checkpoint_iteration": state.get("iteration"), "protocol": protocol,
+        "task": {k: v for k, v in cfg["task"].items()},
+        "episode": {"ways": getattr(family, "ways", None), "shots": family.shots,
+                    "queries": family.queries},
+        "algorithm": cfg["algorithm"].get("name"),
+        "reference": {"name": ev.get("reference_name", ""), "values": reference} if reference else None,
+    })
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{args.run_dir} ({cfg['algorithm'].get('name')}, checkpoint {args.checkpoint} "
+          f"at iteration {state.get('iteration')}), {protocol} protocol, "
+          f"{getattr(family, 'ways', None) or ''}{'-way ' if getattr(family, 'ways', None) else ''}"
+          f"{family.shots}-shot, {family.queries} queries")
+    print(result)
+    if reference:
+        name = ev.get("reference_name") or "reference"
+        print(f"  {name}: " + ", ".join(f"{k} steps {v}" for k, v in reference.items()))
+    return 0
+
+
+# -- bench, plot, lake ---------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from metaloop.bench import format_table, run_benchmark
+    except ImportError as err:  # pragma: no cover
+        raise ConfigError(f"benchmarks are not available: {err}") from err
+    kwargs: dict[str, Any] = {"device": args.device}
+    if args.repeats:
+        kwargs["repeats"] = args.repeats
+    try:
+        result = run_benchmark(args.workload, **kwargs)
+    except (KeyError, ValueError) as err:
+        raise ConfigError(str(err).strip("'\"")) from err
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from metaloop.cli.plot import plot_run
+
+    out = plot_run(args.run_dir, args.out)
+    print(out)
+    return 0
+
+
+def cmd_lake(args: argparse.Namespace) -> int:
+    from metaloop.data import lake
+
+    cfg, learner, state = load_run(args.run_dir, args.checkpoint)
+    _threads(cfg)
+    runs = lake.load_runs(args.runs, image_size=cfg["data"]["image_size"])
+    steps = args.steps
+
+    def predict(task):
+        import torch
+
+        learner.eval()
+        with torch.enable_grad():
+            predictor = learner.adapt(task.support, steps=steps)
+        with torch.no_grad():
+            return predictor(task.query_x).argmax(-1)
+
+    report = lake.score_runs(predict, runs)
+    report.update({"run_dir": str(args.run_dir), "checkpoint_iteration": state.get("iteration")})
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for i, err in enumerate(report["errors"], start=1):
+            print(f"run {i:02d}: {err:.1f}% error")
+        print(f"mean error over {len(report['errors'])} runs: {report['mean_error']:.2f}%")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

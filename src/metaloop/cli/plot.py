@@ -1,0 +1,50 @@
+"""Learning curves of a run directory as a PNG (needs the optional ``plot`` extra)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from metaloop.cli.config import ConfigError
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise ConfigError(f"{run_dir} has no metrics.jsonl (is it a run directory?)")
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Plot training loss and validation metric against iteration; return the PNG path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ConfigError("plotting needs matplotlib: pip install 'metaloop[plot]'") from err
+    records = read_log(run_dir)
+    train = [r for r in records if r.get("split") == "train"]
+    val = [r for r in records if r.get("split") == "val"]
+    val_key = "accuracy" if val and "accuracy" in val[0] else "loss"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    axes[0].plot([r["iteration"] for r in train], [r["loss"] for r in train], lw=1)
+    axes[0].set(xlabel="iteration", ylabel="meta-loss (train)", yscale="log" if val_key == "loss" else "linear")
+    if val:
+        axes[1].plot([r["iteration"] for r in val], [r[val_key] for r in val], marker=".", lw=1)
+    axes[1].set(xlabel="iteration", ylabel=f"validation {val_key}")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(str(run_dir))
+    fig.tight_layout()
+    out = Path(out) if out else Path(run_dir) / "curves.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
