@@ -39,7 +39,10 @@ class MetaSGD(MAML):
         self.granularity = granularity
         params = dict(model.named_parameters())
         if granularity == "global":
-            self.global_lr = nn.Parameter(torch.tensor(self.inner_lr))
+            ref = params[self.adapt_names[0]]  # the rate lives in the model's dtype/device
+            self.global_lr = nn.Parameter(
+                torch.tensor(self.inner_lr, dtype=ref.dtype, device=ref.device)
+            )
             self.lrs = nn.ParameterDict()
         else:
             self.lrs = nn.ParameterDict(
@@ -47,7 +50,9 @@ class MetaSGD(MAML):
                     _key(n): nn.Parameter(
                         torch.full_like(params[n], self.inner_lr)
                         if granularity == "element"
-                        else torch.tensor(self.inner_lr, dtype=params[n].dtype)
+                        else torch.tensor(
+                            self.inner_lr, dtype=params[n].dtype, device=params[n].device
+                        )
                     )
                     for n in self.adapt_names
                 }

@@ -143,6 +143,16 @@ class ClassDataset:
             table[labels[order], position] = order
         self.class_items: Tensor = table
 
+    def __getstate__(self) -> dict[str, Any]:
+        # mappingproxy does not pickle; DataLoader workers started with "spawn" need to.
+        state = self.__dict__.copy()
+        state["class_info"] = tuple(dict(i) for i in self.class_info)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["class_info"] = tuple(_freeze(i) for i in state["class_info"])
+        self.__dict__.update(state)
+
     # -- sizes -----------------------------------------------------------------------------
     @property
     def num_classes(self) -> int:

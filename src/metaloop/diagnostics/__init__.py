@@ -1,0 +1,29 @@
+"""Diagnostics: adaptation curves, meta-gradient statistics, order gap, leave-one-task-out, oracles."""
+
+from metaloop.diagnostics.core import (
+    Curve,
+    GradientStats,
+    LeaveOneOut,
+    OrderGap,
+    adaptation_curve,
+    adapted_copy,
+    first_second_order_gap,
+    leave_one_task_out,
+    linear_regression_oracle,
+    meta_gradient_stats,
+    parameter_distance,
+)
+
+__all__ = [
+    "Curve",
+    "GradientStats",
+    "LeaveOneOut",
+    "OrderGap",
+    "adaptation_curve",
+    "adapted_copy",
+    "first_second_order_gap",
+    "leave_one_task_out",
+    "linear_regression_oracle",
+    "meta_gradient_stats",
+    "parameter_distance",
+]
