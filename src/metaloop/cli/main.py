@@ -184,9 +184,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     learner = build_learner(cfg, model)
     optimizer, scheduler = build_optimizer(cfg, learner)
     t = cfg["train"]
+    trainer_cls = Trainer
+    from metaloop import distributed
+
+    if distributed.launched_by_torchrun():
+        distributed.init_from_env()
+        trainer_cls = distributed.DistributedTrainer
+    main_process = distributed.world()[0] == 0
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_NAME).write_text(dump_toml(cfg))
-    trainer = Trainer(
+    if main_process:
+        (run_dir / CONFIG_NAME).write_text(dump_toml(cfg))
+    trainer = trainer_cls(
         learner, optimizer, meta_batch_size=t["meta_batch_size"], seed=cfg["seed"],
         scheduler=scheduler, grad_clip=t["grad_clip"] or None, nonfinite=t["nonfinite"],
         tasks_per_chunk=t["tasks_per_chunk"] or None, device=cfg["device"],
@@ -202,7 +210,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "best_iteration": result.best_iteration, "best_" + (result.metric_name or "metric"): result.best_metric,
         "stopped_early": result.stopped_early,
     }
-    print(json.dumps(summary))
+    if main_process:
+        print(json.dumps(summary))
     return 0
 
 

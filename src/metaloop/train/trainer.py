@@ -118,6 +118,8 @@ class Trainer:
         self.elapsed = 0.0
         self.skipped_steps = 0
         self.callbacks: list[Callable[[Trainer, dict[str, Any]], None]] = []
+        #: only the main process writes logs and checkpoints (see metaloop.distributed)
+        self.is_main = True
 
     # -- one meta-update -------------------------------------------------------------------
     def step(self, batch: TaskBatch) -> dict[str, float]:
@@ -215,7 +217,8 @@ class Trainer:
             state = load_latest(run_path)
             if state is not None:
                 self.load_state(state)
-                _truncate_log(run_path / METRICS_LOG, self.iteration)
+                if self.is_main:
+                    _truncate_log(run_path / METRICS_LOG, self.iteration)
             elif self.iteration == 0:
                 torch.manual_seed(self.seed)
         elif self.iteration == 0:
@@ -224,11 +227,12 @@ class Trainer:
         validation = self._validation_batches(validate_on, validation_tasks)
         maximize = self.learner.classification
         metric_name = "accuracy" if maximize else "loss"
-        writer = _tensorboard(run_path) if (self.tensorboard and run_path) else None
-        log_file = open(run_path / METRICS_LOG, "a") if run_path else None  # noqa: SIM115
+        write_path = run_path if self.is_main else None
+        writer = _tensorboard(write_path) if (self.tensorboard and write_path) else None
+        log_file = open(write_path / METRICS_LOG, "a") if write_path else None  # noqa: SIM115
         history: list[dict[str, Any]] = []
         stopped_early = False
-        bar = _progress(self.progress, self.iteration, iterations)
+        bar = _progress(self.progress and self.is_main, self.iteration, iterations)
         start = time.perf_counter() - self.elapsed
         running: dict[str, float] = {}
         try:
@@ -239,9 +243,9 @@ class Trainer:
                 try:
                     metrics = self.step(batch.to(self.device))
                 except NonFiniteError:
-                    if run_path is not None:
+                    if write_path is not None:
                         self.elapsed = time.perf_counter() - start
-                        save_checkpoint(self.state(config), run_path)
+                        save_checkpoint(self.state(config), write_path)
                     raise
                 self.iteration += 1
                 for k, v in metrics.items():
@@ -262,11 +266,11 @@ class Trainer:
                     if improved:
                         self.best_metric, self.best_iteration = value, self.iteration
                         self.bad_validations = 0
-                        if run_path is not None:
+                        if write_path is not None:
                             atomic_save(
                                 {"learner": self.learner.state_dict(), "iteration": self.iteration,
                                  "metric": {metric_name: value}, "config": config},
-                                run_path / BEST,
+                                write_path / BEST,
                             )
                     else:
                         self.bad_validations += 1
@@ -285,14 +289,14 @@ class Trainer:
                     if not validation:
                         bar.set_postfix_str(f"loss {record.get('loss', float('nan')):.4g}")
                 bar.update(1)
-                if run_path is not None and (
+                if write_path is not None and (
                     self.iteration % checkpoint_every == 0 or self.iteration == iterations
                     or stopped_early
                 ):
                     if log_file is not None:
                         log_file.flush()
                     self.elapsed = time.perf_counter() - start
-                    save_checkpoint(self.state(config), run_path)
+                    save_checkpoint(self.state(config), write_path)
                 if stopped_early:
                     break
         finally:
