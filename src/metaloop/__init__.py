@@ -1,6 +1,6 @@
 """metaloop: meta-learning on PyTorch, every algorithm family behind one small protocol."""
 
-from metaloop import algorithms, evaluation, functional, models, tasks, train
+from metaloop import algorithms, data, diagnostics, evaluation, functional, models, tasks, train
 from metaloop.algorithms import FOMAML, MAML, JointTraining, MetaLearner, MetaSGD, Reptile
 from metaloop.evaluation import evaluate
 from metaloop.train import Trainer
@@ -16,6 +16,8 @@ __all__ = [
     "Reptile",
     "Trainer",
     "algorithms",
+    "data",
+    "diagnostics",
     "evaluate",
     "evaluation",
     "functional",

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from torch.autograd.functional import hessian, jacobian
 
 from metaloop.functional import inner_loop, inner_steps_iter, momentum, sgd
+from metaloop.functional.params import name_filter
 
 torch.set_num_threads(1)
 
@@ -57,7 +59,9 @@ def test_inner_loop_equals_hand_written_sgd_and_reports_support_losses():
     for _ in range(steps):
         loss = loss_fn(fast, xs, ys)
         grads = torch.autograd.grad(loss, list(fast.values()))
-        fast = {k: (v - alpha * g).detach().requires_grad_() for (k, v), g in zip(fast.items(), grads)}
+        fast = {
+            k: (v - alpha * g).detach().requires_grad_() for (k, v), g in zip(fast.items(), grads)
+        }
         expected.append({k: v.detach() for k, v in fast.items()})
         expected_losses.append(float(loss.detach()))
     got = list(inner_steps_iter(loss_fn, params, xs, ys, sgd(alpha), steps))
@@ -106,7 +110,8 @@ def test_first_order_jacobian_is_identity():
                                   mode="first_order"))
 
     theta = flatten(params)
-    torch.testing.assert_close(jacobian(adapted, theta), torch.eye(theta.numel(), dtype=torch.float64))
+    identity = torch.eye(theta.numel(), dtype=torch.float64)
+    torch.testing.assert_close(jacobian(adapted, theta), identity)
     # the values are still those of the real inner loop
     torch.testing.assert_close(
         adapted(theta), flatten(inner_loop(loss_fn, params, xs, ys, momentum(0.1), 3))
@@ -153,3 +158,20 @@ def test_unknown_gradient_mode_raises():
     params, xs, ys, _, _ = make_problem()
     with pytest.raises(ValueError, match="unknown gradient mode 'third_order'"):
         inner_loop(loss_fn, params, xs, ys, sgd(0.1), 1, mode="third_order")
+
+
+def test_name_filter_prefixes_name_whole_submodules():
+    """``"layers.1"`` must not pick ``layers.10``: a prefix names a submodule or parameter."""
+    model = nn.Module()
+    model.layers = nn.Sequential(*[nn.Linear(2, 2) for _ in range(11)])
+    model.head = nn.Linear(2, 1)
+    assert name_filter(model, "layers.1") == ["layers.1.weight", "layers.1.bias"]
+    assert name_filter(model, "layers.1.") == ["layers.1.weight", "layers.1.bias"]
+    assert name_filter(model, "head.weight") == ["head.weight"]
+    assert name_filter(model, ["head", "layers.0"]) == [
+        "layers.0.weight", "layers.0.bias", "head.weight", "head.bias",
+    ]
+    assert name_filter(model, lambda n: n.endswith("bias"))[-1] == "head.bias"
+    assert len(name_filter(model, None)) == 24
+    with pytest.raises(ValueError, match="no parameter matches 'hea'"):
+        name_filter(model, "hea")

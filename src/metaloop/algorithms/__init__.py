@@ -1,18 +1,37 @@
 """Algorithms: one file each, all speaking the ``MetaLearner`` protocol."""
 
+from metaloop.algorithms.anil import ANIL
 from metaloop.algorithms.base import MetaLearner
+from metaloop.algorithms.cavia import CAVIA, ContextModel
+from metaloop.algorithms.finetune import FineTuneBaseline
 from metaloop.algorithms.gradient import GradientMetaLearner
+from metaloop.algorithms.imaml import IMAML
 from metaloop.algorithms.maml import FOMAML, MAML
+from metaloop.algorithms.matching import MatchingNet
 from metaloop.algorithms.metasgd import MetaSGD
+from metaloop.algorithms.metric import MetricMetaLearner
 from metaloop.algorithms.pretrain import JointTraining
+from metaloop.algorithms.protonet import ProtoNet
+from metaloop.algorithms.relation import RelationNet
 from metaloop.algorithms.reptile import Reptile
+from metaloop.algorithms.siamese import SiameseNet
 
 __all__ = [
+    "ANIL",
+    "CAVIA",
     "FOMAML",
+    "IMAML",
     "MAML",
+    "ContextModel",
+    "FineTuneBaseline",
     "GradientMetaLearner",
     "JointTraining",
+    "MatchingNet",
     "MetaLearner",
     "MetaSGD",
+    "MetricMetaLearner",
+    "ProtoNet",
+    "RelationNet",
     "Reptile",
+    "SiameseNet",
 ]

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from metaloop.functional.losses import LossFn, accuracy, get_loss, is_classification
-from metaloop.tasks.base import Task, TaskBatch
+from metaloop.tasks.base import Task, TaskBatch, TaskError
 
 Predictor = Callable[[Tensor], Tensor]
 StepMetrics = dict[int, dict[str, Tensor]]
@@ -34,6 +34,45 @@ def as_support(support: Task | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         return support.support
     x, y = support
     return x, y
+
+
+class OutputShapeError(TaskError):
+    """The model's predictions do not fit the task's targets (output size vs ways/targets)."""
+
+
+def check_prediction(
+    prediction: Tensor, target: Tensor, *, classification: bool, ways: int | None = None,
+    loss_name: str = "mse",
+) -> None:
+    """Raise ``OutputShapeError`` when predictions cannot be scored against ``target``.
+
+    Cross-entropy needs ``prediction [..., C]`` for labels ``[...]`` with ``C == ways``
+    (the labels' range when ``ways`` is unknown); MSE needs identical shapes (it would
+    silently broadcast otherwise).  Other (custom) losses are not checked.
+    """
+    pred_shape, target_shape = tuple(prediction.shape), tuple(target.shape)
+    if classification:
+        if pred_shape[:-1] != target_shape:
+            raise OutputShapeError(
+                f"the model's output has shape {pred_shape} but cross-entropy needs "
+                f"{target_shape} + (ways,) for labels of shape {target_shape}"
+            )
+        outputs = pred_shape[-1]
+        if ways is not None and outputs != ways:
+            raise OutputShapeError(
+                f"the model outputs {outputs} class scores but the task is {ways}-way: "
+                f"the model's output size must equal ways ({ways})"
+            )
+        if ways is None and target.numel() and int(target.max()) >= outputs:
+            raise OutputShapeError(
+                f"the model outputs {outputs} class scores but the labels go up to "
+                f"{int(target.max())}: the output size must exceed every label"
+            )
+    elif loss_name == "mse" and pred_shape != target_shape:
+        raise OutputShapeError(
+            f"the model's predictions have shape {pred_shape} but the targets have shape "
+            f"{target_shape}; MSE needs equal shapes (set the model's output size to match)"
+        )
 
 
 class MetaLearner(nn.Module):
@@ -53,6 +92,37 @@ class MetaLearner(nn.Module):
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def check_batch(self, batch: TaskBatch) -> None:
+        """Check on the first task of ``batch`` that the model fits the task.
+
+        Adapts with zero steps (in eval mode, with torch's RNG state restored afterwards so
+        that the check never changes a seeded run) and checks the query predictions with
+        ``check_prediction``.  A model that cannot take the task's inputs raises
+        ``OutputShapeError`` naming the shapes.  Learners without ``adapt`` are not checked.
+        """
+        task = batch[0]
+        was_training = self.training
+        rng = torch.get_rng_state()
+        self.eval()
+        try:
+            with torch.enable_grad():
+                predictor = self.adapt(task.support, steps=0)
+            with torch.no_grad():
+                prediction = predictor(task.query_x)
+        except NotImplementedError:
+            return
+        except RuntimeError as err:
+            raise OutputShapeError(
+                f"the model cannot process this task (support_x {tuple(task.support_x.shape)}, "
+                f"query_x {tuple(task.query_x.shape)}): {err}".splitlines()[0]
+            ) from err
+        finally:
+            self.train(was_training)
+            torch.set_rng_state(rng)
+        if isinstance(prediction, Tensor):
+            check_prediction(prediction, task.query_y, classification=self.classification,
+                             ways=batch.ways, loss_name=self.loss_name)
 
     def query_metrics(self, prediction: Tensor, target: Tensor) -> dict[str, Tensor]:
         """Loss (and accuracy for classification) of a prediction on a query set."""

@@ -31,8 +31,8 @@ def _check_inner(inner_lr: float, inner_steps: int, *, allow_zero_steps: bool = 
             f"inner_steps must be >= {0 if allow_zero_steps else 1} for this algorithm, "
             f"got {inner_steps}"
         )
-    if not isinstance(inner_lr, (int, float)) or inner_lr <= 0:
-        raise ValueError(f"inner_lr must be a positive number, got {inner_lr!r}")
+    if not isinstance(inner_lr, (int, float)) or not 0 < inner_lr < float("inf"):
+        raise ValueError(f"inner_lr must be a positive finite number, got {inner_lr!r}")
 
 
 class GradientMetaLearner(MetaLearner):
@@ -72,6 +72,10 @@ class GradientMetaLearner(MetaLearner):
         self.model = model
         self.inner_lr = float(inner_lr)
         self.inner_steps = inner_steps
+        if eval_steps is not None and (
+            isinstance(eval_steps, bool) or not isinstance(eval_steps, int) or eval_steps < 0
+        ):
+            raise ValueError(f"eval_steps must be an integer >= 0 or None, got {eval_steps!r}")
         self.eval_steps = inner_steps if eval_steps is None else eval_steps
         self.inner_optimizer_name = inner_optimizer
         self.inner_optimizer_kwargs = dict(inner_optimizer_kwargs or {})
@@ -101,8 +105,9 @@ class GradientMetaLearner(MetaLearner):
         """``(params, x, y) -> L(f_params(x), y)`` for this learner's model."""
         model, loss_fn = self.model, self.loss_fn
 
-        def loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
-            return loss_fn(call(model, params, buffers, x), y)
+        def loss(params: Params, x: Tensor, y: Tensor, bufs: Params | None = None) -> Tensor:
+            # the inner loop passes the buffers back in as ``bufs`` (see inner_steps_iter)
+            return loss_fn(call(model, params, buffers if bufs is None else bufs, x), y)
 
         return loss
 
@@ -119,7 +124,7 @@ class GradientMetaLearner(MetaLearner):
         adapted = params
         for adapted, _ in inner_steps_iter(
             self.task_loss(buffers), params, x, y, self.make_optimizer(), steps,
-            mode or self.gradient_mode, self.adapt_names,
+            mode or self.gradient_mode, self.adapt_names, buffers=buffers,
         ):
             pass
         return adapted
@@ -191,7 +196,8 @@ class GradientMetaLearner(MetaLearner):
             if 0 in wanted:
                 record(params)
             inner = inner_steps_iter(
-                task_loss, params, sx, sy, optimizer, max(steps), "first_order", self.adapt_names
+                task_loss, params, sx, sy, optimizer, max(steps), "first_order", self.adapt_names,
+                buffers=buffers,
             )
             for t, (adapted, _) in enumerate(inner, start=1):
                 if t in wanted:

@@ -92,7 +92,8 @@ class MatchingNet(MetricMetaLearner):
             ``D`` features).
         fce: use full-context embeddings (bidirectional support LSTM, attention LSTM for
             queries); needs ``embedding_dim`` (= ``D``).
-        embedding_dim: size of the flattened embedding, required with ``fce=True``.
+        embedding_dim: size of the flattened embedding, required with ``fce=True`` (default:
+            ``encoder.embedding_dim`` when the encoder has it, as ``Conv4`` does).
         fce_steps: ``K``, the attention LSTM's number of reads (default 5).
         temperature: ``tau`` dividing the cosine similarities (1 = the paper).
 
@@ -114,6 +115,7 @@ class MatchingNet(MetricMetaLearner):
         self.temperature = float(temperature)
         self.fce_module: FullContextEmbedding | None = None
         if fce:
+            embedding_dim = embedding_dim or getattr(encoder, "embedding_dim", None)
             if embedding_dim is None:
                 raise ValueError(
                     "MatchingNet(fce=True) needs embedding_dim, the size of the encoder's "

@@ -42,7 +42,7 @@ from metaloop.tasks.base import Task, TaskBatch, TaskError
 
 
 def squared_euclidean(a: Tensor, b: Tensor) -> Tensor:
-    """``d[..., i, j] = ||a[..., i, :] - b[..., j, :]||^2`` for ``a [..., N, D]``, ``b [..., M, D]``.
+    """``d[..., i, j] = ||a[..., i, :] - b[..., j, :]||^2``, ``a [..., N, D]``, ``b [..., M, D]``.
 
     Computed as ``||a||^2 - 2 a.b + ||b||^2`` (one batched matmul), clamped at zero.
     """

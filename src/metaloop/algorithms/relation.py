@@ -22,7 +22,9 @@ embedding is four 3x3 conv blocks (64 channels, batch norm, ReLU; 2x2 max-poolin
 first two only, the first two unpadded), giving ``64 x 5 x 5`` maps on 28x28 inputs; the
 relation module is two conv blocks with pooling then ``FC(8) - ReLU - FC(1)``.  Any encoder
 that outputs feature maps works (e.g. a Conv4 without its final flatten), and one that
-outputs vectors works with ``relation_mlp``.
+outputs vectors works with ``relation_mlp``.  Without a ``relation_module`` argument,
+``RelationNet`` builds the matching one of the two by a dry run of the encoder
+(``default_relation_module``), so ``RelationNet(Conv4(ways=None))`` works as is.
 """
 
 from __future__ import annotations
@@ -104,6 +106,55 @@ def relation_mlp(embedding_dim: int, hidden: int = 8) -> nn.Sequential:
     return nn.Sequential(nn.Linear(2 * embedding_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
 
+def encoder_output_shape(encoder: nn.Module, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """Per-example output shape of ``encoder`` on inputs of ``input_shape`` (a dry run in
+    eval mode, without gradients; the encoder's mode is restored)."""
+    param = next(iter(encoder.parameters()), None)
+    dtype = param.dtype if param is not None else torch.get_default_dtype()
+    device = param.device if param is not None else None
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            out = encoder(torch.zeros(2, *input_shape, dtype=dtype, device=device))
+    finally:
+        encoder.train(was_training)
+    return tuple(out.shape[1:])
+
+
+def default_relation_module(
+    encoder: nn.Module,
+    input_shape: Sequence[int] | None = None,
+    hidden: int = 64,
+    fc_hidden: int = 8,
+) -> nn.Module:
+    """``relation_module`` for feature maps ``[C, H, W]`` or ``relation_mlp`` for vectors
+    ``[D]``, sized by a dry run of ``encoder`` on ``input_shape``.
+
+    ``input_shape`` defaults to ``(encoder.in_channels, encoder.image_size,
+    encoder.image_size)`` when the encoder has those attributes (``Conv4`` does; its
+    flattened 28x28 output is a vector, since four poolings leave 1x1 maps).
+    """
+    if input_shape is None:
+        channels = getattr(encoder, "in_channels", None)
+        size = getattr(encoder, "image_size", None)
+        if not isinstance(channels, int) or not isinstance(size, int):
+            raise ValueError(
+                "RelationNet without a relation_module needs input_shape=(C, H, W) to size "
+                "the default relation module (or an encoder with in_channels and image_size)"
+            )
+        input_shape = (channels, size, size)
+    shape = encoder_output_shape(encoder, input_shape)
+    if len(shape) == 3:
+        return relation_module(shape[0], (shape[1], shape[2]), hidden, fc_hidden)
+    if len(shape) == 1:
+        return relation_mlp(shape[0], fc_hidden)
+    raise ValueError(
+        f"the encoder outputs per-example shape {shape}; the default relation module needs "
+        "feature maps [C, H, W] or vectors [D] (pass relation_module for other shapes)"
+    )
+
+
 class RelationNet(MetricMetaLearner):
     """Relation network: learned similarity between class and query feature maps.
 
@@ -116,6 +167,12 @@ class RelationNet(MetricMetaLearner):
         loss: ``"mse"`` (the paper: sigmoid scores regressed onto one-hot targets) or
             ``"cross_entropy"`` (raw scores as logits).
 
+        input_shape: ``(C, H, W)`` of one input, used only when ``relation_module`` is
+            ``None`` to build the default module for the encoder's output shape (see
+            ``default_relation_module``); read from ``encoder.in_channels`` and
+            ``encoder.image_size`` when the encoder has them (as ``Conv4`` does).
+        hidden, fc_hidden: channels and hidden units of that default module.
+
     Predictors return ``[Q, ways]`` relation scores (in ``[0, 1]`` for ``"mse"``, logits
     for ``"cross_entropy"``); the predicted class is the arg-max either way.
     """
@@ -123,9 +180,12 @@ class RelationNet(MetricMetaLearner):
     def __init__(
         self,
         encoder: nn.Module,
-        relation_module: nn.Module,
+        relation_module: nn.Module | None = None,
         aggregate: Aggregate = "sum",
         loss: Literal["mse", "cross_entropy"] = "mse",
+        input_shape: Sequence[int] | None = None,
+        hidden: int = 64,
+        fc_hidden: int = 8,
     ) -> None:
         if loss not in ("mse", "cross_entropy"):
             raise ValueError(f"RelationNet loss must be 'mse' or 'cross_entropy', got {loss!r}")
@@ -133,6 +193,8 @@ class RelationNet(MetricMetaLearner):
             raise ValueError(f"aggregate must be 'sum' or 'mean', got {aggregate!r}")
         super().__init__(encoder, relation_mse if loss == "mse" else "cross_entropy")
         self.loss_name = loss
+        if relation_module is None:
+            relation_module = default_relation_module(encoder, input_shape, hidden, fc_hidden)
         self.relation = relation_module
         self.aggregate = aggregate
         self.use_sigmoid = loss == "mse"

@@ -122,34 +122,50 @@ def build_family(cfg: dict[str, Any], part: str = "train", check_only: bool = Fa
     )
 
 
-def _image_family(cfg, family: str, options: dict[str, Any], part: str, check_only: bool) -> Any:
+def _image_family(cfg, family: str, options: dict[str, Any], part: str, check_only: bool,
+                  within_alphabet: bool = False) -> Any:
     from metaloop import data
 
-    allowed = {"ways", "shots", "queries", "ways_test", "shots_test", "queries_test"}
+    allowed = {"ways", "shots", "queries"}
     unknown = set(options) - allowed
     if unknown:
         raise ConfigError(f"[task] unknown key(s) {sorted(unknown)} for omniglot; valid keys are "
                           f"family, {', '.join(sorted(allowed))}")
-    for k in ("ways", "shots", "queries"):
-        if k not in options:
-            raise ConfigError(f"[task] omniglot needs {k} (a positive integer)")
+    for k in allowed:
+        value = options.get(k)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"[task] omniglot needs {k} as a positive integer, got {value!r}")
     d = cfg["data"]
-    root = d["root"] or None
+    split = d["split"]
+    if within_alphabet and split == "vinyals":
+        # Lake's protocol: train on background alphabets, test within evaluation alphabets
+        split = "lake"
     try:
         return data.omniglot_family(
-            root=root,
-            split=d["split"],
+            root=d["root"] or None,
+            split=split,
             part=part,
             ways=options["ways"],
             shots=options["shots"],
             queries=options["queries"],
             image_size=d["image_size"],
-            rotations=d["rotations"],
+            rotations=None if d["rotations"] else False,
+            within_alphabet=within_alphabet,
             cache_dir=d["cache_dir"] or None,
             download=d["download"],
         )
     except (ValueError, FileNotFoundError, OSError) as err:
         raise ConfigError(f"[data]/[task] {err}") from err
+
+
+def build_within_alphabet(cfg: dict[str, Any], ways: int | None = None, shots: int | None = None,
+                          queries: int | None = None) -> Any:
+    """Lake's within-alphabet test episodes (default 20-way 1-shot, 1 query per class)."""
+    family, options = _task_options(cfg)
+    if family not in IMAGE_FAMILIES:
+        raise ConfigError(f"the within-alphabet protocol needs an image family, not {family!r}")
+    options = {"ways": ways or 20, "shots": shots or 1, "queries": queries or 1}
+    return _image_family(cfg, family, options, "test", False, within_alphabet=True)
 
 
 def _model_defaults(cfg: dict[str, Any], name: str) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -159,7 +161,13 @@ def apply_override(cfg: dict[str, Any], item: str) -> None:
         raise ConfigError(f"--set {key}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
     if "." in sub:  # nested table, e.g. eval.reference.1
         head, _, tail = sub.partition(".")
-        cfg[section].setdefault(head, {})[tail] = value
+        table = cfg[section].setdefault(head, {})
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"--set {key}: {section}.{head} is {_type_name(table)}, not a table; "
+                f"use --set {section}.{head}=VALUE"
+            )
+        table[tail] = value
         return
     if sub in ("family", "name") and section in ("task", "model", "algorithm"):
         if value != _class_key(cfg[section]):
@@ -193,10 +201,61 @@ def _check_type(where: str, value: Any, default: Any) -> Any:
     return value
 
 
+SEED_RANGE = (-(2**63), 2**63 - 1)  # what torch.Generator.manual_seed accepts, with room
+CLASS_KEYS = (("task", "family"), ("model", "name"), ("algorithm", "name"))
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def _check_finite(where: str, value: Any) -> None:
+    """NaN and infinity are never valid configuration numbers (TOML can spell them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_finite(where, item)
+    elif isinstance(value, dict):
+        for k, item in value.items():
+            _check_finite(f"{where}.{k}", item)
+
+
+def _check_seed(where: str, value: int) -> None:
+    low, high = SEED_RANGE
+    if not low <= value <= high:
+        raise ConfigError(f"{where} must be an integer in -2**63..2**63-1, got {value!r}")
+
+
+def _check_device(value: str) -> None:
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ConfigError(f"device must be one of cpu, cuda, cuda:N or mps, got {value!r}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise ConfigError(
+                f"device {value!r} is not available on this machine ({count} CUDA devices); "
+                'use device = "cpu"'
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f'device {value!r} is not available on this machine; use device = "cpu"')
+
+
 def validate_fixed(cfg: dict[str, Any]) -> None:
     """Check the fixed-key sections (train, eval, data) and the top-level keys."""
     for key, default in TOP_LEVEL.items():
         cfg[key] = _check_type(key, cfg.get(key, default), default)
+    _check_seed("seed", cfg["seed"])
+    _check_device(cfg["device"])
+    for section, key in CLASS_KEYS:
+        name = cfg[section].get(key)
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(
+                f"{section}.{key} must be a string naming the {section} to use, got {name!r}"
+            )
     for section, schema in FIXED_SECTIONS.items():
         for key, value in cfg[section].items():
             if key not in schema:
@@ -204,6 +263,7 @@ def validate_fixed(cfg: dict[str, Any]) -> None:
                     f"[{section}] unknown key {key!r}; valid keys are {', '.join(sorted(schema))}"
                 )
             cfg[section][key] = _check_type(f"{section}.{key}", value, schema[key])
+            _check_finite(f"{section}.{key}", value)
             choices = CHOICES.get((section, key))
             if choices and cfg[section][key] not in choices:
                 raise ConfigError(
@@ -211,8 +271,11 @@ def validate_fixed(cfg: dict[str, Any]) -> None:
                 )
             default = schema[key]
             if isinstance(default, (int, float)) and not isinstance(default, bool):
+                if key == "seed":
+                    _check_seed(f"{section}.{key}", value)
+                    continue
                 minimum = 0 if (section, key) in NON_NEGATIVE else None
-                if minimum is None and value <= 0 and key not in ("seed",):
+                if minimum is None and value <= 0:
                     raise ConfigError(f"{section}.{key} must be > 0, got {value!r}")
                 if minimum is not None and value < minimum:
                     raise ConfigError(f"{section}.{key} must be >= 0, got {value!r}")
@@ -247,15 +310,81 @@ def constructor_kwargs(
                 f"[{where}] unknown key {key!r} for {getattr(target, '__name__', target)}; "
                 f"valid keys are {', '.join(sorted(valid)) or '(none)'}"
             )
+        name = f"{where}.{key}"
+        _check_finite(name, value)
         default = valid[key].default
-        if default is not inspect.Parameter.empty and default is not None:
+        if _is_dtype(default):
+            value = _dtype(name, value)
+        elif default is not inspect.Parameter.empty and default is not None:
             if isinstance(default, tuple):
                 default = list(default)
-            value = _check_type(f"{where}.{key}", value, default)
+            value = _check_type(name, value, default)
             if isinstance(default, tuple | list) and isinstance(value, list):
                 value = tuple(value) if isinstance(valid[key].default, tuple) else value
+        _check_annotation(name, value, valid[key].annotation)
         out[key] = value
     return out
+
+
+# simple annotations (strings under ``from __future__ import annotations``) that configs
+# are checked against: ``int | None``, ``tuple[float, float]``, ``Sequence[int]`` ...
+_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (),
+}
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "a boolean"}
+_SEQUENCE = re.compile(r"^(?:tuple|list|Sequence)\[(\w+)(?:, \.\.\.)?\]$")
+_FIXED_TUPLE = re.compile(r"^tuple\[(\w+(?:, \w+)+)\]$")
+
+
+def _is_instance(value: Any, word: str) -> bool:
+    if word == "bool":
+        return isinstance(value, bool)
+    return isinstance(value, _SIMPLE_TYPES[word]) and not isinstance(value, bool)
+
+
+def _check_annotation(where: str, value: Any, annotation: Any) -> None:
+    if not isinstance(annotation, str):
+        return
+    parts = [p.strip() for p in annotation.split("|")]
+    words = [p for p in parts if p != "None"]
+    if words and all(p in _SIMPLE_TYPES for p in parts):
+        if not any(_is_instance(value, w) for w in words):
+            allowed = " or ".join(_TYPE_WORDS[w] for w in words)
+            raise ConfigError(f"{where} must be {allowed}, got {value!r}")
+        return
+    if len(parts) != 1 or not isinstance(value, (list, tuple)):
+        return
+    fixed = _FIXED_TUPLE.match(parts[0])
+    if fixed:
+        items = [w.strip() for w in fixed.group(1).split(",")]
+        if all(w in _SIMPLE_TYPES for w in items) and (
+            len(value) != len(items) or not all(_is_instance(v, w) for v, w in zip(value, items))
+        ):
+            kinds = ", ".join(_TYPE_WORDS.get(w, w) for w in items)
+            raise ConfigError(
+                f"{where} must be a list of {len(items)} values ({kinds}), got {value!r}"
+            )
+        return
+    seq = _SEQUENCE.match(parts[0])
+    word = seq.group(1) if seq else None
+    if word in _TYPE_WORDS and not all(_is_instance(v, word) for v in value):
+        kind = _TYPE_WORDS[word].split(" ", 1)[1]
+        raise ConfigError(f"{where} must be a list of {kind}s, got {value!r}")
+
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _is_dtype(default: Any) -> bool:
+    return type(default).__name__ == "dtype" and type(default).__module__ == "torch"
+
+
+def _dtype(where: str, value: Any) -> Any:
+    import torch
+
+    if value not in FLOAT_DTYPES:
+        raise ConfigError(f"{where} must be one of {', '.join(FLOAT_DTYPES)}, got {value!r}")
+    return getattr(torch, value)
 
 
 def dump_toml(cfg: Mapping[str, Any]) -> str:
@@ -276,15 +405,36 @@ def dump_toml(cfg: Mapping[str, Any]) -> str:
             else:
                 lines.append(f"{k} = {_toml_value(v)}")
         for k, v in tables.items():
-            lines.append(f"\n[{section}.{k}]")
+            lines.append(f"\n[{section}.{_toml_key(k)}]")
             for kk, vv in v.items():
                 lines.append(f"{_toml_key(kk)} = {_toml_value(vv)}")
     return "\n".join(lines) + "\n"
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+            "\r": "\\r"}
+
+
 def _toml_key(key: Any) -> str:
     key = str(key)
-    return key if key.replace("_", "").replace("-", "").isalnum() and not key.isdigit() else f'"{key}"'
+    return key if _BARE_KEY.fullmatch(key) and not key.isdigit() else _toml_string(key)
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        elif 0xD800 <= code <= 0xDFFF:
+            raise ConfigError(f"cannot write {text!r} to TOML (it holds a lone surrogate)")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _toml_value(v: Any) -> str:
@@ -293,7 +443,7 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return _toml_string(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):

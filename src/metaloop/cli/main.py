@@ -19,9 +19,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from metaloop.cli.config import ConfigError, dump_toml, load_config
+from metaloop.cli.config import EVAL_DEFAULTS, ConfigError, dump_toml, load_config
 
 CONFIG_NAME = "config.toml"
+# (section, key) that ``metaloop train RUN_DIR --set ...`` may change when resuming
+RESUMABLE = {("train", k) for k in (
+    "iterations", "progress", "nonfinite", "threads", "log_every", "checkpoint_every",
+    "validate_every", "patience", "tensorboard", "grad_clip",
+)} | {("eval", k) for k in EVAL_DEFAULTS}
 
 
 def _steps(text: str) -> list[int]:
@@ -113,6 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"metaloop {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (ValueError, RuntimeError, FloatingPointError) as err:
+        # data, task, checkpoint and non-finite (NonFiniteError) errors carry a message
+        # meant for the user
+        from metaloop.train import CheckpointError, NonFiniteError
+
+        if not isinstance(err, (ValueError, CheckpointError, NonFiniteError)):
+            raise
+        print(f"metaloop {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"metaloop {args.command}: interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130
@@ -129,7 +143,16 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[dict[str, Any], Pat
         saved = source / CONFIG_NAME
         if not saved.exists():
             raise ConfigError(f"{source} is a directory without {CONFIG_NAME}; give a config file")
-        return load_config(saved, args.overrides), run_dir
+        cfg = load_config(saved, args.overrides)
+        changed = _differences(load_config(saved), cfg, ignore=RESUMABLE)
+        if changed:
+            raise ConfigError(
+                f"resuming {source}: {'; '.join(changed)} cannot change in a running run (the "
+                "checkpoint would override or contradict it); settings that may change on "
+                "resume: " + ", ".join(sorted(f"{a}.{b}" for a, b in RESUMABLE if a == "train"))
+                + " and [eval]"
+            )
+        return cfg, run_dir
     if not args.run_dir:
         raise ConfigError("train needs --run-dir (where checkpoints and logs go)")
     run_dir = Path(args.run_dir)
@@ -169,6 +192,7 @@ def _threads(cfg: dict[str, Any]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from metaloop.cli.build import build_family, build_learner, build_model, build_optimizer, validate
     from metaloop.train import Trainer
+    from metaloop.train.checkpoint import atomic_write_text
 
     cfg, run_dir = _resolve_train_config(args)
     if args.no_progress:
@@ -193,7 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     main_process = distributed.world()[0] == 0
     run_dir.mkdir(parents=True, exist_ok=True)
     if main_process:
-        (run_dir / CONFIG_NAME).write_text(dump_toml(cfg))
+        atomic_write_text(dump_toml(cfg), run_dir / CONFIG_NAME)  # a kill never truncates it
     trainer = trainer_cls(
         learner, optimizer, meta_batch_size=t["meta_batch_size"], seed=cfg["seed"],
         scheduler=scheduler, grad_clip=t["grad_clip"] or None, nonfinite=t["nonfinite"],
@@ -235,7 +259,14 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
         state = load_latest(run_dir)
     if state is None:
         raise ConfigError(f"{run_dir} has no checkpoint yet (train it first)")
-    learner.load_state_dict(state["learner"])
+    try:
+        learner.load_state_dict(state["learner"])
+    except RuntimeError as err:  # config.toml edited, or --set changed the model
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
+        raise ConfigError(
+            f"the checkpoint of {run_dir} does not fit the learner built from its config"
+            f"{' and --set ' + ', '.join(overrides) if overrides else ''}: {detail}"
+        ) from err
     return cfg, learner, state
 
 
@@ -255,9 +286,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "queries": args.queries or ev["queries"] or None,
     }
     if protocol == "within-alphabet":
-        from metaloop import data
+        from metaloop.cli.build import build_within_alphabet
 
-        family = data.within_alphabet_family(cfg, **{k: v for k, v in sizes.items() if v})
+        family = build_within_alphabet(cfg, **sizes)
     else:
         family = build_family(cfg, "test", **sizes)
     seed = args.seed if args.seed is not None else ev["seed"]
@@ -369,14 +400,15 @@ def cmd_lake(args: argparse.Namespace) -> int:
         with torch.no_grad():
             return predictor(task.query_x).argmax(-1)
 
-    report = lake.score_runs(predict, runs)
-    report.update({"run_dir": str(args.run_dir), "checkpoint_iteration": state.get("iteration")})
+    score = lake.score_runs(predict, runs)
+    report = {"errors": list(score.errors), "mean_error": score.mean_error, "runs": len(score.errors),
+              "run_dir": str(args.run_dir), "checkpoint_iteration": state.get("iteration")}
     if args.json:
         print(json.dumps(report))
     else:
-        for i, err in enumerate(report["errors"], start=1):
+        for i, err in enumerate(score.errors, start=1):
             print(f"run {i:02d}: {err:.1f}% error")
-        print(f"mean error over {len(report['errors'])} runs: {report['mean_error']:.2f}%")
+        print(f"mean error over {len(score.errors)} runs: {score.mean_error:.2f}%")
     return 0
 
 

@@ -28,7 +28,14 @@ from metaloop.data.episodes import (
     episodes_to_batch,
     within_alphabet_family,
 )
-from metaloop.data.lake import LakeRun, LakeScore, load_runs, make_fake_runs, runs_to_batch, score_runs
+from metaloop.data.lake import (
+    LakeRun,
+    LakeScore,
+    load_runs,
+    make_fake_runs,
+    runs_to_batch,
+    score_runs,
+)
 from metaloop.data.omniglot import (
     ARCHIVES,
     OmniglotError,
@@ -119,7 +126,9 @@ def omniglot_family(
     """
     if part not in ("train", "val", "test"):
         raise ValueError(f"unknown split part {part!r}; choose one of train, val, test")
-    split_obj = omniglot_split(root, split, image_size=image_size, rotations=rotations, **split_kwargs)
+    split_obj = omniglot_split(
+        root, split, image_size=image_size, rotations=rotations, **split_kwargs
+    )
     return EpisodicFamily(
         split_obj[part], ways, shots, queries, transform,
         class_groups="alphabet" if within_alphabet else None, normalize=normalize,

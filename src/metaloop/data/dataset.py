@@ -117,7 +117,9 @@ class ClassDataset:
             rotations = torch.zeros(num_classes, dtype=torch.long)
         rotations = torch.as_tensor(rotations, dtype=torch.long).reshape(-1)
         if rotations.numel() != num_classes:
-            raise TaskError(f"rotations needs one entry per class ({num_classes}), got {rotations.numel()}")
+            raise TaskError(
+                f"rotations needs one entry per class ({num_classes}), got {rotations.numel()}"
+            )
         if rotations.numel() and (int(rotations.min()) < 0 or int(rotations.max()) > 3):
             raise TaskError("rotations are quarter turns and must lie in 0..3")
         if bool((rotations % 2 == 1).any()) and images.shape[-1] != images.shape[-2]:
@@ -214,7 +216,9 @@ class ClassDataset:
 
     def _check_class(self, cls: int) -> None:
         if not 0 <= cls < self.num_classes:
-            raise TaskError(f"class {cls} out of range: this dataset has classes 0..{self.num_classes - 1}")
+            raise TaskError(
+                f"class {cls} out of range: this dataset has classes 0..{self.num_classes - 1}"
+            )
 
     # -- selecting classes -----------------------------------------------------------------
     def classes_with_at_least(self, n: int) -> list[int]:
@@ -280,7 +284,9 @@ class ClassDataset:
         shapes = {d.image_shape for d in datasets}
         dtypes = {d.storage.dtype for d in datasets}
         if len(shapes) != 1 or len(dtypes) != 1:
-            raise TaskError(f"cannot concatenate datasets with image shapes {shapes} and dtypes {dtypes}")
+            raise TaskError(
+                f"cannot concatenate datasets with image shapes {shapes} and dtypes {dtypes}"
+            )
         if len(datasets) == 1:
             return datasets[0]
         labels, rows, info, rot = [], [], [], []

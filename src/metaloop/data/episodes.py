@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,9 +38,9 @@ from metaloop.data.dataset import ClassDataset, to_float_images
 from metaloop.tasks.base import TaskBatch, TaskError, check_positive
 
 #: ``transform(images [B, C, H, W] float in [0, 1], generator) -> images``
-ImageTransform = Callable[[Tensor, Union[torch.Generator, None]], Tensor]
+ImageTransform = Callable[[Tensor, torch.Generator | None], Tensor]
 #: a metadata field name, ``{group: [class ids]}`` or a list of class-id lists
-ClassGroups = Union[str, Mapping[Hashable, Sequence[int]], Sequence[Sequence[int]], None]
+ClassGroups = str | Mapping[Hashable, Sequence[int]] | Sequence[Sequence[int]] | None
 
 
 def _resolve_groups(dataset: ClassDataset, class_groups: ClassGroups) -> dict[Hashable, list[int]]:
@@ -235,7 +235,13 @@ class EpisodicFamily:
 
     @property
     def num_classes(self) -> int:
-        """Number of classes episodes can draw from."""
+        """Number of dataset classes: ``info["classes"]`` ids lie in ``0 .. num_classes-1``
+        (what a global classifier over the training classes needs)."""
+        return self.dataset.num_classes
+
+    @property
+    def usable_classes(self) -> int:
+        """Number of classes episodes actually draw from (enough images, in a usable group)."""
         return self.plan.num_usable_classes
 
     def sample_indices(
@@ -270,7 +276,9 @@ class EpisodicFamily:
         }
         unknown = set(overrides) - set(kwargs)
         if unknown:
-            raise TypeError(f"with_shape got unknown overrides {sorted(unknown)}; allowed: {sorted(kwargs)}")
+            raise TypeError(
+                f"with_shape got unknown overrides {sorted(unknown)}; allowed: {sorted(kwargs)}"
+            )
         kwargs.update(overrides)
         transform = kwargs.pop("transform")
         return EpisodicFamily(
@@ -286,7 +294,7 @@ class EpisodicFamily:
         groups = "" if self.class_groups is None else f", groups={len(self.plan.group_names)}"
         return (
             f"EpisodicFamily({self.dataset.name!r}, ways={self.ways}, shots={self.shots}, "
-            f"queries={self.queries}, classes={self.num_classes}{groups})"
+            f"queries={self.queries}, classes={self.usable_classes}{groups})"
         )
 
 

@@ -5,7 +5,8 @@ the folder it extracts to)::
 
     runNN/training/class01.png .. classWW.png   one image per class
     runNN/test/item01.png .. itemWW.png         the items to classify
-    runNN/class_labels.txt                      lines "runNN/test/itemXX.png runNN/training/classYY.png"
+    runNN/class_labels.txt                      one line per test item:
+        runNN/test/itemXX.png runNN/training/classYY.png
 
 ``load_runs`` reads every run into a ``LakeRun`` with the same preprocessing as the
 Omniglot training images (``metaloop.data.omniglot.preprocess_png``: 105x105 check,
@@ -73,7 +74,9 @@ class LakeRun:
         )
 
 
-def runs_to_batch(runs: Sequence[LakeRun], normalize: tuple[float, float] | None = None) -> TaskBatch:
+def runs_to_batch(
+    runs: Sequence[LakeRun], normalize: tuple[float, float] | None = None
+) -> TaskBatch:
     """All runs as one ``TaskBatch`` (they must share their sizes)."""
     return TaskBatch.stack([r.to_task(normalize) for r in runs])
 
@@ -177,9 +180,13 @@ def _load_run(
     if len({i for i, _, _ in items}) != len(items):
         raise OmniglotError(f"{where}/class_labels.txt lists a test item twice")
     listed = {n for _, n, _ in items}
-    unlisted = sorted(n for n in members if (m := _TEST.match(n)) and m["run"] == run and n not in listed)
+    unlisted = sorted(
+        n for n in members if (m := _TEST.match(n)) and m["run"] == run and n not in listed
+    )
     if unlisted:
-        raise OmniglotError(f"{where}: test images without a label in class_labels.txt: {unlisted[:5]}")
+        raise OmniglotError(
+            f"{where}: test images without a label in class_labels.txt: {unlisted[:5]}"
+        )
 
     def decode(name: str) -> np.ndarray:
         return preprocess_png(read(prefix + name), image_size, f"{path}::{prefix}{name}")
@@ -279,7 +286,8 @@ def make_fake_runs(
             run = f"run{r + 1:02d}"
             chars = by_alphabet[alphabets[order[r // 2]]]
             eligible = sorted(c for c, v in chars.items() if len(v) >= 2)
-            picked = [eligible[i] for i in torch.randperm(len(eligible), generator=g)[:ways].tolist()]
+            chosen = torch.randperm(len(eligible), generator=g)[:ways].tolist()
+            picked = [eligible[i] for i in chosen]
             item_order = torch.randperm(ways, generator=g).tolist()
             lines = []
             test_images: list[str] = []

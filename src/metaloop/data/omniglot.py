@@ -144,7 +144,9 @@ def locate_archive(
     """Path of the archive (zip, else extracted folder) of ``subset`` in ``root``;
     downloaded there when missing and ``download`` is true."""
     if subset not in ARCHIVES:
-        raise OmniglotError(f"unknown Omniglot subset {subset!r}; choose one of {', '.join(ARCHIVES)}")
+        raise OmniglotError(
+            f"unknown Omniglot subset {subset!r}; choose one of {', '.join(ARCHIVES)}"
+        )
     path = resolve_root(root)
     name = ARCHIVES[subset]
     if (path / f"{name}.zip").is_file():
@@ -181,12 +183,14 @@ def download_archive(
     root.mkdir(parents=True, exist_ok=True)
     dest, part = root / name, root / f"{name}.part"
     source = f"{url.rstrip('/')}/{name}"
-    algorithm, expected = (checksums if checksums is not None else CHECKSUMS).get(name, ("sha256", ""))
+    table = CHECKSUMS if checksums is None else checksums
+    algorithm, expected = table.get(name, ("sha256", ""))
     digest = hashlib.new(algorithm)
     try:
         with urllib.request.urlopen(source, timeout=timeout) as response, open(part, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress) as bar:
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress)
+            with bar:
                 while chunk := response.read(1 << 16):
                     out.write(chunk)
                     digest.update(chunk)
@@ -209,7 +213,9 @@ def download_archive(
         bad = str(err)
     if bad is not None:
         part.unlink(missing_ok=True)
-        raise OmniglotError(f"downloaded {name} from {source} is not a valid zip (bad member: {bad})")
+        raise OmniglotError(
+            f"downloaded {name} from {source} is not a valid zip (bad member: {bad})"
+        )
     os.replace(part, dest)
     return dest
 
@@ -346,20 +352,28 @@ def _parse_layout(source: _Source, subset: str, strict: bool) -> _Layout:
             "subset": subset,
         })
     if strict:
-        found = (len(names), len({a for a, _ in entries}), len(entries))
-        expected = EXPECTED_COUNTS[subset]
-        if found != expected:
-            raise OmniglotError(
-                f"{source.path}: holds {found[0]} images of {found[2]} characters in {found[1]} "
-                f"alphabets; the official {top} holds {expected[0]} images of {expected[2]} "
-                f"characters in {expected[1]} alphabets. The archive is incomplete or not the "
-                "official one: download it again (or pass strict=False to load it as it is)"
-            )
+        _check_counts(source.path, subset, len(names), classes)
     return _Layout(names, np.asarray(labels, dtype=np.int64), classes)
 
 
+def _check_counts(path: Path, subset: str, images: int, classes: list[dict[str, Any]]) -> None:
+    found = (images, len({c["alphabet"] for c in classes}), len(classes))
+    expected = EXPECTED_COUNTS[subset]
+    if found != expected:
+        raise OmniglotError(
+            f"{path}: holds {found[0]} images of {found[2]} characters in {found[1]} "
+            f"alphabets; the official {ARCHIVES[subset]} holds {expected[0]} images of "
+            f"{expected[2]} characters in {expected[1]} alphabets. The archive is incomplete or "
+            "not the official one: download it again (or pass strict=False to load it as it is)"
+        )
+
+
+#: below this many images a worker pool costs more than it saves
+_PARALLEL_MIN = 2000
+
+
 def _decode_all(path: Path, names: list[str], image_size: int | None, workers: int) -> np.ndarray:
-    if workers <= 1 or len(names) < 2000:
+    if workers <= 1 or len(names) < _PARALLEL_MIN:
         return _decode_chunk((str(path), names, image_size))
     pieces = workers * 4
     step = -(-len(names) // pieces)
@@ -393,13 +407,15 @@ def _read_cache(path: Path, want: dict[str, Any]) -> tuple[np.ndarray, np.ndarra
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
             images, labels = f["images"], f["labels"]
-    except Exception as err:  # noqa: BLE001 - any unreadable cache is rebuilt
+    except Exception as err:
         log.warning("Omniglot cache %s is unreadable (%s); rebuilding it", path, err)
         return None
     got = {k: meta.get(k) for k in want}
     if got != want:
         diff = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
-        log.warning("Omniglot cache %s does not match (%s: found, wanted); rebuilding it", path, diff)
+        log.warning(
+            "Omniglot cache %s does not match (%s: found, wanted); rebuilding it", path, diff
+        )
         return None
     if images.shape[0] != labels.shape[0] or images.dtype != np.uint8:
         log.warning("Omniglot cache %s is inconsistent; rebuilding it", path)
@@ -463,6 +479,8 @@ def load_omniglot_subset(
         cached = _read_cache(cache, meta) if use_cache else None
         if cached is not None:
             images, labels, classes = cached
+            if strict:  # the cache may have been built with strict=False
+                _check_counts(path, subset, len(labels), classes)
         else:
             layout = _parse_layout(source, subset, strict)
             start = time.perf_counter()
@@ -494,7 +512,9 @@ def load_omniglot(
         subsets = (subsets,)
     unknown = [s for s in subsets if s not in ARCHIVES]
     if unknown:
-        raise OmniglotError(f"unknown Omniglot subset(s) {unknown}; choose from {', '.join(ARCHIVES)}")
+        raise OmniglotError(
+            f"unknown Omniglot subset(s) {unknown}; choose from {', '.join(ARCHIVES)}"
+        )
     if not kwargs.get("download", False):
         path = resolve_root(root)
         missing = [

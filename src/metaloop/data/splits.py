@@ -53,7 +53,9 @@ class ClassSplit:
             raise KeyError(f"unknown split part {part!r}; choose one of {', '.join(PARTS)}")
         dataset = getattr(self, part)
         if dataset is None:
-            raise TaskError(f"this {self.protocol} split has no {part!r} part (it was built with 0)")
+            raise TaskError(
+                f"this {self.protocol} split has no {part!r} part (it was built with 0)"
+            )
         return dataset
 
     def parts(self) -> Iterator[tuple[str, ClassDataset]]:

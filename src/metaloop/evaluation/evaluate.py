@@ -107,6 +107,8 @@ def evaluate(
         while done < episodes:
             n = min(batch_size, episodes - done)
             batch = family.sample(n, g).to(device)
+            if done == 0 and hasattr(learner, "check_batch"):
+                learner.check_batch(batch)  # model output vs the episode's ways/targets
             for s, metrics in learner.evaluate_batch(batch, steps).items():
                 for k, v in metrics.items():
                     collected.setdefault(s, {}).setdefault(k, []).append(v.detach().cpu())

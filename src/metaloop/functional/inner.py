@@ -48,11 +48,17 @@ def inner_steps_iter(
     steps: int,
     mode: GradientMode = "second_order",
     adapt: Sequence[str] | None = None,
+    buffers: Params | None = None,
 ) -> Iterator[tuple[Params, Tensor]]:
     """Yield ``(theta_t, L_support(theta_{t-1}))`` after each of ``steps`` inner steps.
 
     Only the parameters named in ``adapt`` (all by default) change; the rest are held
     fixed inside the loop but still receive meta-gradient through the query loss.
+
+    ``buffers``, when given, are passed on as ``loss_fn(params, x, y, buffers)`` and enter
+    the gradient transform as *inputs*: ``torch.func`` refuses in-place updates of captured
+    tensors, so this is what lets a model update its buffers inside the inner loop (batch
+    norm's running statistics in training mode, with the loop engine).
     """
     check_mode(mode)
     names = list(params) if adapt is None else list(adapt)
@@ -62,15 +68,16 @@ def inner_steps_iter(
     first_order = mode == "first_order"
     fixed_for_grad = detach(fixed) if first_order else fixed
 
-    def support_loss(fast_params: Params) -> Tensor:
-        return loss_fn({**fixed_for_grad, **fast_params}, x, y)
+    def support_loss(fast_params: Params, bufs: Params | None) -> Tensor:
+        merged = {**fixed_for_grad, **fast_params}
+        return loss_fn(merged, x, y) if bufs is None else loss_fn(merged, x, y, bufs)
 
     for _ in range(steps):
         if first_order:
-            grads, loss = grad_and_value(support_loss)(detach(fast))
+            grads, loss = grad_and_value(support_loss)(detach(fast), buffers)
             grads = detach(grads)
         else:
-            grads, loss = grad_and_value(support_loss)(fast)
+            grads, loss = grad_and_value(support_loss)(fast, buffers)
         fast, state = optimizer.update(grads, state, fast)
         yield {**fixed, **fast}, loss
 
@@ -84,9 +91,12 @@ def inner_loop(
     steps: int,
     mode: GradientMode = "second_order",
     adapt: Sequence[str] | None = None,
+    buffers: Params | None = None,
 ) -> Params:
     """Run ``steps`` inner steps and return the adapted parameters ``theta_K``."""
     adapted = params
-    for adapted, _ in inner_steps_iter(loss_fn, params, x, y, optimizer, steps, mode, adapt):
+    for adapted, _ in inner_steps_iter(
+        loss_fn, params, x, y, optimizer, steps, mode, adapt, buffers=buffers
+    ):
         pass
     return adapted

@@ -38,7 +38,9 @@ def name_filter(
     """Names of the parameters of ``module`` picked by ``include``.
 
     ``include`` may be ``None`` (all), a prefix string or a list of prefixes (e.g. ``"head"``
-    for ANIL's classifier), or a predicate on the parameter name.
+    for ANIL's classifier), or a predicate on the parameter name.  A prefix names a
+    submodule or parameter: ``"layers.1"`` picks ``layers.1.weight`` but not
+    ``layers.10.weight`` (a prefix ending in ``"."`` is taken as is).
     """
     names = [n for n, _ in module.named_parameters()]
     if include is None:
@@ -47,7 +49,8 @@ def name_filter(
         picked = [n for n in names if include(n)]
     else:
         prefixes = (include,) if isinstance(include, str) else tuple(include)
-        picked = [n for n in names if n.startswith(prefixes)]
+        dotted = tuple(p if p.endswith(".") else p + "." for p in prefixes)
+        picked = [n for n in names if n in prefixes or n.startswith(dotted)]
     if not picked:
         raise ValueError(f"no parameter matches {include!r}; parameters are: {', '.join(names)}")
     return picked

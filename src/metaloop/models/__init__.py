@@ -1,5 +1,22 @@
 """Backbones: plain ``nn.Module``s, nothing meta-specific."""
 
+from metaloop.models.conv import Conv4, ConvBlock
 from metaloop.models.mlp import MLP
+from metaloop.models.norm import (
+    NORM_POLICIES,
+    VMAP_POLICIES,
+    PerStepBatchNorm2d,
+    make_norm,
+    set_norm_step,
+)
 
-__all__ = ["MLP"]
+__all__ = [
+    "MLP",
+    "NORM_POLICIES",
+    "VMAP_POLICIES",
+    "Conv4",
+    "ConvBlock",
+    "PerStepBatchNorm2d",
+    "make_norm",
+    "set_norm_step",
+]

@@ -82,6 +82,7 @@ class TaskBatch:
             self.query_x[index],
             self.query_y[index],
             self.ways,
+            _slice_info(self.info, index, len(self)),
         )
 
     def __iter__(self):
@@ -103,7 +104,7 @@ class TaskBatch:
                 self.query_x[i : i + chunk_size],
                 self.query_y[i : i + chunk_size],
                 self.ways,
-                self.info,
+                _slice_info(self.info, slice(i, i + chunk_size), len(self)),
             )
             for i in range(0, len(self), chunk_size)
         ]
@@ -134,6 +135,14 @@ class TaskBatch:
             )
         except RuntimeError as err:
             raise TaskError(f"tasks in a batch must share shapes: {err}") from err
+
+
+def _slice_info(info: dict[str, Any], index: int | slice, tasks: int) -> dict[str, Any]:
+    """Per-task entries of ``info`` (tensors with a leading task dimension) sliced like the batch."""
+    return {
+        k: v[index] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == tasks else v
+        for k, v in info.items()
+    }
 
 
 def validate_batch(batch: TaskBatch, *, classification: bool | None = None) -> None:
@@ -169,6 +178,11 @@ def validate_batch(batch: TaskBatch, *, classification: bool | None = None) -> N
         raise TaskError(
             f"support and query features differ in shape: {tuple(sx.shape[2:])} vs "
             f"{tuple(qx.shape[2:])}"
+        )
+    if sy.shape[2:] != qy.shape[2:]:
+        raise TaskError(
+            f"support and query targets differ in shape: {tuple(sy.shape[2:])} vs "
+            f"{tuple(qy.shape[2:])}"
         )
     for name, t in (("support_x", sx), ("query_x", qx), ("support_y", sy), ("query_y", qy)):
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):

@@ -86,7 +86,13 @@ class LinearRegression:
         self.queries = check_positive("queries", queries)
         if w_std < 0 or noise_std < 0:
             raise TaskError(f"w_std and noise_std must be >= 0, got {w_std}, {noise_std}")
-        self.w_mean = torch.as_tensor(w_mean, dtype=dtype).expand(dim).clone()
+        w_mean = torch.as_tensor(w_mean, dtype=dtype)
+        if w_mean.dim() > 1 or w_mean.numel() not in (1, dim):
+            raise TaskError(
+                f"w_mean must be a number or a vector of length dim={dim}, "
+                f"got shape {tuple(w_mean.shape)}"
+            )
+        self.w_mean = w_mean.expand(dim).clone()
         self.w_std, self.noise_std, self.dtype = w_std, noise_std, dtype
         if subspace_dim is None:
             self.basis = torch.eye(dim, dtype=dtype)
@@ -139,6 +145,8 @@ class Quadratic:
         dtype: torch.dtype = torch.float32,
     ) -> None:
         self.dtype = dtype
+        if optimum_std < 0:
+            raise TaskError(f"optimum_std must be >= 0, got {optimum_std}")
         self.curvature_range, self.optimum_std = curvature_range, optimum_std
         if curvatures is not None or optima is not None:
             if curvatures is None or optima is None or len(curvatures) != len(optima):
@@ -201,6 +209,8 @@ class GaussianMean:
         self.dim = check_positive("dim", dim)
         self.shots = check_positive("shots", shots)
         self.queries = check_positive("queries", queries)
+        if prior_std < 0 or noise_std < 0:
+            raise TaskError(f"prior_std and noise_std must be >= 0, got {prior_std}, {noise_std}")
         self.prior_mean, self.prior_std, self.noise_std, self.dtype = (
             prior_mean, prior_std, noise_std, dtype,
         )

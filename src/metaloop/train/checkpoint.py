@@ -5,10 +5,17 @@ it, then ``os.replace``s it over the target, so a reader sees either the old or 
 file, never half of one.  Before replacing ``latest.pt`` the old one is kept as
 ``latest.prev.pt``; ``load_latest`` falls back to it (with a warning) when ``latest.pt`` is
 corrupt.
+
+A dict saved by ``atomic_save`` carries a ``"checksum"`` entry: a SHA-256 over every
+tensor's dtype, shape and bytes and every other value's ``repr``.  ``torch.load`` does not
+verify the CRCs of the zip records it reads, so a file with garbled tensor bytes would
+otherwise load silently with wrong weights; ``load_checkpoint`` / ``load_latest`` recompute
+the digest and treat a mismatch as corruption.  The files stay plain ``torch.save`` dicts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import warnings
@@ -27,14 +34,65 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint could be read."""
 
 
+def checksum(obj: Any) -> str:
+    """SHA-256 of a checkpoint's content (tensor bytes, other values by ``repr``)."""
+    h = hashlib.sha256()
+    _digest(obj, h)
+    return h.hexdigest()
+
+
+def _digest(obj: Any, h: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        if t.layout == torch.strided and not t.is_quantized:
+            h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:  # pragma: no cover - sparse/quantized tensors: content by repr
+            h.update(repr(t).encode())
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for k, v in obj.items():
+            h.update(repr(k).encode() + b":")
+            _digest(v, h)
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[" if isinstance(obj, list) else b"(")
+        for v in obj:
+            _digest(v, h)
+        h.update(b"]")
+    else:
+        text = repr(obj)
+        if " at 0x" in text:  # a default repr holds a memory address: not reproducible
+            text = type(obj).__qualname__
+        h.update(text.encode() + b";")
+
+
+def _with_checksum(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        body = {k: v for k, v in obj.items() if k != "checksum"}
+        return {**body, "checksum": checksum(body)}
+    return obj
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Write a text file atomically (temporary file, fsync, rename)."""
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """``torch.save`` to ``path`` atomically (temporary file, fsync, rename); a dict gets a
+    ``"checksum"`` entry that ``load_checkpoint`` verifies."""
+    obj = _with_checksum(obj)
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _atomic_write(path: str | os.PathLike, write: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -43,6 +101,21 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files (``.NAME.*.tmp``) a killed writer left in ``run_dir``.
+
+    Only call this when no other process writes to the run directory.
+    """
+    removed = []
+    for path in Path(run_dir).glob(".*.tmp"):
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -77,6 +150,11 @@ def _read(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err})") from err
     if not isinstance(state, dict) or "iteration" not in state:
         raise CheckpointError(f"checkpoint {path} does not hold a metaloop training state")
+    expected = state.pop("checksum", None)
+    if expected is not None and checksum(state) != expected:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt (its content does not match its checksum)"
+        )
     return state
 
 

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +27,30 @@ import torch
 
 from metaloop.algorithms.base import MetaLearner
 from metaloop.tasks.base import TaskBatch, TaskFamily, validate_batch
-from metaloop.train.checkpoint import BEST, atomic_save, load_latest, save_checkpoint
+from metaloop.train.checkpoint import (
+    BEST,
+    atomic_save,
+    load_latest,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 
 METRICS_LOG = "metrics.jsonl"
 NONFINITE_POLICIES = ("stop", "skip")
 
 
 class NonFiniteError(FloatingPointError):
-    """The meta-loss or the meta-gradient was NaN or infinite."""
+    """The meta-loss, the meta-gradient or the parameters became NaN or infinite.
+
+    ``iteration`` is the (1-based) iteration that failed and ``tasks`` the indices, within
+    that iteration's meta-batch, of the tasks that are non-finite on their own (empty when
+    only their combination is, or when they were not checked).
+    """
+
+    def __init__(self, message: str, iteration: int | None = None, tasks: Sequence[int] = ()):
+        super().__init__(message)
+        self.iteration = iteration
+        self.tasks = list(tasks)
 
 
 @dataclass
@@ -96,8 +113,10 @@ class Trainer:
         _positive_int("tasks_per_chunk", tasks_per_chunk, allow_none=True)
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {nonfinite!r}")
-        if grad_clip is not None and grad_clip <= 0:
+        if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63:
+            raise ValueError(f"seed must be an integer in -2**63..2**63-1, got {seed!r}")
         self.learner = learner.to(device)
         self.optimizer = optimizer
         self.meta_batch_size = meta_batch_size
@@ -117,6 +136,7 @@ class Trainer:
         self.bad_validations = 0
         self.elapsed = 0.0
         self.skipped_steps = 0
+        self._running = _Running()
         self.callbacks: list[Callable[[Trainer, dict[str, Any]], None]] = []
         #: only the main process writes logs and checkpoints (see metaloop.distributed)
         self.is_main = True
@@ -137,7 +157,7 @@ class Trainer:
             loss, chunk_metrics = self.learner.meta_loss(chunk)
             weight = len(chunk) / total
             if not torch.isfinite(loss.detach()):
-                return self._nonfinite("meta-loss", float(loss.detach()), chunk_metrics)
+                return self._nonfinite("meta-loss", float(loss.detach()), chunk_metrics, batch)
             (loss * weight).backward()
             for k, v in chunk_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + weight * v
@@ -145,7 +165,7 @@ class Trainer:
         if params:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params]))
             if not torch.isfinite(norm):
-                return self._nonfinite("meta-gradient", float(norm), metrics)
+                return self._nonfinite("meta-gradient", float(norm), metrics, batch)
             metrics["grad_norm"] = float(norm)
             if self.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
@@ -154,18 +174,72 @@ class Trainer:
             self.scheduler.step()
         return metrics
 
-    def _nonfinite(self, what: str, value: float, metrics: dict[str, float]) -> dict[str, float]:
+    def _nonfinite(
+        self, what: str, value: float, metrics: dict[str, float], batch: TaskBatch | None = None
+    ) -> dict[str, float]:
+        """Drop the step: raise ``NonFiniteError`` (``"stop"``) or count it (``"skip"``).
+
+        With ``batch`` given, each of its tasks is re-run on its own to name the culprits
+        (the learner's state and torch's RNG are restored afterwards, so this never changes
+        the run).
+        """
         self.optimizer.zero_grad(set_to_none=True)
+        iteration = self.iteration + 1
+        bad = self._bad_tasks(batch, what) if batch is not None else None
+        if bad is None:
+            culprits = "the tasks were not checked one by one"
+        elif bad:
+            culprits = (f"task(s) {bad} of the {len(batch)} in the meta-batch are non-finite on "
+                        f"their own{_task_info(batch, bad)}")
+        else:
+            culprits = (f"no single task of the {len(batch)} in the meta-batch is non-finite on "
+                        "its own; their combination is")
         message = (
-            f"non-finite {what} ({value}) at iteration {self.iteration + 1}: the batch's "
-            f"tasks were drawn from generator seed {self.seed} at that iteration; "
-            f"metrics {metrics}. Lower the learning rates, clip gradients (grad_clip), or "
+            f"non-finite {what} ({value}) at iteration {iteration}: {culprits}; the meta-batch "
+            f"is the one drawn at iteration {iteration} from seed {self.seed}, metrics "
+            f"{_short(metrics)}. Lower the learning rates, clip gradients (grad_clip), or "
             "set nonfinite='skip' to drop such steps."
         )
         if self.nonfinite == "skip":
             self.skipped_steps += 1
+            warnings.warn("skipped: " + message, RuntimeWarning, stacklevel=3)
             return {"skipped": 1.0}
-        raise NonFiniteError(message)
+        raise NonFiniteError(message, iteration, bad or ())
+
+    def _bad_tasks(self, batch: TaskBatch, what: str) -> list[int] | None:
+        """Indices of the tasks whose meta-loss (or meta-gradient) is non-finite alone."""
+        learner = self.learner
+        saved = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+        rng = torch.get_rng_state()
+        params = [p for p in learner.parameters() if p.requires_grad]
+        bad: list[int] = []
+        try:
+            for i, one in enumerate(batch.split(1)):
+                loss, _ = learner.meta_loss(one)
+                if not torch.isfinite(loss.detach()):
+                    bad.append(i)
+                elif what == "meta-gradient" and loss.requires_grad:
+                    grads = torch.autograd.grad(loss, params, allow_unused=True)
+                    if any(g is not None and not bool(torch.isfinite(g).all()) for g in grads):
+                        bad.append(i)
+        except Exception:  # a failing diagnosis must not hide the real error
+            return None
+        finally:
+            learner.load_state_dict(saved)
+            torch.set_rng_state(rng)
+        return bad
+
+    def state_is_finite(self) -> bool:
+        """Whether the learner's parameters, buffers and the optimizer state are all finite
+        (checked before every checkpoint, so a broken state never replaces a good one)."""
+        tensors = list(self.learner.state_dict().values())
+        for group in self.optimizer.state.values():
+            tensors.extend(v for v in group.values() if isinstance(v, torch.Tensor))
+        return all(
+            bool(torch.isfinite(t).all())
+            for t in tensors
+            if t.is_floating_point() or t.is_complex()
+        )
 
     # -- validation ----------------------------------------------------------------------
     def evaluate_tasks(self, batches: Sequence[TaskBatch], steps: Sequence[int] | None = None) -> dict[str, float]:
@@ -217,10 +291,11 @@ class Trainer:
             state = load_latest(run_path)
             if state is not None:
                 self.load_state(state)
-                if self.is_main:
-                    _truncate_log(run_path / METRICS_LOG, self.iteration)
             elif self.iteration == 0:
                 torch.manual_seed(self.seed)
+            if self.is_main:  # drop what a killed process logged past the checkpoint
+                _truncate_log(run_path / METRICS_LOG, self.iteration)
+                remove_stale_temporaries(run_path)
         elif self.iteration == 0:
             torch.manual_seed(self.seed)
 
@@ -234,35 +309,46 @@ class Trainer:
         stopped_early = False
         bar = _progress(self.progress and self.is_main, self.iteration, iterations)
         start = time.perf_counter() - self.elapsed
-        running: dict[str, float] = {}
+        classification = self.learner.classification
+        if self.validate_tasks:
+            for vbatch in validation:
+                validate_batch(vbatch, classification=classification)
+        checked = False
+        if patience is not None and self.bad_validations >= patience:
+            stopped_early = True  # resuming a run that had already stopped early
         try:
-            while self.iteration < iterations:
+            while self.iteration < iterations and not stopped_early:
+                before = (self.generator.get_state(), torch.get_rng_state())
                 batch = family.sample(self.meta_batch_size, self.generator)
                 if self.validate_tasks:
-                    validate_batch(batch)
+                    validate_batch(batch, classification=classification)
+                batch = batch.to(self.device)
+                if not checked and hasattr(self.learner, "check_batch"):
+                    self.learner.check_batch(batch)  # model output vs ways/targets, once
+                checked = True
                 try:
-                    metrics = self.step(batch.to(self.device))
+                    metrics = self.step(batch)
                 except NonFiniteError:
-                    if write_path is not None:
+                    # keep the state *before* the failing batch was drawn (a resume replays
+                    # it exactly), and only if it is finite: never replace a good checkpoint
+                    if write_path is not None and self.state_is_finite():
                         self.elapsed = time.perf_counter() - start
-                        save_checkpoint(self.state(config), write_path)
+                        state = self.state(config)
+                        state["generator"], state["torch_rng"] = before
+                        save_checkpoint(state, write_path)
                     raise
                 self.iteration += 1
-                for k, v in metrics.items():
-                    running[k] = running.get(k, 0.0) + v
-                running["_n"] = running.get("_n", 0.0) + 1
+                self._running.add(metrics)
                 record: dict[str, Any] | None = None
                 if self.iteration % log_every == 0 or self.iteration == iterations:
-                    n = running.pop("_n")
                     record = {"iteration": self.iteration, "split": "train",
-                              **{k: v / n for k, v in running.items()}}
-                    running = {}
+                              **self._running.pop()}
                 if validation and (self.iteration % validate_every == 0 or self.iteration == iterations):
                     val = self.evaluate_tasks(validation, validation_steps)
                     value = val[metric_name]
-                    improved = self.best_metric is None or (
+                    improved = math.isfinite(value) and (self.best_metric is None or (
                         value > self.best_metric if maximize else value < self.best_metric
-                    )
+                    ))
                     if improved:
                         self.best_metric, self.best_iteration = value, self.iteration
                         self.bad_validations = 0
@@ -295,6 +381,14 @@ class Trainer:
                 ):
                     if log_file is not None:
                         log_file.flush()
+                    if not self.state_is_finite():
+                        raise NonFiniteError(
+                            f"non-finite parameters or optimizer state after iteration "
+                            f"{self.iteration} (the update itself overflowed); the last good "
+                            f"checkpoint in {write_path} is kept. Lower the learning rates or "
+                            "clip gradients (grad_clip).",
+                            self.iteration,
+                        )
                     self.elapsed = time.perf_counter() - start
                     save_checkpoint(self.state(config), write_path)
                 if stopped_early:
@@ -344,6 +438,7 @@ class Trainer:
             "bad_validations": self.bad_validations,
             "elapsed": self.elapsed,
             "skipped_steps": self.skipped_steps,
+            "running": self._running.state(),
             "seed": self.seed,
             "config": config,
         }
@@ -361,6 +456,58 @@ class Trainer:
         self.bad_validations = int(state.get("bad_validations", 0))
         self.elapsed = float(state.get("elapsed", 0.0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self._running = _Running(state.get("running"))
+
+
+class _Running:
+    """Step metrics summed since the last train record.
+
+    Part of the checkpoint, so a resumed run logs the same averages as an uninterrupted one
+    whatever ``checkpoint_every`` and ``log_every`` are.  Each metric is averaged over the
+    steps that reported it; ``skipped`` is the fraction of steps skipped.
+    """
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        state = state or {}
+        self.sums: dict[str, float] = dict(state.get("sums", {}))
+        self.counts: dict[str, int] = dict(state.get("counts", {}))
+        self.steps: int = int(state.get("steps", 0))
+
+    def add(self, metrics: dict[str, float]) -> None:
+        self.steps += 1
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def pop(self) -> dict[str, float]:
+        out = {
+            k: v / (self.steps if k == "skipped" else self.counts[k]) for k, v in self.sums.items()
+        }
+        self.sums, self.counts, self.steps = {}, {}, 0
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts), "steps": self.steps}
+
+
+def _short(metrics: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:.4g}" for k, v in metrics.items()) + "}"
+
+
+def _task_info(batch: TaskBatch, tasks: list[int], limit: int = 3) -> str:
+    """``" (task 3: amplitude=4.2, phase=1.1)"`` from small per-task tensors in ``batch.info``."""
+    parts = []
+    for i in tasks[:limit]:
+        fields = []
+        for k, v in (batch.info or {}).items():
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == len(batch) \
+                    and v[i].numel() <= 4:
+                values = v[i].flatten().tolist()
+                text = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in values)
+                fields.append(f"{k}={text}")
+        if fields:
+            parts.append(f"task {i}: " + ", ".join(fields))
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _truncate_log(path: Path, iteration: int) -> None:
@@ -376,7 +523,7 @@ def _truncate_log(path: Path, iteration: int) -> None:
                 continue  # a line cut short by a kill
             if record.get("iteration", math.inf) <= iteration:
                 kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(kept))
     os.replace(tmp, path)
 

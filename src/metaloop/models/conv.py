@@ -1,0 +1,116 @@
+"""The four-block convolutional backbone of the few-shot literature ("Conv-4").
+
+Vinyals et al. (2016), Finn et al. (MAML, 2017) and Snell et al. (ProtoNet, 2017) use
+four blocks of ``3x3 conv (padding 1) -> normalization -> ReLU -> 2x2 max-pool`` with 64
+channels (MAML on Mini-ImageNet: 32).  MAML's Omniglot variant replaces the pooling by
+stride-2 convolutions and averages the last feature map over space.
+
+Spatial sizes (floor division, PyTorch's pooling): 28 -> 14 -> 7 -> 3 -> 1 (64 features),
+84 -> 42 -> 21 -> 10 -> 5 (1,600 features at 64 channels); strided (ceil):
+28 -> 14 -> 7 -> 4 -> 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from metaloop.models.norm import make_norm
+
+
+class ConvBlock(nn.Module):
+    """``conv3x3 -> norm -> ReLU -> maxpool2`` (or ``conv3x3 stride 2 -> norm -> ReLU``)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, norm: str, strided: bool, **norm_kwargs: Any
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2 if strided else 1, padding=1)
+        self.norm = make_norm(norm, out_channels, **norm_kwargs)
+        self.act = nn.ReLU()
+        self.pool = nn.Identity() if strided else nn.MaxPool2d(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.act(self.norm(self.conv(x))))
+
+
+class Conv4(nn.Module):
+    """Conv-4 backbone with an optional linear head.
+
+    ``x [N, in_channels, S, S] -> logits [N, ways]`` (or the embedding ``[N,
+    embedding_dim]`` when ``ways=None``, as Prototypical Networks need).
+
+    Args:
+        in_channels: image channels (1 for Omniglot, 3 for Mini-ImageNet).
+        ways: outputs of the linear head; ``None`` for no head.
+        hidden: channels of every block (64; MAML Mini-ImageNet uses 32).
+        image_size: input side length, fixes the embedding size (with pooling at least
+            ``2**blocks``, i.e. 16; any size when strided).
+        norm: normalization policy (see ``metaloop.models.norm``): ``"batch_episode"``
+            (default, MAML's transductive batch norm), ``"batch_running"``,
+            ``"batch_per_step"``, ``"layer"``, ``"instance"``, ``"group"``, ``"none"``.
+        strided: stride-2 convolutions instead of max-pooling (MAML's Omniglot model).
+        global_pool: average the last feature map over space (embedding = ``hidden``
+            features).  ``None``: ``True`` when ``strided`` (as MAML), else ``False``
+            (flatten, as ProtoNet).
+        blocks: number of blocks (4).
+        norm_kwargs: passed to ``make_norm`` (``groups``, ``steps``, ``momentum``, ...).
+
+    Submodules: ``features`` (blocks and flattening; ANIL keeps it fixed in the inner
+    loop) and ``head`` (``nn.Linear`` or ``None``; ANIL adapts only this, by the name
+    prefix ``"head"``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        ways: int | None = 5,
+        hidden: int = 64,
+        image_size: int = 28,
+        norm: str = "batch_episode",
+        strided: bool = False,
+        global_pool: bool | None = None,
+        blocks: int = 4,
+        **norm_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("hidden", hidden),
+                            ("image_size", image_size), ("blocks", blocks)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if ways is not None and (isinstance(ways, bool) or not isinstance(ways, int) or ways < 1):
+            raise ValueError(f"ways must be a positive integer or None (no head), got {ways!r}")
+        global_pool = strided if global_pool is None else global_pool
+        size = image_size
+        for _ in range(blocks):
+            size = (size + 1) // 2 if strided else size // 2
+            if size < 1:  # only pooling can shrink a map to nothing
+                raise ValueError(
+                    f"image_size={image_size} is too small for {blocks} pooling blocks; use "
+                    f"image_size >= {2**blocks} (or strided=True)"
+                )
+        layers: list[nn.Module] = [
+            ConvBlock(in_channels if i == 0 else hidden, hidden, norm, strided, **norm_kwargs)
+            for i in range(blocks)
+        ]
+        if global_pool:
+            layers.append(nn.AdaptiveAvgPool2d(1))
+            size = 1
+        layers.append(nn.Flatten())
+        self.features = nn.Sequential(*layers)
+        self.embedding_dim = hidden * size * size
+        self.head: nn.Linear | None = (
+            nn.Linear(self.embedding_dim, ways) if ways is not None else None
+        )
+        self.in_channels, self.image_size, self.ways = in_channels, image_size, ways
+        self.norm = norm
+        self.out_features = ways if ways is not None else self.embedding_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.features(x)
+        return z if self.head is None else self.head(z)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The embedding ``[N, embedding_dim]`` (the input of the head)."""
+        return self.features(x)

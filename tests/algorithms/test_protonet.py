@@ -1,0 +1,167 @@
+"""ProtoNet: logits, prototypes and gradients against hand loops; shapes, errors, learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metaloop.algorithms.protonet import ProtoNet
+from metaloop.tasks import TaskBatch, TaskError
+
+torch.set_num_threads(1)
+
+
+def gaussian_episodes(tasks, ways, shots, queries, dim=8, informative=2, seed=0,
+                      dtype=torch.float32, ways_attr=True):
+    """Class clusters in the first ``informative`` dims, large noise in the others."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.zeros(tasks, ways, dim, dtype=dtype)
+    centers[..., :informative] = 3.0 * torch.randn(tasks, ways, informative, generator=g,
+                                                  dtype=dtype)
+    scale = torch.full((dim,), 3.0, dtype=dtype)
+    scale[:informative] = 0.5
+
+    def draw(n):
+        y = torch.arange(ways).repeat_interleave(n).expand(tasks, -1)
+        noise = torch.randn(tasks, ways * n, dim, generator=g, dtype=dtype) * scale
+        return torch.gather(centers, 1, y.unsqueeze(-1).expand(-1, -1, dim)) + noise, y
+
+    sx, sy = draw(shots)
+    qx, qy = draw(queries)
+    return TaskBatch(sx, sy.clone(), qx, qy.clone(), ways=ways if ways_attr else None)
+
+
+def hand_logits(encoder, batch, distance="squared_euclidean", scale=1.0):
+    out = []
+    for t in range(len(batch)):
+        zs, zq = encoder(batch.support_x[t]), encoder(batch.query_x[t])
+        ways = int(batch.support_y[t].max()) + 1
+        protos = [zs[batch.support_y[t] == k].mean(0) for k in range(ways)]
+        rows = []
+        for q in zq:
+            if distance == "squared_euclidean":
+                rows.append(torch.stack([-((q - c) ** 2).sum() for c in protos]))
+            else:
+                rows.append(torch.stack([F.cosine_similarity(q, c, dim=0) for c in protos]))
+        out.append(torch.stack(rows) * scale)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("distance", ["squared_euclidean", "cosine"])
+def test_logits_and_gradient_match_hand_loop(distance):
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+    batch = gaussian_episodes(3, 4, 2, 3, dtype=torch.float64)
+    learner = ProtoNet(encoder, distance=distance, temperature=0.5)
+    scores, ways = learner.episode_scores(batch)
+    expected = hand_logits(encoder, batch, distance, scale=2.0)
+    assert ways == 4 and scores.shape == (3, 12, 4)
+    torch.testing.assert_close(scores, expected)
+
+    loss, metrics = learner.meta_loss(batch)
+    grads = torch.autograd.grad(loss, list(encoder.parameters()))
+    hand_loss = F.cross_entropy(expected.flatten(0, 1), batch.query_y.flatten())
+    hand_grads = torch.autograd.grad(hand_loss, list(encoder.parameters()))
+    torch.testing.assert_close(loss, hand_loss)
+    for a, b in zip(grads, hand_grads):
+        torch.testing.assert_close(a, b)
+    assert set(metrics) >= {"loss", "accuracy"} and isinstance(metrics["loss"], float)
+
+
+def test_one_shot_prototypes_are_the_support_embeddings():
+    encoder = nn.Linear(8, 5)
+    batch = gaussian_episodes(2, 3, 1, 2)
+    # shuffle support order so prototypes must follow labels, not positions
+    perm = torch.tensor([2, 0, 1])
+    batch = TaskBatch(batch.support_x[:, perm], batch.support_y[:, perm], batch.query_x,
+                      batch.query_y, ways=3)
+    learner = ProtoNet(encoder)
+    z = encoder(batch.support_x)
+    protos = learner.prototypes(z, batch.support_y, 3)
+    for t in range(2):
+        for i in range(3):
+            torch.testing.assert_close(protos[t, batch.support_y[t, i]], z[t, i])
+
+
+def test_one_encoder_forward_per_meta_batch():
+    calls = []
+    encoder = nn.Linear(8, 4)
+    encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    learner = ProtoNet(encoder)
+    learner.meta_loss(gaussian_episodes(5, 3, 2, 4))
+    assert calls == [5 * 3 * (2 + 4)]
+
+
+def test_ways_come_from_each_batch_so_train_and_test_ways_differ():
+    learner = ProtoNet(nn.Linear(8, 4))
+    big = gaussian_episodes(1, 20, 2, 1, ways_attr=False)
+    small = gaussian_episodes(4, 5, 1, 3)
+    assert learner.episode_scores(big)[0].shape == (1, 20, 20)
+    metrics = learner.evaluate_batch(small, steps=(0, 3))
+    assert set(metrics) == {0, 3}
+    assert metrics[0]["loss"].shape == (4,) and metrics[3]["accuracy"].shape == (4,)
+
+
+def test_adapt_predictor_agrees_with_evaluate_batch():
+    torch.manual_seed(1)
+    learner = ProtoNet(nn.Linear(8, 4))
+    batch = gaussian_episodes(3, 4, 3, 5)
+    metrics = learner.evaluate_batch(batch)
+    for t, task in enumerate(batch):
+        logits = learner.adapt(task)(task.query_x)
+        assert logits.shape == (20, 4)
+        torch.testing.assert_close(F.cross_entropy(logits, task.query_y), metrics[0]["loss"][t])
+
+
+def test_feature_map_encoder_is_flattened():
+    encoder = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1))
+    batch = gaussian_episodes(2, 3, 2, 2, dim=16)
+    images = TaskBatch(batch.support_x.view(2, 6, 1, 4, 4), batch.support_y,
+                       batch.query_x.view(2, 6, 1, 4, 4), batch.query_y, ways=3)
+    scores, _ = ProtoNet(encoder).episode_scores(images)
+    assert scores.shape == (2, 6, 3)
+
+
+def test_errors_are_clear():
+    learner = ProtoNet(nn.Linear(8, 4))
+    batch = gaussian_episodes(2, 3, 1, 2)
+    sy = batch.support_y.clone()
+    sy[1, 2] = 0  # task 1 has no support example of class 2
+    with pytest.raises(TaskError, match="class 2 has no support examples in task 1"):
+        learner.meta_loss(TaskBatch(batch.support_x, sy, batch.query_x, batch.query_y, ways=3))
+    with pytest.raises(TaskError, match=r"labels must lie in 0\.\.2"):
+        bad_q = batch.query_y.clone()
+        bad_q[0, 0] = 7
+        learner.meta_loss(TaskBatch(batch.support_x, batch.support_y, batch.query_x, bad_q,
+                                    ways=3))
+    with pytest.raises(ValueError, match="encoder must map"):
+        ProtoNet(nn.Flatten(0)).meta_loss(batch)
+    with pytest.raises(ValueError, match="unknown distance"):
+        ProtoNet(nn.Linear(8, 4), distance="l1")
+    with pytest.raises(ValueError, match="temperature"):
+        ProtoNet(nn.Linear(8, 4), temperature=0.0)
+
+
+def test_learned_temperature_receives_gradient():
+    learner = ProtoNet(nn.Linear(8, 4), distance="cosine", learn_temperature=True)
+    assert any(p is learner.log_scale for p in learner.parameters())
+    loss, _ = learner.meta_loss(gaussian_episodes(2, 3, 2, 2))
+    loss.backward()
+    assert learner.log_scale.grad is not None and learner.temperature == pytest.approx(0.1)
+
+
+def test_learns_to_ignore_noise_dimensions():
+    torch.manual_seed(0)
+    learner = ProtoNet(nn.Linear(8, 8))
+    test = gaussian_episodes(50, 5, 1, 5, seed=123)
+    before = float(learner.evaluate_batch(test)[0]["accuracy"].mean())
+    opt = torch.optim.Adam(learner.parameters(), 1e-2)
+    for i in range(100):
+        loss, _ = learner.meta_loss(gaussian_episodes(8, 10, 1, 5, seed=i))  # 10-way train
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = float(learner.evaluate_batch(test)[0]["accuracy"].mean())
+    assert after > 0.85 and after > before + 0.2, (before, after)

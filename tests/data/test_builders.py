@@ -1,0 +1,76 @@
+"""omniglot_split / omniglot_family: the one-call builders the CLI uses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metaloop.data import EpisodicFamily, omniglot_family, omniglot_split
+from metaloop.tasks import TaskError, validate_batch
+
+
+@pytest.fixture(scope="module")
+def vinyals(omniglot_root, cache_dir):
+    return omniglot_split(omniglot_root, "vinyals", cache_dir=cache_dir)
+
+
+def test_vinyals_family_shapes(omniglot_root, cache_dir) -> None:
+    family = omniglot_family(
+        omniglot_root, "vinyals", "train", ways=5, shots=1, queries=15, cache_dir=cache_dir
+    )
+    assert isinstance(family, EpisodicFamily) and family.num_classes == 4400
+    batch = family.sample(4, torch.Generator().manual_seed(0))
+    validate_batch(batch)
+    assert batch.support_x.shape == (4, 5, 1, 28, 28) and batch.query_x.shape == (4, 75, 1, 28, 28)
+    assert batch.ways == 5 and batch.support_x.dtype == torch.float32
+    evaluation = family.with_shape(ways=20, queries=15)
+    assert evaluation.sample(1, torch.Generator().manual_seed(0)).query_y.shape == (1, 300)
+
+
+def test_split_parts_and_rotations(vinyals, omniglot_root, cache_dir) -> None:
+    assert (vinyals.train.num_classes, vinyals.val.num_classes, vinyals.test.num_classes) == (
+        4400,
+        400,
+        1692,
+    )
+    upright = omniglot_split(omniglot_root, "vinyals", rotations=["train"], cache_dir=cache_dir)
+    assert upright.test.num_classes == 423 and upright.train.num_classes == 4400
+
+
+def test_lake_and_minimal_splits(omniglot_root, cache_dir) -> None:
+    lake = omniglot_split(omniglot_root, "lake", cache_dir=cache_dir, val_alphabets=4)
+    assert len(set(lake.val.values("alphabet"))) == 4 and lake.test.num_classes == 659
+    small = omniglot_split(omniglot_root, "small2", cache_dir=cache_dir, val_alphabets=2)
+    assert set(small.train.values("alphabet")) == {
+        "Greek",
+        "Japanese_(katakana)",
+        "Latin",
+        "Sanskrit",
+        "Tagalog",
+    }
+    assert not set(small.val.values("alphabet")) & set(small.train.values("alphabet"))
+    within = omniglot_family(
+        omniglot_root,
+        "lake",
+        "test",
+        ways=20,
+        shots=1,
+        queries=1,
+        within_alphabet=True,
+        cache_dir=cache_dir,
+    )
+    classes = within.sample(3, torch.Generator().manual_seed(0)).info["classes"]
+    assert all(
+        len({within.dataset.info(c)["alphabet"] for c in row}) == 1 for row in classes.tolist()
+    )
+
+
+def test_builder_errors(omniglot_root, cache_dir) -> None:
+    with pytest.raises(
+        ValueError, match="unknown Omniglot split 'mini'; choose one of vinyals, lake"
+    ):
+        omniglot_split(omniglot_root, "mini")
+    with pytest.raises(ValueError, match="unknown split part 'dev'"):
+        omniglot_family(omniglot_root, part="dev")
+    with pytest.raises(TaskError, match=r"shots \+ queries = 10 \+ 15 = 25 exceeds .*at most 20"):
+        omniglot_family(omniglot_root, shots=10, queries=15, cache_dir=cache_dir)

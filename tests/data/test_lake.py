@@ -1,0 +1,136 @@
+"""Lake's 20-run one-shot benchmark: fixture generator, loader, scorer, within-alphabet."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from metaloop.data import (
+    OmniglotError,
+    load_runs,
+    make_fake_runs,
+    runs_to_batch,
+    score_runs,
+    within_alphabet_family,
+)
+from metaloop.tasks import validate_batch
+
+
+@pytest.fixture(scope="module")
+def runs_zip(omniglot_root: Path, tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("lake") / "all_runs.zip"
+    return make_fake_runs(dest, omniglot_root, runs=20, ways=20, seed=0)
+
+
+@pytest.fixture(scope="module")
+def runs(runs_zip: Path):
+    return load_runs(runs_zip)
+
+
+def test_layout_of_generated_runs(runs_zip: Path) -> None:
+    with zipfile.ZipFile(runs_zip) as z:
+        names = set(z.namelist())
+        lines = z.read("run07/class_labels.txt").decode().splitlines()
+    assert {
+        "run01/training/class01.png",
+        "run20/test/item20.png",
+        "run20/class_labels.txt",
+    } <= names
+    assert len(lines) == 20
+    assert lines[0].startswith("run07/test/item01.png run07/training/class")
+
+
+def test_runs_load_with_omniglot_preprocessing(runs, evaluation) -> None:
+    assert len(runs) == 20
+    # same pixels as the cached evaluation images: the preprocessing is shared
+    lookup = {
+        bytes(evaluation.storage[i].numpy()): int(evaluation.labels[i])
+        for i in range(len(evaluation))
+    }
+    for run in runs[:4]:
+        assert (
+            run.support_images.shape == (20, 1, 28, 28) and run.support_images.dtype == torch.uint8
+        )
+        assert sorted(run.query_labels.tolist()) == list(range(20))
+        support_cls = [lookup[bytes(im.numpy())] for im in run.support_images]
+        query_cls = [lookup[bytes(im.numpy())] for im in run.query_images]
+        assert len({evaluation.info(c)["alphabet"] for c in support_cls}) == 1  # within-alphabet
+        for item, label in enumerate(run.query_labels.tolist()):
+            assert query_cls[item] == support_cls[label]  # true label = same character
+            assert not torch.equal(run.query_images[item], run.support_images[label])
+
+
+def test_to_task_and_batch(runs) -> None:
+    task = runs[0].to_task()
+    assert task.ways == 20 and task.support_y.tolist() == list(range(20))
+    assert (
+        task.support_x.dtype == torch.float32
+        and 0 <= task.support_x.min() <= task.support_x.max() <= 1
+    )
+    batch = runs_to_batch(runs)
+    validate_batch(batch)
+    assert batch.support_x.shape == (20, 20, 1, 28, 28)
+    normed = runs[0].to_task(normalize=(0.5, 0.5))
+    assert torch.allclose(normed.query_x, (task.query_x - 0.5) / 0.5)
+
+
+def test_scores(runs) -> None:
+    perfect = score_runs(lambda task: task.query_y, runs)
+    assert perfect.mean_error == 0.0 and perfect.errors == (0.0,) * 20
+    constant = score_runs(lambda task: torch.zeros_like(task.query_y), runs)
+    assert constant.mean_error == pytest.approx(95.0)  # one class in twenty is right
+    assert constant.mean_accuracy == pytest.approx(5.0)
+    logits = score_runs(lambda task: torch.nn.functional.one_hot(task.query_y, 20).float(), runs)
+    assert logits.mean_error == 0.0
+
+    def nearest_pixel(task):
+        distances = torch.cdist(task.query_x.flatten(1), task.support_x.flatten(1))
+        return distances.argmin(dim=1)
+
+    knn = score_runs(nearest_pixel, runs)
+    assert 0.0 < knn.mean_error < 95.0  # better than chance, far from perfect
+    with pytest.raises(OmniglotError, match=r"shape \(3,\).*labels \[20\]"):
+        score_runs(lambda task: torch.zeros(3), runs[:1])
+
+
+def test_directory_layout_and_faults(omniglot_root: Path, tmp_path: Path) -> None:
+    folder = make_fake_runs(tmp_path / "all_runs", omniglot_root, runs=2, ways=5, seed=1)
+    runs = load_runs(folder, strict=False)
+    assert [r.name for r in runs] == ["run01", "run02"] and runs[0].ways == 5
+    with pytest.raises(OmniglotError, match="20 runs of 20 classes"):
+        load_runs(folder)
+    labels = folder / "run02" / "class_labels.txt"
+    original = labels.read_text()
+    labels.write_text(original.replace("training/class03", "training/class09"))
+    with pytest.raises(
+        OmniglotError, match=r"run02/class_labels.txt line \d: class09.png is not among the 5"
+    ):
+        load_runs(folder, strict=False)
+    labels.write_text("run02/test/item01.png\n")
+    with pytest.raises(
+        OmniglotError,
+        match=r"line 1: .*expected 'run02/test/itemXX.png run02/training/classYY.png'",
+    ):
+        load_runs(folder, strict=False)
+    labels.write_text(original)
+    (folder / "run02" / "training" / "class02.png").unlink()
+    with pytest.raises(OmniglotError, match=r"run02/training: expected class01.png .. classNN.png"):
+        load_runs(folder, strict=False)
+    with pytest.raises(OmniglotError, match=r"no runNN/class_labels\.txt"):
+        load_runs(tmp_path / "all_runs" / "run01" / "training")
+    with pytest.raises(OmniglotError, match="Lake runs not found"):
+        load_runs(tmp_path / "missing.zip")
+
+
+def test_within_alphabet_family_on_evaluation(evaluation) -> None:
+    family = within_alphabet_family(evaluation)
+    assert (family.ways, family.shots, family.queries) == (20, 1, 1)
+    assert family.plan.excluded_groups == []  # every evaluation alphabet has >= 20 characters
+    batch = family.sample(8, torch.Generator().manual_seed(0))
+    validate_batch(batch)
+    assert batch.support_x.shape == (8, 20, 1, 28, 28) and batch.query_x.shape == (8, 20, 1, 28, 28)
+    for row in batch.info["classes"].tolist():
+        assert len({evaluation.info(c)["alphabet"] for c in row}) == 1

@@ -1,0 +1,95 @@
+"""Conv4 backbone: shapes for 28/84 pixels, pooled and strided, head and embedding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metaloop.models import MLP, Conv4
+from metaloop.tasks import TaskBatch
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize(
+    ("size", "strided", "global_pool", "embedding"),
+    [
+        (28, False, None, 8 * 1 * 1),  # 28 -> 14 -> 7 -> 3 -> 1
+        (84, False, None, 8 * 5 * 5),  # 84 -> 42 -> 21 -> 10 -> 5
+        (28, True, None, 8),  # MAML Omniglot: strided, spatial mean
+        (28, True, False, 8 * 2 * 2),  # 28 -> 14 -> 7 -> 4 -> 2
+        (84, False, True, 8),
+    ],
+)
+def test_output_shapes(size, strided, global_pool, embedding) -> None:
+    model = Conv4(1, ways=5, hidden=8, image_size=size, strided=strided, global_pool=global_pool)
+    assert model.embedding_dim == embedding
+    x = torch.rand(6, 1, size, size)
+    assert model.embed(x).shape == (6, embedding)
+    assert model(x).shape == (6, 5)
+    pooled = sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+    assert pooled == (0 if strided else 4)
+
+
+def test_literature_sizes() -> None:
+    assert Conv4(1, 5, hidden=64, image_size=28).embedding_dim == 64  # ProtoNet Omniglot
+    assert Conv4(3, 5, hidden=64, image_size=84).embedding_dim == 1600  # ProtoNet mini
+    assert Conv4(3, 5, hidden=32, image_size=84).embedding_dim == 800  # MAML mini
+    n_params = sum(p.numel() for p in Conv4(1, 5).parameters())
+    assert n_params == (9 * 64 + 64 + 2 * 64) + 3 * (9 * 64 * 64 + 64 + 2 * 64) + (64 * 5 + 5)
+
+
+def test_embedding_without_head_and_named_submodules() -> None:
+    embed = Conv4(3, ways=None, hidden=8, image_size=84)
+    assert embed.head is None and embed.out_features == 200
+    assert embed(torch.rand(2, 3, 84, 84)).shape == (2, 200)
+    model = Conv4(1, ways=5, hidden=8)
+    names = [n for n, _ in model.named_parameters()]
+    assert {n.split(".")[0] for n in names} == {"features", "head"}
+    assert [n for n in names if n.startswith("head")] == ["head.weight", "head.bias"]
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError, match=r"image_size=12 is too small .*image_size >= 16"):
+        Conv4(image_size=12)
+    assert Conv4(image_size=5, strided=True, hidden=4)(torch.rand(2, 1, 5, 5)).shape == (2, 5)
+    with pytest.raises(ValueError, match="ways must be a positive integer or None"):
+        Conv4(ways=0)
+    with pytest.raises(ValueError, match="hidden must be a positive integer"):
+        Conv4(hidden=0)
+    with pytest.raises(ValueError, match="unknown normalization policy 'batch'"):
+        Conv4(norm="batch")
+
+
+def test_sgd_steps_fit_an_episode() -> None:
+    torch.manual_seed(0)
+    model = Conv4(1, ways=3, hidden=8)
+    x = torch.rand(1, 6, 1, 28, 28)
+    y = torch.tensor([[0, 0, 1, 1, 2, 2]])
+    batch = TaskBatch(x, y, x, y, ways=3)
+    params = list(model.parameters())
+    losses = []
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(model(batch.support_x[0]), batch.support_y[0])
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p -= 0.5 * g
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_mlp_still_exported() -> None:
+    assert MLP(1, 1, hidden=(4,))(torch.zeros(2, 1)).shape == (2, 1)
+
+
+def test_models_import_nothing_else_from_metaloop() -> None:
+    import ast
+    from pathlib import Path
+
+    import metaloop.models
+
+    for path in Path(metaloop.models.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("metaloop"):
+                assert node.module.startswith("metaloop.models"), (path.name, node.module)
