@@ -65,7 +65,7 @@ def kill_after_checkpoint(proc: subprocess.Popen, run_dir: Path, target: int, de
             seen = stamp
             try:
                 iteration = load_latest(run_dir)["iteration"]
-            except Exception:  # noqa: BLE001 - caught mid-write; look again
+            except Exception:
                 seen = None
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)

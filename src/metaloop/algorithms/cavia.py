@@ -16,13 +16,13 @@ second-order meta-gradient is cheap; ``first_order=True`` drops it as FOMAML doe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from metaloop.algorithms.base import StepMetrics
-from metaloop.algorithms.gradient import GradientMetaLearner
 from metaloop.algorithms.maml import MAML
 from metaloop.functional.inner import GradientMode
 from metaloop.functional.params import Params
@@ -107,9 +107,10 @@ class CAVIA(MAML):
         params = {**params, CONTEXT: torch.zeros_like(params[CONTEXT])}
         return super().adapt_params(params, buffers, x, y, steps, mode)
 
-    def evaluate_batch(self, batch: TaskBatch, steps=None) -> StepMetrics:
+    def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:
+        """As for ``GradientMetaLearner``, after resetting the stored context to zero."""
         self.reset_context()
-        return GradientMetaLearner.evaluate_batch(self, batch, steps)
+        return super().evaluate_batch(batch, steps)
 
     def extra_repr(self) -> str:
         return f"num_context={self.num_context}, " + super().extra_repr()

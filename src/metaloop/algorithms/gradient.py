@@ -15,11 +15,15 @@ import torch
 from torch import Tensor, nn
 
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
+from torch.func import grad
+
 from metaloop.functional.batching import VectorizePolicy, map_tasks
-from metaloop.functional.inner import GradientMode, TaskLoss, check_mode, inner_steps_iter
+from metaloop.functional.checkpoint import remat
+from metaloop.functional.inner import GradientMode, TaskLoss, inner_steps_iter
 from metaloop.functional.losses import LossFn, accuracy
 from metaloop.functional.optim import InnerOptimizer, LearningRate, make_inner_optimizer
 from metaloop.functional.params import Params, call, detach, name_filter, split_module
+from metaloop.functional.speed import SpeedOptions
 from metaloop.tasks.base import Task, TaskBatch
 
 
@@ -49,7 +53,19 @@ class GradientMetaLearner(MetaLearner):
             list of prefixes, or a predicate on names.
         eval_steps: inner steps at test time (default ``inner_steps``).
         vectorize: ``"auto"``, ``"vmap"`` or ``"loop"`` (see ``functional.batching``).
-        chunk_size: at most this many tasks in one vectorized call (bounds memory).
+        chunk_size: at most this many tasks in one vectorized call (bounds memory: the
+            meta-step's peak memory scales with it; ``1`` is the minimum-memory setting).
+        compile: ``torch.compile`` the meta-step (``True`` or a dict of ``torch.compile``
+            options); falls back to eager with a warning if compilation fails.
+        checkpoint: recompute each second-order inner step in the backward pass instead of
+            storing its activations (memory grows much slower with ``inner_steps``).
+        autocast: ``"bfloat16"`` (or ``"float16"`` on CUDA) to run the meta-step under
+            ``torch.autocast``; parameters and gradients keep their dtype.
+        channels_last: lay 4-D per-task inputs out channels-last (CPU/GPU convolutions).
+        fuse_forward: in ``evaluate_batch``, run the query forward at ``theta_t`` and the
+            support forward of the next step as one call (``"auto"``: only for models
+            without batch-statistics normalization).
+        See ``metaloop.functional.speed`` and ``docs/performance.md`` for these options.
     """
 
     gradient_mode: GradientMode = "second_order"
@@ -66,6 +82,11 @@ class GradientMetaLearner(MetaLearner):
         eval_steps: int | None = None,
         vectorize: str = "auto",
         chunk_size: int | None = None,
+        compile: bool | dict[str, Any] = False,
+        checkpoint: bool = False,
+        autocast: str | torch.dtype | None = None,
+        channels_last: bool = False,
+        fuse_forward: bool | str = False,
     ) -> None:
         super().__init__(loss)
         _check_inner(inner_lr, inner_steps)
@@ -85,6 +106,10 @@ class GradientMetaLearner(MetaLearner):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
         self.chunk_size = chunk_size
+        self.speed = SpeedOptions(
+            compile=compile, checkpoint=checkpoint, autocast=autocast,
+            channels_last=channels_last, fuse_forward=fuse_forward,
+        )
 
     # -- pieces subclasses may override ------------------------------------------------
     def inner_learning_rates(self) -> LearningRate:
@@ -92,9 +117,12 @@ class GradientMetaLearner(MetaLearner):
         return self.inner_lr
 
     def make_optimizer(self) -> InnerOptimizer:
-        return make_inner_optimizer(
-            self.inner_optimizer_name, self.inner_learning_rates(), **self.inner_optimizer_kwargs
-        )
+        return self.optimizer_for(self.inner_learning_rates())
+
+    def optimizer_for(self, lr: LearningRate) -> InnerOptimizer:
+        """The inner optimizer with learning rate(s) ``lr`` (``checkpoint=True`` rebuilds it
+        from rates passed in explicitly, so that learned rates get their meta-gradient)."""
+        return make_inner_optimizer(self.inner_optimizer_name, lr, **self.inner_optimizer_kwargs)
 
     @property
     def default_eval_steps(self) -> tuple[int, ...]:  # type: ignore[override]
@@ -121,6 +149,12 @@ class GradientMetaLearner(MetaLearner):
         mode: GradientMode | None = None,
     ) -> Params:
         """``theta_K`` after ``steps`` inner steps on ``(x, y)`` from ``params``."""
+        if (
+            self.speed.checkpoint
+            and (mode or self.gradient_mode) == "second_order"
+            and torch.is_grad_enabled()
+        ):
+            return self._adapt_checkpointed(params, buffers, x, y, steps)
         adapted = params
         for adapted, _ in inner_steps_iter(
             self.task_loss(buffers), params, x, y, self.make_optimizer(), steps,
@@ -129,8 +163,45 @@ class GradientMetaLearner(MetaLearner):
             pass
         return adapted
 
+    def _adapt_checkpointed(
+        self, params: Params, buffers: Params, x: Tensor, y: Tensor, steps: int
+    ) -> Params:
+        """Second-order inner loop with every step rematerialized (``checkpoint=True``).
+
+        Same numbers as ``inner_steps_iter``; each step is a pure function of the adapted
+        parameters, the optimizer state, the fixed parameters and the learning rates (all
+        passed to ``remat`` so they all receive their meta-gradient).
+        """
+        names = self.adapt_names
+        fast = {k: params[k] for k in names}
+        fixed = {k: v for k, v in params.items() if k not in fast}
+        lrs = self.inner_learning_rates()
+        state = self.optimizer_for(lrs).init(fast)
+        task_loss = self.task_loss(buffers)
+        versions = [b._version for b in buffers.values()]
+
+        def step(fast: Params, state: Any, fixed: Params, lrs: Any, x: Tensor, y: Tensor):
+            grads = grad(lambda f: task_loss({**fixed, **f}, x, y))(fast)
+            return self.optimizer_for(lrs).update(grads, state, fast)
+
+        for _ in range(steps):
+            fast, state = remat(step, fast, state, fixed, lrs, x, y)
+        if [b._version for b in buffers.values()] != versions:
+            raise RuntimeError(
+                "checkpoint=True recomputes the inner steps, but this model updates its "
+                "buffers in place (e.g. batch norm running statistics in training mode); "
+                "use a normalization without running statistics or checkpoint=False"
+            )
+        return {**fixed, **fast}
+
     def query_loss_per_task(self, batch: TaskBatch, mode: GradientMode) -> tuple[Tensor, Tensor]:
         """Per-task query loss and accuracy after ``inner_steps`` steps, shape ``[T]`` each."""
+        run = self.speed.wrap(self, f"query_loss/{mode}", type(self)._query_losses)
+        return run(batch.support_x, batch.support_y, batch.query_x, batch.query_y, mode)
+
+    def _query_losses(
+        self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, mode: GradientMode
+    ) -> tuple[Tensor, Tensor]:
         params, buffers = split_module(self.model)
         model, loss_fn, steps = self.model, self.loss_fn, self.inner_steps
         classification = self.classification
@@ -142,10 +213,7 @@ class GradientMetaLearner(MetaLearner):
             acc = accuracy(prediction, qy) if classification else torch.zeros_like(loss)
             return loss, acc
 
-        return map_tasks(
-            per_task, batch.support_x, batch.support_y, batch.query_x, batch.query_y,
-            policy=self.policy, chunk_size=self.chunk_size,
-        )
+        return map_tasks(per_task, sx, sy, qx, qy, policy=self.policy, chunk_size=self.chunk_size)
 
     def metrics(self, loss: Tensor, per_task_loss: Tensor, per_task_acc: Tensor) -> dict[str, float]:
         out = {"loss": float(loss.detach()), "query_loss": float(per_task_loss.detach().mean())}
@@ -184,6 +252,32 @@ class GradientMetaLearner(MetaLearner):
         wanted = set(steps)
         optimizer = self.make_optimizer()
         task_loss = self.task_loss(buffers)
+        fuse = self.speed.fuse_for(model)
+        names = self.adapt_names
+
+        def fused(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
+            # query forward at theta_t and support forward of step t+1 in one call
+            fast = {k: params[k] for k in names}
+            fixed = {k: v for k, v in params.items() if k not in fast}
+            state = optimizer.init(fast)
+            n_support, both = sx.shape[0], torch.cat([sx, qx])
+            losses, accs = [], []
+
+            def record(prediction: Tensor) -> None:
+                losses.append(loss_fn(prediction, qy))
+                accs.append(accuracy(prediction, qy) if classification else losses[-1] * 0)
+
+            def support_loss(f: Params, with_query: bool) -> tuple[Tensor, Tensor]:
+                out = call(model, {**fixed, **f}, buffers, both if with_query else sx)
+                return loss_fn(out[:n_support], sy), out[n_support:]
+
+            for t in range(max(steps)):
+                grads, query_out = grad(support_loss, has_aux=True)(fast, t in wanted)
+                if t in wanted:
+                    record(query_out)
+                fast, state = optimizer.update(grads, state, fast)
+            record(call(model, {**fixed, **fast}, buffers, qx))
+            return torch.stack(losses), torch.stack(accs)
 
         def per_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
             losses, accs = [], []
@@ -193,6 +287,8 @@ class GradientMetaLearner(MetaLearner):
                 losses.append(loss_fn(prediction, qy))
                 accs.append(accuracy(prediction, qy) if classification else losses[-1] * 0)
 
+            if fuse:
+                return fused(sx, sy, qx, qy)
             if 0 in wanted:
                 record(params)
             inner = inner_steps_iter(
@@ -220,4 +316,5 @@ class GradientMetaLearner(MetaLearner):
             f"inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
             f"mode={self.gradient_mode}, inner_optimizer={self.inner_optimizer_name}, "
             f"vectorize={self.policy.mode}, loss={self.loss_name}"
+            + (f", {self.speed.describe()}" if self.speed.describe() else "")
         )

@@ -54,7 +54,7 @@ MODELS: dict[str, str] = {
     "conv4": "metaloop.models.conv:Conv4",
 }
 # learners whose model is an embedding (no classification head)
-EMBEDDING_LEARNERS = {"protonet", "matching", "siamese", "relation"}
+EMBEDDING_LEARNERS = {"protonet", "matching", "siamese", "relation", "finetune"}
 
 
 def _load(spec: str, kind: str, name: str, registry: dict[str, str]) -> Any:
@@ -149,7 +149,9 @@ def _image_family(cfg, family: str, options: dict[str, Any], part: str, check_on
             shots=options["shots"],
             queries=options["queries"],
             image_size=d["image_size"],
-            rotations=None if d["rotations"] else False,
+            # Vinyals: rotations are new classes in every part (the protocol's convention);
+            # Lake and small: rotations only augment training, test stays Lake's characters.
+            rotations=(None if split == "vinyals" else ["train"]) if d["rotations"] else False,
             within_alphabet=within_alphabet,
             cache_dir=d["cache_dir"] or None,
             download=d["download"],
@@ -210,24 +212,17 @@ def build_learner(cfg: dict[str, Any], model: nn.Module) -> Any:
     cls = _lookup(ALGORITHMS, "algorithm", name)
     kwargs = constructor_kwargs("algorithm", cls, algo_cfg, skip=("model", "encoder"))
     family, _ = _task_options(cfg)
-    if "loss" not in kwargs and "loss" in _all_params(cls):
+    from metaloop.algorithms.gradient import GradientMetaLearner
+
+    if "loss" not in kwargs and isinstance(cls, type) and issubclass(cls, GradientMetaLearner):
         classification = family in ("omniglot", "rotating_boundary")
         kwargs["loss"] = "cross_entropy" if classification else "mse"
+    if name == "finetune" and "num_classes" not in kwargs:
+        kwargs["num_classes"] = getattr(build_family(cfg, "train"), "num_classes", None)
     try:
         return cls(model, **kwargs)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"[algorithm] {name}: {err}") from err
-
-
-def _all_params(cls: Any) -> set[str]:
-    import inspect
-
-    names: set[str] = set()
-    for base in getattr(cls, "__mro__", (cls,)):
-        init = base.__dict__.get("__init__")
-        if init is not None:
-            names |= set(inspect.signature(init).parameters)
-    return names
 
 
 def build_optimizer(cfg: dict[str, Any], learner: nn.Module) -> tuple[torch.optim.Optimizer, Any]:

@@ -321,7 +321,8 @@ def constructor_kwargs(
             value = _check_type(name, value, default)
             if isinstance(default, tuple | list) and isinstance(value, list):
                 value = tuple(value) if isinstance(valid[key].default, tuple) else value
-        _check_annotation(name, value, valid[key].annotation)
+        if not _is_dtype(default):
+            _check_annotation(name, options[key], valid[key].annotation)
         out[key] = value
     return out
 
@@ -342,34 +343,39 @@ def _is_instance(value: Any, word: str) -> bool:
     return isinstance(value, _SIMPLE_TYPES[word]) and not isinstance(value, bool)
 
 
-def _check_annotation(where: str, value: Any, annotation: Any) -> None:
-    if not isinstance(annotation, str):
-        return
-    parts = [p.strip() for p in annotation.split("|")]
-    words = [p for p in parts if p != "None"]
-    if words and all(p in _SIMPLE_TYPES for p in parts):
-        if not any(_is_instance(value, w) for w in words):
-            allowed = " or ".join(_TYPE_WORDS[w] for w in words)
-            raise ConfigError(f"{where} must be {allowed}, got {value!r}")
-        return
-    if len(parts) != 1 or not isinstance(value, (list, tuple)):
-        return
-    fixed = _FIXED_TUPLE.match(parts[0])
+def _annotation_part(part: str) -> tuple[str, Callable[[Any], bool]] | None:
+    """``(description, predicate)`` for one member of a simple annotation, else ``None``."""
+    if part in _TYPE_WORDS:
+        return _TYPE_WORDS[part], lambda v: _is_instance(v, part)
+    fixed = _FIXED_TUPLE.match(part)
     if fixed:
         items = [w.strip() for w in fixed.group(1).split(",")]
-        if all(w in _SIMPLE_TYPES for w in items) and (
-            len(value) != len(items) or not all(_is_instance(v, w) for v, w in zip(value, items))
-        ):
-            kinds = ", ".join(_TYPE_WORDS.get(w, w) for w in items)
-            raise ConfigError(
-                f"{where} must be a list of {len(items)} values ({kinds}), got {value!r}"
-            )
+        if not all(w in _TYPE_WORDS for w in items):
+            return None
+        kinds = ", ".join(_TYPE_WORDS[w] for w in items)
+        return (f"a list of {len(items)} values ({kinds})",
+                lambda v: isinstance(v, (list, tuple)) and len(v) == len(items)
+                and all(_is_instance(x, w) for x, w in zip(v, items)))
+    seq = _SEQUENCE.match(part)
+    if seq and seq.group(1) in _TYPE_WORDS:
+        word = seq.group(1)
+        return (f"a list of {_TYPE_WORDS[word].split(' ', 1)[1]}s",
+                lambda v: isinstance(v, (list, tuple)) and all(_is_instance(x, word) for x in v))
+    return None
+
+
+def _check_annotation(where: str, value: Any, annotation: Any) -> None:
+    """Check ``value`` against a parameter annotation made of simple members (``int``,
+    ``float | None``, ``tuple[float, float]``, ``str | Sequence[str] | None`` ...); an
+    annotation with any other member (a callable, a class) is not checked."""
+    if not isinstance(annotation, str):
         return
-    seq = _SEQUENCE.match(parts[0])
-    word = seq.group(1) if seq else None
-    if word in _TYPE_WORDS and not all(_is_instance(v, word) for v in value):
-        kind = _TYPE_WORDS[word].split(" ", 1)[1]
-        raise ConfigError(f"{where} must be a list of {kind}s, got {value!r}")
+    parts = [p.strip() for p in annotation.split("|") if p.strip() != "None"]
+    checks = [_annotation_part(p) for p in parts]
+    if not checks or any(c is None for c in checks):
+        return
+    if not any(ok(value) for _, ok in checks):
+        raise ConfigError(f"{where} must be {' or '.join(d for d, _ in checks)}, got {value!r}")
 
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")

@@ -190,7 +190,13 @@ def _threads(cfg: dict[str, Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from metaloop.cli.build import build_family, build_learner, build_model, build_optimizer, validate
+    from metaloop.cli.build import (
+        build_family,
+        build_learner,
+        build_model,
+        build_optimizer,
+        validate,
+    )
     from metaloop.train import Trainer
     from metaloop.train.checkpoint import atomic_write_text
 

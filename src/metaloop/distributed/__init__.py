@@ -1,5 +1,11 @@
 """Scale: the same meta-training on ``torch.distributed``."""
 
-from metaloop.distributed.ddp import DistributedTrainer, init_from_env, launched_by_torchrun, shard, world
+from metaloop.distributed.ddp import (
+    DistributedTrainer,
+    init_from_env,
+    launched_by_torchrun,
+    shard,
+    world,
+)
 
 __all__ = ["DistributedTrainer", "init_from_env", "launched_by_torchrun", "shard", "world"]

@@ -61,7 +61,7 @@ def map_tasks(
     if policy.uses_vmap:
         try:
             return tuple(vmap(fn, randomness="different")(*tensors))
-        except Exception as err:  # noqa: BLE001 - any failure means "not vectorizable"
+        except Exception as err:
             if policy.mode == "vmap":
                 raise
             policy.vmap_failed = f"{type(err).__name__}: {err}"

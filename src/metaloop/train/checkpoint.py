@@ -146,7 +146,7 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | os.PathLike) -> Path:
 def _read(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is "corrupt"
+    except Exception as err:
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err})") from err
     if not isinstance(state, dict) or "iteration" not in state:
         raise CheckpointError(f"checkpoint {path} does not hold a metaloop training state")

@@ -304,7 +304,7 @@ class Trainer:
         metric_name = "accuracy" if maximize else "loss"
         write_path = run_path if self.is_main else None
         writer = _tensorboard(write_path) if (self.tensorboard and write_path) else None
-        log_file = open(write_path / METRICS_LOG, "a") if write_path else None  # noqa: SIM115
+        log_file = open(write_path / METRICS_LOG, "a") if write_path else None
         history: list[dict[str, Any]] = []
         stopped_early = False
         bar = _progress(self.progress and self.is_main, self.iteration, iterations)

@@ -1,0 +1,195 @@
+"""Speed and memory options of the engine, each opt-in and each tested against the default.
+
+``SpeedOptions`` collects them; ``GradientMetaLearner`` takes them as constructor
+arguments (``compile=``, ``checkpoint=``, ``autocast=``, ``channels_last=``,
+``fuse_forward=``) and routes its meta-step through ``SpeedOptions.wrap``.  Measured
+effects are in ``docs/performance.md``.
+
+* ``compile``: ``torch.compile`` of the whole per-batch computation (inner loop of every
+  task, under ``vmap`` or the loop, and the query losses).  The forward *and* the backward
+  (AOTAutograd traces the double backward of second-order MAML) become a few fused C++
+  kernels instead of hundreds of small eager ops; on small models the meta-step is
+  Python/dispatcher bound, so this is the large win (sinusoid: ~4x over eager ``vmap``).
+  ``True`` uses the defaults; a dict is passed to ``torch.compile`` (``mode``,
+  ``backend``, ``dynamic``, ``fullgraph``, ``options``).  The first call compiles (tens of
+  seconds on a small CPU; later runs hit the inductor cache); new shapes, dtypes or
+  learner settings recompile (dynamo guards).  If compilation fails the learner warns once
+  and runs eagerly.  The result of ``meta_loss`` is an ordinary scalar: ``.backward()``
+  puts the meta-gradient into ``self.parameters()`` as before (not differentiable twice).
+* ``checkpoint``: rematerialize every second-order inner step (``functional.checkpoint``)
+  so memory grows by one copy of the parameters per step instead of one set of support
+  activations per step; costs one extra support forward/backward per step.
+* ``autocast``: ``torch.autocast`` with the given dtype (``"bfloat16"``, or ``"float16"``
+  on CUDA) around the meta-step; parameters and meta-gradients stay in their own dtype.
+  Results are close, not identical.  On CPUs without native bf16 (AVX2 only) it is slower.
+* ``channels_last``: 4-D per-task inputs ``[N, C, H, W]`` are laid out channels-last (the
+  format oneDNN's CPU convolutions prefer); identical numbers, model untouched.
+* ``fuse_forward``: evaluation at several step counts runs the query forward at
+  ``theta_t`` together with the support forward of step ``t + 1`` (same parameters) as
+  one call on ``cat(support, query)``.  Only valid for models that treat examples
+  independently (no batch statistics across the batch), so it is opt-in; ``"auto"``
+  enables it when the model has no batch-norm layer that uses batch statistics.
+* ``chunk_size`` (already a learner argument): at most that many tasks per vectorized
+  call; the peak memory of the meta-step scales with it.  The max-memory knob.
+* Threads: ``torch.set_num_threads`` is process-wide, so it is the benchmark runner's
+  ``threads=`` option (and ``num_threads`` here), not a learner option.  On a shared
+  2-core machine one thread is often faster than two (OpenMP threads wait on each other
+  when another process holds a core).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                   "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def _autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    if value is None or value is False:
+        return None
+    if isinstance(value, torch.dtype):
+        if value not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast dtype must be bfloat16 or float16, got {value}")
+        return value
+    if isinstance(value, str) and value in AUTOCAST_DTYPES:
+        return AUTOCAST_DTYPES[value]
+    raise ValueError(
+        f"autocast must be None, a dtype or one of {', '.join(AUTOCAST_DTYPES)}, got {value!r}"
+    )
+
+
+def uses_batch_statistics(model: nn.Module) -> bool:
+    """Whether some batch-norm layer of ``model`` normalises with the current batch's
+    statistics (training mode, or no running statistics), i.e. examples interact."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if m.training or not m.track_running_stats:
+                return True
+        elif "BatchNorm" in type(m).__name__:  # e.g. per-step batch norm: batch statistics
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None) -> Iterator[None]:
+    """Temporarily ``torch.set_num_threads(n)`` (``None``: leave unchanged)."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _to_channels_last(t: Tensor) -> Tensor:
+    if t.dim() == 4 and t.is_floating_point():
+        return t.contiguous(memory_format=torch.channels_last)
+    if t.dim() == 5 and t.is_floating_point():  # [T, N, C, H, W]: per task channels-last
+        return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    return t
+
+
+# compiled callables per (owner, key); weak so learners can be collected, outside the
+# module's __dict__ so deepcopy / pickling of a learner never sees them
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class SpeedOptions:
+    """The opt-in speed/memory options (see the module docstring)."""
+
+    compile: bool | dict[str, Any] = False
+    checkpoint: bool = False
+    autocast: str | torch.dtype | None = None
+    channels_last: bool = False
+    fuse_forward: bool | str = False
+    _failed: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.compile, (bool, dict)):
+            raise ValueError(f"compile must be a bool or a dict of torch.compile options, "
+                             f"got {self.compile!r}")
+        if self.fuse_forward not in (True, False, "auto"):
+            raise ValueError(f"fuse_forward must be True, False or 'auto', got {self.fuse_forward!r}")
+        self.autocast_dtype = _autocast_dtype(self.autocast)
+        self.checkpoint = bool(self.checkpoint)
+        self.channels_last = bool(self.channels_last)
+
+    @property
+    def compile_options(self) -> dict[str, Any] | None:
+        if self.compile is False:
+            return None
+        return {} if self.compile is True else dict(self.compile)
+
+    def fuse_for(self, model: nn.Module) -> bool:
+        if self.fuse_forward == "auto":
+            return not uses_batch_statistics(model)
+        return bool(self.fuse_forward)
+
+    def describe(self) -> str:
+        parts = []
+        if self.compile_options is not None:
+            parts.append("compile" + (f"={self.compile_options}" if self.compile_options else ""))
+        if self.checkpoint:
+            parts.append("checkpoint")
+        if self.autocast_dtype is not None:
+            parts.append(f"autocast={str(self.autocast_dtype).replace('torch.', '')}")
+        if self.channels_last:
+            parts.append("channels_last")
+        if self.fuse_forward:
+            parts.append(f"fuse_forward={self.fuse_forward}")
+        return ", ".join(parts)
+
+    def wrap(
+        self, owner: Any, key: str, fn: Callable[..., Any], *, compile_ok: bool = True
+    ) -> Callable[..., Any]:
+        """``fn`` with the options applied: inputs channels-last, autocast, compiled.
+
+        ``fn`` must be an *unbound* function called as ``fn(owner, *args)`` (so that one
+        compiled function serves deep copies of ``owner``).  ``compile_ok=False`` skips
+        compilation (e.g. under ``no_grad``).
+        """
+        options = self.compile_options if compile_ok else None
+        if options is None and self.autocast_dtype is None and not self.channels_last:
+            return lambda *args: fn(owner, *args)
+        compiled = None
+        if options is not None and key not in self._failed:
+            cache = _COMPILED.setdefault(owner, {})
+            compiled = cache.get(key)
+            if compiled is None:
+                compiled = cache[key] = torch.compile(fn, **options)
+        dtype, channels_last, failed = self.autocast_dtype, self.channels_last, self._failed
+
+        def run(*args: Any) -> Any:
+            if channels_last:
+                args = tuple(_to_channels_last(a) if isinstance(a, Tensor) else a for a in args)
+            device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+            ctx = (torch.autocast(device, dtype=dtype) if dtype is not None
+                   else contextlib.nullcontext())
+            with ctx:
+                if compiled is not None and key not in failed:
+                    try:
+                        return compiled(owner, *args)
+                    except Exception as err:  # noqa: BLE001 - fall back to eager, loudly
+                        failed[key] = f"{type(err).__name__}: {err}"
+                        warnings.warn(
+                            f"torch.compile of {key} failed; running eagerly from now on. "
+                            f"Reason: {failed[key][:2000]}",
+                            RuntimeWarning,
+                            stacklevel=2,
+                        )
+                return fn(owner, *args)
+
+        return run
