@@ -47,7 +47,8 @@ class Poisoned:
 def maml_trainer(nonfinite: str = "stop", seed: int = 0, optimizer=None) -> Trainer:
     torch.manual_seed(seed)
     learner = MAML(MLP(1, 1, hidden=(8,)), inner_lr=0.01)
-    opt = optimizer(learner.parameters()) if optimizer else torch.optim.Adam(learner.parameters(), 1e-3)
+    params = learner.parameters()
+    opt = optimizer(params) if optimizer else torch.optim.Adam(params, 1e-3)
     return Trainer(learner, opt, meta_batch_size=4, seed=seed, nonfinite=nonfinite, progress=False)
 
 
@@ -90,7 +91,7 @@ def test_nonfinite_loss_is_skipped_under_skip_policy(tmp_path):
         warnings.simplefilter("always")
         result = trainer.fit(family, 8, run_dir=tmp_path, checkpoint_every=4, log_every=4)
     assert result.iteration == 8 and result.skipped_steps == 2
-    skipped = [str(w.message) for w in caught if "skipped" in str(w.message)]
+    skipped = [str(w.message) for w in caught if "step was skipped" in str(w.message)]
     assert len(skipped) == 2 and "at iteration 3" in skipped[0] and "task(s) [0]" in skipped[0]
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped"] for r in records] == [0.25, 0.25]  # fraction of the window's steps
@@ -182,7 +183,8 @@ def test_overflowed_parameters_never_replace_a_good_checkpoint(tmp_path, at, las
         trainer.fit(Sinusoid(shots=5, queries=5), 12, run_dir=tmp_path, checkpoint_every=3)
     # at == 6: caught by the check before checkpoint 6; at == 7: by iteration 8's loss
     assert ("non-finite parameters or optimizer state after iteration 6" in str(info.value)
-            if at == 6 else "at iteration 8" in str(info.value))
+            if at == 6 else "at iteration 8: the learner's parameters are not finite"
+            in str(info.value))
     latest = load_latest(tmp_path)
     assert latest["iteration"] == last_good and finite(latest)
     if last_good > 3:

@@ -13,18 +13,33 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, grad
 
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
-from torch.func import grad
-
 from metaloop.functional.batching import VectorizePolicy, map_tasks
 from metaloop.functional.checkpoint import remat
 from metaloop.functional.inner import GradientMode, TaskLoss, inner_steps_iter
 from metaloop.functional.losses import LossFn, accuracy
 from metaloop.functional.optim import InnerOptimizer, LearningRate, make_inner_optimizer
 from metaloop.functional.params import Params, call, detach, name_filter, split_module
-from metaloop.functional.speed import SpeedOptions
+from metaloop.functional.speed import SpeedOptions, attach_gradient
 from metaloop.tasks.base import Task, TaskBatch
+
+
+def _meta_objective(
+    trainable: Params, frozen: Params, buffers: Params, learner: GradientMetaLearner,
+    sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, mode: GradientMode,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """The meta-loss as a pure function of the learner's parameters (``compile=True``)."""
+    losses, accs = functional_call(
+        learner, ({**trainable, **frozen}, buffers), (sx, sy, qx, qy, mode), strict=False
+    )
+    loss = losses.mean()
+    return loss, (loss.detach(), losses.detach(), accs.detach())
+
+
+#: ``(grads, (loss, per-task losses, per-task accuracies))``; compiled per learner
+_META_GRAD = grad(_meta_objective, has_aux=True)
 
 
 def _check_inner(inner_lr: float, inner_steps: int, *, allow_zero_steps: bool = False) -> None:
@@ -221,9 +236,50 @@ class GradientMetaLearner(MetaLearner):
             out["accuracy"] = float(per_task_acc.detach().mean())
         return out
 
+    def forward(
+        self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, mode: GradientMode | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Per-task query loss and accuracy ``[T]`` from the four tensors of a task batch.
+
+        The functional core of ``meta_loss``; it is the module's ``forward`` so that
+        ``torch.func.functional_call`` can run the whole meta-step with substituted
+        parameters (which is how ``compile=True`` differentiates it).
+        """
+        return self._query_losses(sx, sy, qx, qy, mode or self.gradient_mode)
+
+    def _meta_loss_compiled(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]] | None:
+        """``compile=True``: the meta-gradient computed *in the forward call* by a compiled
+        ``torch.func.grad`` of the whole meta-step (one forward-only graph: no autograd
+        tape, no AOTAutograd backward), attached to the returned loss so that
+        ``loss.backward()`` delivers it.  ``None`` when compilation is off or failed."""
+        key = f"meta_grad/{self.gradient_mode}"
+        fn = self.speed.compiled(self, key, _META_GRAD)
+        if fn is None:
+            return None
+        named = list(self.named_parameters())
+        trainable = {n: p.detach() for n, p in named if p.requires_grad}
+        frozen = {n: p.detach() for n, p in named if not p.requires_grad}
+        buffers = dict(self.named_buffers())
+        args = self.speed.inputs(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        try:
+            with torch.no_grad(), self.speed.context(*args):
+                grads, (loss, losses, accs) = fn(
+                    trainable, frozen, buffers, self, *args, self.gradient_mode
+                )
+        except Exception as err:
+            self.speed.compile_failed(key, err)
+            return None
+        params = tuple(p for _, p in named if p.requires_grad)
+        loss = attach_gradient(loss, params, tuple(grads[n] for n in trainable))
+        return loss, self.metrics(loss, losses, accs)
+
     # -- protocol ------------------------------------------------------------------------
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """``(1/T) sum_i L_query_i(theta_K^i)`` differentiated per ``gradient_mode``."""
+        if self.speed.compile_options is not None and torch.is_grad_enabled():
+            compiled = self._meta_loss_compiled(batch)
+            if compiled is not None:
+                return compiled
         losses, accs = self.query_loss_per_task(batch, self.gradient_mode)
         loss = losses.mean()
         return loss, self.metrics(loss, losses, accs)

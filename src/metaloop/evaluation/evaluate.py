@@ -27,6 +27,7 @@ class Estimate:
     ci95: float
     std: float
     episodes: int
+    median: float = float("nan")
 
     def __str__(self) -> str:
         return f"{self.mean:.4g} +- {self.ci95:.2g}"
@@ -39,7 +40,7 @@ def estimate(values: torch.Tensor) -> Estimate:
     if n == 0:
         raise ValueError("cannot estimate a mean from zero episodes")
     std = float(v.std(unbiased=True)) if n > 1 else 0.0
-    return Estimate(float(v.mean()), 1.96 * std / math.sqrt(n), std, n)
+    return Estimate(float(v.mean()), 1.96 * std / math.sqrt(n), std, n, float(v.median()))
 
 
 @dataclass
@@ -73,7 +74,7 @@ class EvalResult:
                 if k == "accuracy":
                     parts.append(f"accuracy {100 * e.mean:.2f} +- {100 * e.ci95:.2f}%")
                 else:
-                    parts.append(f"{k} {e.mean:.4g} +- {e.ci95:.2g}")
+                    parts.append(f"{k} {e.mean:.4g} +- {e.ci95:.2g} (median {e.median:.3g})")
             lines.append(f"  {s:>3} steps: " + ", ".join(parts))
         return "\n".join(lines)
 

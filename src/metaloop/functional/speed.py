@@ -122,7 +122,9 @@ class SpeedOptions:
             raise ValueError(f"compile must be a bool or a dict of torch.compile options, "
                              f"got {self.compile!r}")
         if self.fuse_forward not in (True, False, "auto"):
-            raise ValueError(f"fuse_forward must be True, False or 'auto', got {self.fuse_forward!r}")
+            raise ValueError(
+                f"fuse_forward must be True, False or 'auto', got {self.fuse_forward!r}"
+            )
         self.autocast_dtype = _autocast_dtype(self.autocast)
         self.checkpoint = bool(self.checkpoint)
         self.channels_last = bool(self.channels_last)
@@ -152,44 +154,78 @@ class SpeedOptions:
             parts.append(f"fuse_forward={self.fuse_forward}")
         return ", ".join(parts)
 
-    def wrap(
-        self, owner: Any, key: str, fn: Callable[..., Any], *, compile_ok: bool = True
-    ) -> Callable[..., Any]:
+    # -- compiled callables, cached per owner, with a loud fallback to eager -------------------
+    def compiled(self, owner: Any, key: str, fn: Callable[..., Any]) -> Callable[..., Any] | None:
+        """``torch.compile(fn)`` cached per ``(owner, key)``, or ``None`` when compilation is
+        off or failed before.  ``fn`` must not hold ``owner`` (pass it as an argument)."""
+        options = self.compile_options
+        if options is None or key in self._failed:
+            return None
+        cache = _COMPILED.setdefault(owner, {})
+        if key not in cache:
+            cache[key] = torch.compile(fn, **options)
+        return cache[key]
+
+    def compile_failed(self, key: str, err: BaseException) -> None:
+        self._failed[key] = f"{type(err).__name__}: {err}"
+        warnings.warn(
+            f"torch.compile of {key} failed; running eagerly from now on. "
+            f"Reason: {self._failed[key][:2000]}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def context(self, *args: Any) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context for a call on ``args`` (a null context without autocast)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+        return torch.autocast(device, dtype=self.autocast_dtype)
+
+    def inputs(self, *args: Any) -> tuple[Any, ...]:
+        """``args`` with 4-D/5-D float tensors channels-last when that option is on."""
+        if not self.channels_last:
+            return args
+        return tuple(_to_channels_last(a) if isinstance(a, Tensor) else a for a in args)
+
+    def wrap(self, owner: Any, key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` with the options applied: inputs channels-last, autocast, compiled.
 
-        ``fn`` must be an *unbound* function called as ``fn(owner, *args)`` (so that one
-        compiled function serves deep copies of ``owner``).  ``compile_ok=False`` skips
-        compilation (e.g. under ``no_grad``).
+        ``fn`` must be an *unbound* function called as ``fn(owner, *args)`` (so that the
+        cached compiled function never keeps ``owner`` alive).  Compilation here goes
+        through AOTAutograd: the result is differentiated by ordinary ``.backward()``.
         """
-        options = self.compile_options if compile_ok else None
-        if options is None and self.autocast_dtype is None and not self.channels_last:
+        if self.compile_options is None and self.autocast_dtype is None and not self.channels_last:
             return lambda *args: fn(owner, *args)
-        compiled = None
-        if options is not None and key not in self._failed:
-            cache = _COMPILED.setdefault(owner, {})
-            compiled = cache.get(key)
-            if compiled is None:
-                compiled = cache[key] = torch.compile(fn, **options)
-        dtype, channels_last, failed = self.autocast_dtype, self.channels_last, self._failed
 
         def run(*args: Any) -> Any:
-            if channels_last:
-                args = tuple(_to_channels_last(a) if isinstance(a, Tensor) else a for a in args)
-            device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
-            ctx = (torch.autocast(device, dtype=dtype) if dtype is not None
-                   else contextlib.nullcontext())
-            with ctx:
-                if compiled is not None and key not in failed:
+            args = self.inputs(*args)
+            with self.context(*args):
+                compiled = self.compiled(owner, key, fn)
+                if compiled is not None:
                     try:
                         return compiled(owner, *args)
-                    except Exception as err:  # noqa: BLE001 - fall back to eager, loudly
-                        failed[key] = f"{type(err).__name__}: {err}"
-                        warnings.warn(
-                            f"torch.compile of {key} failed; running eagerly from now on. "
-                            f"Reason: {failed[key][:2000]}",
-                            RuntimeWarning,
-                            stacklevel=2,
-                        )
+                    except Exception as err:
+                        self.compile_failed(key, err)
                 return fn(owner, *args)
 
         return run
+
+
+class _AttachGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, value: Tensor, grads: tuple[Tensor, ...], *params: Tensor) -> Tensor:
+        ctx.grads = grads
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        return (None, None, *(g * grad_output for g in ctx.grads))
+
+
+def attach_gradient(value: Tensor, params: tuple[Tensor, ...], grads: tuple[Tensor, ...]) -> Tensor:
+    """A scalar equal to ``value`` whose backward pass adds ``grad_output * grads[i]`` to
+    ``params[i].grad``: a gradient computed ahead of time (e.g. by a compiled
+    ``torch.func.grad``) behind the ordinary ``.backward()`` interface.  Not differentiable
+    twice."""
+    return _AttachGradient.apply(value, tuple(grads), *params)

@@ -185,8 +185,11 @@ class Trainer:
         """
         self.optimizer.zero_grad(set_to_none=True)
         iteration = self.iteration + 1
-        bad = self._bad_tasks(batch, what) if batch is not None else None
-        if bad is None:
+        broken = not self.state_is_finite()
+        bad = self._bad_tasks(batch, what) if batch is not None and not broken else None
+        if broken:
+            culprits = "the learner's parameters are not finite (an earlier update overflowed)"
+        elif bad is None:
             culprits = "the tasks were not checked one by one"
         elif bad:
             culprits = (f"task(s) {bad} of the {len(batch)} in the meta-batch are non-finite on "
@@ -197,13 +200,15 @@ class Trainer:
         message = (
             f"non-finite {what} ({value}) at iteration {iteration}: {culprits}; the meta-batch "
             f"is the one drawn at iteration {iteration} from seed {self.seed}, metrics "
-            f"{_short(metrics)}. Lower the learning rates, clip gradients (grad_clip), or "
-            "set nonfinite='skip' to drop such steps."
+            f"{_short(metrics)}."
         )
         if self.nonfinite == "skip":
             self.skipped_steps += 1
-            warnings.warn("skipped: " + message, RuntimeWarning, stacklevel=3)
+            warnings.warn(f"{message} The step was skipped (nonfinite='skip').", RuntimeWarning,
+                          stacklevel=3)
             return {"skipped": 1.0}
+        message += (" Lower the learning rates, clip gradients (grad_clip), or set "
+                    "nonfinite='skip' to drop such steps.")
         raise NonFiniteError(message, iteration, bad or ())
 
     def _bad_tasks(self, batch: TaskBatch, what: str) -> list[int] | None:

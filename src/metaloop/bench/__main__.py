@@ -1,0 +1,55 @@
+"""``python -m metaloop.bench WORKLOAD [--json] [--repeats N] [--engines a,b] ...``"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from metaloop.bench.runner import format_table, run_benchmark
+from metaloop.bench.workloads import WORKLOADS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m metaloop.bench",
+        description="meta-training throughput and peak memory against a plain per-task loop",
+    )
+    parser.add_argument("workload", choices=sorted(WORKLOADS))
+    parser.add_argument("--repeats", type=int, default=None, help="timed meta-steps per engine")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed meta-steps first")
+    parser.add_argument("--engines", default=None,
+                        help="comma-separated, e.g. plain,vmap,vmap+compile (plain always runs)")
+    parser.add_argument("--cases", default=None, help="comma-separated case labels")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory probe step")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--out", default=None, help="also write the JSON result to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    def split(s: str) -> list[str]:
+        return [x for x in s.split(",") if x]
+
+    result = run_benchmark(
+        args.workload,
+        repeats=args.repeats,
+        engines=split(args.engines) if args.engines else None,
+        device=args.device,
+        cases=split(args.cases) if args.cases else None,
+        warmup=args.warmup,
+        threads=args.threads,
+        memory=not args.no_memory,
+        seed=args.seed,
+        log=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
+    )
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

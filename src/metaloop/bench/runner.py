@@ -1,0 +1,457 @@
+"""Time meta-steps of the engine against the plain per-task loop, in one process.
+
+``run_benchmark(workload)`` runs every case of a workload (``metaloop.bench.workloads``)
+with every engine configuration and returns a JSON-serialisable dict; ``format_table``
+renders it.  For each case:
+
+1. one random batch of the workload's shapes (seeded) and one initial model; every engine
+   starts from a deep copy of that model, so all meta-gradients are comparable;
+2. the **floor**: forward + backward of the task loss of the model on all query examples of
+   the batch at once, with the shared (unadapted) parameters, eager.  Every meta-step has
+   to do at least this much (the query forward and its backward); ``x_floor`` is how many
+   floors an engine's meta-step costs;
+3. per engine: ``warmup`` meta-steps (the first one timed separately: it includes
+   ``torch.compile``), one meta-step under the memory probe, then ``repeats`` timed
+   meta-steps.  A meta-step is ``loss, _ = engine.meta_loss(batch); loss.backward()``
+   (gradients reset to ``None`` before each).  ``tasks_per_s = meta_batch / median``;
+4. the meta-gradient of every engine is compared with the plain loop's on the same batch
+   (``grad_rel_diff``: ``max |g - g_plain| / max |g_plain|`` over all model parameters).
+
+Peak memory.  CUDA: ``torch.cuda.max_memory_allocated()`` during the probed step minus the
+memory allocated before it.  CPU: there is no allocator statistic for CPU tensors
+(``tracemalloc`` does not see torch's allocations), so the probe measures the resident set
+size: it runs ``gc.collect()`` and glibc's ``malloc_trim(0)`` (returning freed heap pages
+to the OS, so earlier steps' freed memory does not hide this step's growth), reads the RSS
+from ``/proc/self/statm``, then samples it every 0.5 ms from a background thread during
+the meta-step; ``peak_memory_bytes`` is the largest sample minus the starting RSS.  It
+counts everything the step touches (activations, the autograd graph, allocator
+fragmentation) and can miss peaks shorter than the sampling interval; on systems without
+``/proc`` it is ``None``.
+
+Result fields (``run_benchmark``'s return value):
+
+* ``workload``, ``description``, ``device``, ``torch`` (version), ``python``, ``threads``
+  (``torch.get_num_threads()`` during the run), ``cpu_count``, ``load_avg_start`` /
+  ``load_avg_end`` (1/5/15-minute load averages; the machines are shared, read the
+  numbers with them), ``repeats``, ``warmup``, ``memory_method``, ``libraries``
+  (which optional comparison libraries imported), ``started`` (UTC ISO time),
+  ``total_seconds``;
+* ``cases``: one per case with ``case`` (label), ``meta_batch``, ``settings`` (the
+  workload's shapes and hyperparameters), ``floor`` (``seconds``, ``tasks_per_s``) and
+  ``engines``: a list of dicts with ``engine`` (name), ``seconds`` (median of the timed
+  steps), ``seconds_all``, ``tasks_per_s``, ``ratio_to_plain`` (plain's median time over
+  this engine's: the speed-up), ``x_floor`` (median time over the floor time),
+  ``first_step_seconds``, ``peak_memory_bytes``, ``grad_rel_diff`` and ``error`` (``None``,
+  or the message when the engine failed; the timing fields are then ``None``).
+
+Engine names: a base, then options joined by ``+``.  Bases: ``plain`` (the plain loop of
+``baselines``), ``loop`` and ``vmap`` (``MAML`` with that ``vectorize``), ``higher`` and
+``torchopt`` (the libraries, when installed), ``protonet`` (``ProtoNet``).  Options:
+``compile`` (``compile=BACKEND`` for another ``torch.compile`` backend, e.g.
+``compile=aot_eager``), ``checkpoint``, ``channels_last``, ``bf16`` (autocast bfloat16),
+``chunk=N`` (``chunk_size``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import datetime
+import gc
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metaloop.bench.baselines import (
+    HigherMAML,
+    PlainLoopMAML,
+    PlainLoopProtoNet,
+    TorchOptMAML,
+    available_libraries,
+)
+from metaloop.bench.workloads import Case, get_workload
+from metaloop.functional.speed import num_threads
+from metaloop.tasks.base import TaskBatch
+
+MEMORY_METHOD_CPU = "peak RSS growth during one meta-step (after gc + malloc_trim), 0.5 ms sampling"
+MEMORY_METHOD_CUDA = "torch.cuda.max_memory_allocated growth during one meta-step"
+
+
+# -- memory probes --------------------------------------------------------------------------
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakMemory:
+    """Context manager: ``self.peak`` is the peak memory growth inside it, in bytes."""
+
+    def __init__(self, device: torch.device, interval: float = 0.0005) -> None:
+        self.device, self.interval = device, interval
+        self.peak: int | None = None
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        _malloc_trim()
+        self._start = _rss_bytes()
+        self._max = self._start
+        self._stop = threading.Event()
+        if self._start is not None:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            rss = _rss_bytes()
+            if rss is not None and rss > self._max:
+                self._max = rss
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self._start
+            return
+        if self._start is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        rss = _rss_bytes() or 0
+        self.peak = max(self._max, rss) - self._start
+
+
+# -- engines ---------------------------------------------------------------------------------
+def parse_engine(name: str) -> tuple[str, dict[str, Any]]:
+    """``"vmap+compile+chunk=4"`` -> ``("vmap", {"compile": True, "chunk_size": 4})``."""
+    base, *opts = name.split("+")
+    kwargs: dict[str, Any] = {}
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        if key == "compile":
+            kwargs["compile"] = {"backend": value} if value else True
+        elif key == "checkpoint":
+            kwargs["checkpoint"] = True
+        elif key == "channels_last":
+            kwargs["channels_last"] = True
+        elif key == "bf16":
+            kwargs["autocast"] = "bfloat16"
+        elif key == "chunk" and value.isdigit():
+            kwargs["chunk_size"] = int(value)
+        else:
+            raise ValueError(f"unknown engine option {opt!r} in {name!r}")
+    return base, kwargs
+
+
+def build_engine(name: str, case: Case, model: nn.Module) -> tuple[nn.Module, bool]:
+    """``(engine, channels_last_inputs)`` for an engine name and a case."""
+    base, kwargs = parse_engine(name)
+    if case.kind == "protonet":
+        channels_last = bool(kwargs.pop("channels_last", False))
+        if kwargs:
+            raise ValueError(f"ProtoNet engines take only +channels_last, got {name!r}")
+        if base == "plain":
+            return PlainLoopProtoNet(model), channels_last
+        if base == "protonet":
+            from metaloop.algorithms.protonet import ProtoNet
+
+            return ProtoNet(model), channels_last
+        raise ValueError(f"unknown ProtoNet engine {name!r}; use plain or protonet")
+    common = dict(inner_lr=case.inner_lr, inner_steps=case.inner_steps, loss=case.loss,
+                  first_order=case.first_order)
+    if base in ("plain", "higher", "torchopt"):
+        if kwargs:
+            raise ValueError(f"the {base} engine takes no options, got {name!r}")
+        cls = {"plain": PlainLoopMAML, "higher": HigherMAML, "torchopt": TorchOptMAML}[base]
+        return cls(model, **common), False
+    if base in ("loop", "vmap"):
+        from metaloop.algorithms.maml import MAML
+
+        return MAML(model, vectorize=base, **common, **kwargs), False
+    raise ValueError(f"unknown engine {name!r}; bases: plain, loop, vmap, higher, torchopt")
+
+
+def default_engines(case: Case) -> tuple[str, ...]:
+    engines = list(case.engines)
+    if case.kind == "maml" and not case.first_order:
+        engines += [lib for lib, ok in available_libraries().items() if ok]
+    return tuple(engines)
+
+
+def _to_channels_last(batch: TaskBatch) -> TaskBatch:
+    def cl(t: Tensor) -> Tensor:
+        if t.dim() == 5 and t.is_floating_point():
+            return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        return t
+
+    return TaskBatch(cl(batch.support_x), batch.support_y, cl(batch.query_x), batch.query_y,
+                     batch.ways, batch.info)
+
+
+# -- timing ----------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], None], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _floor_step(model: nn.Module, batch: TaskBatch, loss: str) -> Callable[[], None]:
+    qx = batch.query_x.flatten(0, 1)
+    qy = batch.query_y.flatten(0, 1)
+    loss_fn = F.mse_loss if loss == "mse" else F.cross_entropy
+    params = list(model.parameters())
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        out = model(qx)
+        if loss == "cross_entropy" and (out.dim() != 2 or out.shape[-1] <= int(qy.max())):
+            # an encoder without a head (ProtoNet): any scalar of the embedding
+            target = out.flatten(1).pow(2).mean()
+        else:
+            target = loss_fn(out, qy)
+        target.backward()
+
+    return step
+
+
+def _grads(model: nn.Module) -> list[Tensor | None]:
+    return [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
+
+
+def _rel_diff(grads: list[Tensor | None], ref: list[Tensor | None]) -> float | None:
+    pairs = [(g, r) for g, r in zip(grads, ref) if r is not None]
+    if not pairs or any(g is None for g, _ in pairs) or len(grads) != len(ref):
+        return None
+    scale = max(float(r.abs().max()) for _, r in pairs) or 1.0
+    return max(float((g.float() - r.float()).abs().max()) for g, r in pairs) / scale
+
+
+def run_case(
+    case: Case,
+    engines: Sequence[str],
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    memory: bool = True,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(seed)
+    batch = case.make_batch(generator).to(device)
+    torch.manual_seed(seed)
+    base_model = case.make_model().to(device)
+
+    floor_model = copy.deepcopy(base_model)
+    floor_fn = _floor_step(floor_model, batch, case.loss)
+    for _ in range(max(warmup, 1)):
+        floor_fn()
+    floor_times = [_timed(floor_fn, device) for _ in range(repeats)]
+    floor_s = statistics.median(floor_times)
+    del floor_model, floor_fn
+
+    results: list[dict[str, Any]] = []
+    reference: list[Tensor | None] | None = None
+    plain_s: float | None = None
+    for name in engines:
+        entry: dict[str, Any] = {"engine": name, "seconds": None, "seconds_all": None,
+                                 "tasks_per_s": None, "ratio_to_plain": None, "x_floor": None,
+                                 "first_step_seconds": None, "peak_memory_bytes": None,
+                                 "grad_rel_diff": None, "error": None}
+        results.append(entry)
+        if log:
+            log(f"  {case.label}: {name} ...")
+        try:
+            model = copy.deepcopy(base_model)
+            engine, channels_last = build_engine(name, case, model)
+            engine.to(device)
+            step_batch = _to_channels_last(batch) if channels_last else batch
+            params = list(model.parameters())
+
+            def step(engine: nn.Module = engine, step_batch: TaskBatch = step_batch,
+                     params: list[Tensor] = params) -> None:
+                for p in params:
+                    p.grad = None
+                loss, _ = engine.meta_loss(step_batch)
+                loss.backward()
+
+            entry["first_step_seconds"] = _timed(step, device)
+            for _ in range(warmup - 1):
+                step()
+            if memory:
+                probe = PeakMemory(device)
+                with probe:
+                    step()
+                entry["peak_memory_bytes"] = probe.peak
+            times = [_timed(step, device) for _ in range(repeats)]
+            median = statistics.median(times)
+            entry.update(seconds=median, seconds_all=times, tasks_per_s=case.meta_batch / median,
+                         x_floor=median / floor_s)
+            grads = _grads(model)
+            if name == "plain":
+                reference, plain_s = grads, median
+            elif reference is not None:
+                entry["grad_rel_diff"] = _rel_diff(grads, reference)
+            del engine, model
+        except Exception as err:
+            entry["error"] = f"{type(err).__name__}: {err}"[:1000]
+        gc.collect()
+    for entry in results:
+        if plain_s is not None and entry["seconds"]:
+            entry["ratio_to_plain"] = plain_s / entry["seconds"]
+    return {
+        "case": case.label,
+        "meta_batch": case.meta_batch,
+        "settings": {**case.settings, "loss": case.loss, "inner_lr": case.inner_lr,
+                     "inner_steps": case.inner_steps, "first_order": case.first_order,
+                     "kind": case.kind},
+        "floor": {"seconds": floor_s, "tasks_per_s": case.meta_batch / floor_s},
+        "engines": results,
+    }
+
+
+@contextlib.contextmanager
+def _maybe_threads(threads: int | None) -> Iterator[None]:
+    with num_threads(threads):
+        yield
+
+
+def run_benchmark(
+    workload: str,
+    repeats: int | None = None,
+    engines: Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
+    cases: Sequence[str] | None = None,
+    warmup: int | None = None,
+    threads: int | None = None,
+    memory: bool = True,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Benchmark one workload (``sinusoid``, ``omniglot``, ``memory``, ``protonet``).
+
+    Args:
+        workload: the workload name (``metaloop.bench.workloads``).
+        repeats: timed meta-steps per engine (default: the workload's).
+        engines: engine names (default: the workload's list, plus ``higher``/``torchopt``
+            for second-order MAML cases when those libraries import).  ``plain`` is always
+            run first, as the reference for ratios and gradients.
+        device: ``"cpu"`` or ``"cuda"``.
+        cases: labels of the cases to run (default all, e.g. ``["first_order"]``).
+        warmup: untimed meta-steps before timing (default: the workload's).
+        threads: ``torch.set_num_threads`` for the run (default: leave as is).
+        memory: run the memory probe step.
+        seed: seed of the random batch and of the model's initialization.
+        log: called with a progress line before each engine.
+
+    Returns the dict documented in this module's docstring (JSON-serialisable).
+    """
+    spec = get_workload(workload)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    repeats = spec.repeats if repeats is None else int(repeats)
+    warmup = spec.warmup if warmup is None else int(warmup)
+    if repeats < 1 or warmup < 1:
+        raise ValueError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
+    selected = [c for c in spec.cases if cases is None or c.label in cases]
+    if not selected:
+        raise ValueError(f"no case of {workload} matches {cases}; cases: "
+                         + ", ".join(c.label for c in spec.cases))
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    t0 = time.perf_counter()
+    out_cases = []
+    with _maybe_threads(threads):
+        used_threads = torch.get_num_threads()
+        for case in selected:
+            names = list(engines) if engines is not None else list(default_engines(case))
+            names = ["plain"] + [n for n in names if n != "plain"]
+            out_cases.append(run_case(case, names, repeats, warmup, device, memory, seed, log))
+    return {
+        "workload": spec.name,
+        "description": spec.description,
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": used_threads,
+        "cpu_count": os.cpu_count(),
+        "load_avg_start": load_start,
+        "load_avg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "repeats": repeats,
+        "warmup": warmup,
+        "memory_method": (MEMORY_METHOD_CUDA if device.type == "cuda" else MEMORY_METHOD_CPU)
+        if memory else None,
+        "libraries": available_libraries(),
+        "started": started.isoformat(timespec="seconds"),
+        "total_seconds": time.perf_counter() - t0,
+        "cases": out_cases,
+    }
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Plain-text tables (one per case) of a ``run_benchmark`` result."""
+    load = result.get("load_avg_start")
+    lines = [
+        f"{result['workload']}: {result['description']}",
+        f"device {result['device']}, torch {result['torch']}, {result['threads']} threads, "
+        f"{result['repeats']} repeats (median), load avg "
+        + ("-" if load is None else f"{load[0]:.2f} -> {result['load_avg_end'][0]:.2f}"),
+    ]
+    header = (f"{'engine':<26}{'tasks/s':>10}{'ms/step':>10}{'x plain':>9}{'x floor':>9}"
+              f"{'peak MB':>10}{'grad diff':>11}{'1st step s':>11}")
+    for case in result["cases"]:
+        floor = case["floor"]
+        lines += [
+            "",
+            f"[{case['case']}] meta-batch {case['meta_batch']}; floor (query fwd+bwd only): "
+            f"{floor['seconds'] * 1e3:.2f} ms = {floor['tasks_per_s']:.1f} tasks/s",
+            header,
+            "-" * len(header),
+        ]
+        for e in case["engines"]:
+            if e["error"]:
+                lines.append(f"{e['engine']:<26}failed: {e['error'][:120]}")
+                continue
+            mem = e["peak_memory_bytes"]
+            lines.append(
+                f"{e['engine']:<26}{_fmt(e['tasks_per_s'], '.1f'):>10}"
+                f"{_fmt(e['seconds'] and e['seconds'] * 1e3, '.2f'):>10}"
+                f"{_fmt(e['ratio_to_plain'], '.2f'):>9}{_fmt(e['x_floor'], '.2f'):>9}"
+                f"{_fmt(mem and mem / 2**20, '.1f'):>10}{_fmt(e['grad_rel_diff'], '.1e'):>11}"
+                f"{_fmt(e['first_step_seconds'], '.2f'):>11}"
+            )
+    return "\n".join(lines)
