@@ -22,7 +22,12 @@ from metaloop.functional.inner import GradientMode, TaskLoss, inner_steps_iter
 from metaloop.functional.losses import LossFn, accuracy
 from metaloop.functional.optim import InnerOptimizer, LearningRate, make_inner_optimizer
 from metaloop.functional.params import Params, call, detach, name_filter, split_module
-from metaloop.functional.speed import SpeedOptions, attach_gradient
+from metaloop.functional.speed import (
+    SpeedOptions,
+    attach_gradient,
+    updates_running_stats,
+    vmap_batch_norm_hazard,
+)
 from metaloop.tasks.base import Task, TaskBatch
 
 
@@ -165,7 +170,7 @@ class GradientMetaLearner(MetaLearner):
     ) -> Params:
         """``theta_K`` after ``steps`` inner steps on ``(x, y)`` from ``params``."""
         if (
-            self.speed.checkpoint
+            (self.speed.checkpoint or getattr(self, "_remat_inner", False))
             and (mode or self.gradient_mode) == "second_order"
             and torch.is_grad_enabled()
         ):
@@ -187,6 +192,8 @@ class GradientMetaLearner(MetaLearner):
         parameters, the optimizer state, the fixed parameters and the learning rates (all
         passed to ``remat`` so they all receive their meta-gradient).
         """
+        if updates_running_stats(self.model):
+            raise RuntimeError(self._BUFFER_MESSAGE)
         names = self.adapt_names
         fast = {k: params[k] for k in names}
         fixed = {k: v for k, v in params.items() if k not in fast}
@@ -202,17 +209,38 @@ class GradientMetaLearner(MetaLearner):
         for _ in range(steps):
             fast, state = remat(step, fast, state, fixed, lrs, x, y)
         if [b._version for b in buffers.values()] != versions:
-            raise RuntimeError(
-                "checkpoint=True recomputes the inner steps, but this model updates its "
-                "buffers in place (e.g. batch norm running statistics in training mode); "
-                "use a normalization without running statistics or checkpoint=False"
-            )
+            raise RuntimeError(self._BUFFER_MESSAGE)
         return {**fixed, **fast}
+
+    _BUFFER_MESSAGE = (
+        "checkpoint=True recomputes the inner steps, but this model updates its buffers in "
+        "place (e.g. batch norm running statistics in training mode); use a normalization "
+        "without running statistics (norm='batch_episode') or checkpoint=False"
+    )
 
     def query_loss_per_task(self, batch: TaskBatch, mode: GradientMode) -> tuple[Tensor, Tensor]:
         """Per-task query loss and accuracy after ``inner_steps`` steps, shape ``[T]`` each."""
         run = self.speed.wrap(self, f"query_loss/{mode}", type(self)._query_losses)
         return run(batch.support_x, batch.support_y, batch.query_x, batch.query_y, mode)
+
+    def _vmap_batch_norm_guard(self, mode: GradientMode) -> bool:
+        """Whether second-order steps must go through ``remat`` to be correct under vmap.
+
+        PyTorch bug (functorch "batch_norm backward batching rule is incorrect"): when a
+        batch norm layer normalises with batch statistics and its affine weight is
+        adapted (so batched over tasks), differentiating *through* a vmapped inner
+        gradient gives a wrong meta-gradient for the layers before it (float64, Conv4:
+        0.7% to 15% off the loop engine and finite differences).  ``remat`` computes
+        each step's vector-Jacobian product *inside* vmap, which is correct, so the
+        engine routes second-order steps through it for such models (cost: one more
+        support forward/backward per step in the backward pass).
+        """
+        return (
+            mode == "second_order"
+            and self.policy.uses_vmap
+            and torch.is_grad_enabled()
+            and vmap_batch_norm_hazard(self.model)
+        )
 
     def _query_losses(
         self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, mode: GradientMode
@@ -228,7 +256,22 @@ class GradientMetaLearner(MetaLearner):
             acc = accuracy(prediction, qy) if classification else torch.zeros_like(loss)
             return loss, acc
 
-        return map_tasks(per_task, sx, sy, qx, qy, policy=self.policy, chunk_size=self.chunk_size)
+        guard = self._vmap_batch_norm_guard(mode)
+        if guard and self.speed.autocast_dtype is not None:
+            raise ValueError(
+                "autocast with second-order vmap through batch norm is not supported (mixed "
+                "dtypes in the rematerialized batch-norm double backward); use "
+                "vectorize='loop' or no autocast"
+            )
+        if guard:
+            self.__dict__["_remat_inner"] = True
+        try:
+            return map_tasks(
+                per_task, sx, sy, qx, qy, policy=self.policy, chunk_size=self.chunk_size
+            )
+        finally:
+            if guard:
+                self.__dict__.pop("_remat_inner", None)
 
     def metrics(self, loss: Tensor, per_task_loss: Tensor, per_task_acc: Tensor) -> dict[str, float]:
         out = {"loss": float(loss.detach()), "query_loss": float(per_task_loss.detach().mean())}
@@ -277,7 +320,14 @@ class GradientMetaLearner(MetaLearner):
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """``(1/T) sum_i L_query_i(theta_K^i)`` differentiated per ``gradient_mode``."""
         if self.speed.compile_options is not None and torch.is_grad_enabled():
-            compiled = self._meta_loss_compiled(batch)
+            compiled = None
+            if self._vmap_batch_norm_guard(self.gradient_mode):
+                self.speed.compile_skipped(
+                    "meta_grad", "second-order vmap through batch norm runs eagerly with "
+                    "rematerialized steps (a PyTorch vmap bug makes the fused graph wrong)"
+                )
+            else:
+                compiled = self._meta_loss_compiled(batch)
             if compiled is not None:
                 return compiled
         losses, accs = self.query_loss_per_task(batch, self.gradient_mode)

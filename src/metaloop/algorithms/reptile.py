@@ -35,7 +35,10 @@ class Reptile(GradientMetaLearner):
         super().__init__(model, *args, **kwargs)
         self.use_query = use_query
 
-    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+    def _adapted_per_task(
+        self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor
+    ) -> tuple[Tensor, ...]:
+        """Per task: query loss, accuracy and the adapted parameters (all detached)."""
         params, buffers = split_module(self.model)
         names = self.adapt_names
         model, loss_fn, steps = self.model, self.loss_fn, self.inner_steps
@@ -50,9 +53,15 @@ class Reptile(GradientMetaLearner):
             acc = accuracy(prediction, qy) if classification else torch.zeros_like(loss)
             return (loss, acc.detach(), *(adapted[n].detach() for n in names))
 
-        loss_q, acc, *adapted = map_tasks(
-            per_task, batch.support_x, batch.support_y, batch.query_x, batch.query_y,
-            policy=self.policy, chunk_size=self.chunk_size,
+        return map_tasks(per_task, sx, sy, qx, qy, policy=self.policy, chunk_size=self.chunk_size)
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        params = dict(self.model.named_parameters())
+        names = self.adapt_names
+        # the speed options (compile, autocast, channels-last) apply to the inner loops
+        run = self.speed.wrap(self, "reptile", type(self)._adapted_per_task)
+        loss_q, acc, *adapted = run(
+            batch.support_x, batch.support_y, batch.query_x, batch.query_y
         )
         tasks = batch.support_x.shape[0]
         surrogate = 0.5 * sum(

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from metaloop.bench.runner import format_table, run_benchmark
+from metaloop.bench.runner import format_table, profile_engine, run_benchmark
 from metaloop.bench.workloads import WORKLOADS
 
 
@@ -28,7 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--profile", default=None, metavar="ENGINE",
+                        help="print a torch.profiler table of this engine instead")
     args = parser.parse_args(argv)
+    if args.profile:
+        case = args.cases.split(",")[0] if args.cases else None
+        print(profile_engine(args.workload, args.profile, case=case, device=args.device,
+                             threads=args.threads, steps=args.repeats or 5))
+        return 0
     def split(s: str) -> list[str]:
         return [x for x in s.split(",") if x]
 

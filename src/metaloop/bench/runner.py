@@ -37,17 +37,23 @@ Result fields (``run_benchmark``'s return value):
   (which optional comparison libraries imported), ``started`` (UTC ISO time),
   ``total_seconds``;
 * ``cases``: one per case with ``case`` (label), ``meta_batch``, ``settings`` (the
-  workload's shapes and hyperparameters), ``floor`` (``seconds``, ``tasks_per_s``) and
-  ``engines``: a list of dicts with ``engine`` (name), ``seconds`` (median of the timed
-  steps), ``seconds_all``, ``tasks_per_s``, ``ratio_to_plain`` (plain's median time over
-  this engine's: the speed-up), ``x_floor`` (median time over the floor time),
-  ``first_step_seconds``, ``peak_memory_bytes``, ``grad_rel_diff`` and ``error`` (``None``,
-  or the message when the engine failed; the timing fields are then ``None``).
+  workload's shapes and hyperparameters), ``floor`` (``seconds``, ``tasks_per_s``,
+  ``cpu_seconds``) and
+  ``engines``: a list of dicts with ``engine`` (name), ``seconds`` (median wall time of
+  the timed steps), ``seconds_all``, ``tasks_per_s``, ``cpu_seconds`` / ``tasks_per_cpu_s``
+  (median process CPU time per step: with one thread, a load-independent view of the
+  same quantity on a shared machine; with more threads it adds up all threads),
+  ``ratio_to_plain`` (plain's median time over this engine's: the speed-up;
+  ``ratio_to_plain_cpu`` the same in CPU time), ``x_floor``
+  (median time over the floor time), ``first_step_seconds``, ``peak_memory_bytes``,
+  ``grad_rel_diff`` and ``error`` (``None``, or the message when the engine failed; the
+  timing fields are then ``None``).
 
 Engine names: a base, then options joined by ``+``.  Bases: ``plain`` (the plain loop of
 ``baselines``), ``loop`` and ``vmap`` (``MAML`` with that ``vectorize``), ``higher`` and
 ``torchopt`` (the libraries, when installed), ``protonet`` (``ProtoNet``).  Options:
-``compile`` (``compile=BACKEND`` for another ``torch.compile`` backend, e.g.
+``compile`` (``compile=MODE`` for a ``torch.compile`` mode such as
+``max-autotune-no-cudagraphs``, ``compile=BACKEND`` for another backend, e.g.
 ``compile=aot_eager``), ``checkpoint``, ``channels_last``, ``bf16`` (autocast bfloat16),
 ``chunk=N`` (``chunk_size``).
 """
@@ -151,7 +157,10 @@ def parse_engine(name: str) -> tuple[str, dict[str, Any]]:
     for opt in opts:
         key, _, value = opt.partition("=")
         if key == "compile":
-            kwargs["compile"] = {"backend": value} if value else True
+            modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+            kwargs["compile"] = (
+                True if not value else {"mode": value} if value in modes else {"backend": value}
+            )
         elif key == "checkpoint":
             kwargs["checkpoint"] = True
         elif key == "channels_last":
@@ -217,11 +226,16 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(fn: Callable[[], None], device: torch.device) -> float:
+    return _timed2(fn, device)[0]
+
+
+def _timed2(fn: Callable[[], None], device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call."""
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
     _sync(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def _floor_step(model: nn.Module, batch: TaskBatch, loss: str) -> Callable[[], None]:
@@ -275,16 +289,20 @@ def run_case(
     floor_fn = _floor_step(floor_model, batch, case.loss)
     for _ in range(max(warmup, 1)):
         floor_fn()
-    floor_times = [_timed(floor_fn, device) for _ in range(repeats)]
-    floor_s = statistics.median(floor_times)
+    floor_both = [_timed2(floor_fn, device) for _ in range(repeats)]
+    floor_s = statistics.median(w for w, _ in floor_both)
+    floor_cpu = statistics.median(c for _, c in floor_both)
     del floor_model, floor_fn
 
     results: list[dict[str, Any]] = []
     reference: list[Tensor | None] | None = None
     plain_s: float | None = None
+    plain_cpu: float | None = None
     for name in engines:
         entry: dict[str, Any] = {"engine": name, "seconds": None, "seconds_all": None,
-                                 "tasks_per_s": None, "ratio_to_plain": None, "x_floor": None,
+                                 "tasks_per_s": None, "cpu_seconds": None,
+                                 "tasks_per_cpu_s": None, "ratio_to_plain_cpu": None,
+                                 "ratio_to_plain": None, "x_floor": None,
                                  "first_step_seconds": None, "peak_memory_bytes": None,
                                  "grad_rel_diff": None, "error": None}
         results.append(entry)
@@ -312,13 +330,16 @@ def run_case(
                 with probe:
                     step()
                 entry["peak_memory_bytes"] = probe.peak
-            times = [_timed(step, device) for _ in range(repeats)]
+            both = [_timed2(step, device) for _ in range(repeats)]
+            times = [w for w, _ in both]
             median = statistics.median(times)
+            cpu = statistics.median(c for _, c in both)
             entry.update(seconds=median, seconds_all=times, tasks_per_s=case.meta_batch / median,
-                         x_floor=median / floor_s)
+                         x_floor=median / floor_s, cpu_seconds=cpu,
+                         tasks_per_cpu_s=case.meta_batch / cpu if cpu > 0 else None)
             grads = _grads(model)
             if name == "plain":
-                reference, plain_s = grads, median
+                reference, plain_s, plain_cpu = grads, median, cpu
             elif reference is not None:
                 entry["grad_rel_diff"] = _rel_diff(grads, reference)
             del engine, model
@@ -328,13 +349,16 @@ def run_case(
     for entry in results:
         if plain_s is not None and entry["seconds"]:
             entry["ratio_to_plain"] = plain_s / entry["seconds"]
+        if plain_cpu and entry["cpu_seconds"]:
+            entry["ratio_to_plain_cpu"] = plain_cpu / entry["cpu_seconds"]
     return {
         "case": case.label,
         "meta_batch": case.meta_batch,
         "settings": {**case.settings, "loss": case.loss, "inner_lr": case.inner_lr,
                      "inner_steps": case.inner_steps, "first_order": case.first_order,
                      "kind": case.kind},
-        "floor": {"seconds": floor_s, "tasks_per_s": case.meta_batch / floor_s},
+        "floor": {"seconds": floor_s, "tasks_per_s": case.meta_batch / floor_s,
+                  "cpu_seconds": floor_cpu},
         "engines": results,
     }
 
@@ -418,6 +442,61 @@ def run_benchmark(
     }
 
 
+def profile_engine(
+    workload: str,
+    engine: str,
+    case: str | None = None,
+    steps: int = 5,
+    warmup: int = 3,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    row_limit: int = 20,
+    seed: int = 0,
+) -> str:
+    """``torch.profiler`` table (ops sorted by self time) of ``steps`` meta-steps of one
+    engine on one case of a workload, after ``warmup`` untimed steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    spec = get_workload(workload)
+    chosen = [c for c in spec.cases if case is None or c.label == case]
+    if not chosen:
+        raise ValueError(f"no case {case!r} in {workload}")
+    c = chosen[0]
+    device = torch.device(device)
+    with _maybe_threads(threads):
+        batch = c.make_batch(torch.Generator().manual_seed(seed)).to(device)
+        torch.manual_seed(seed)
+        model = c.make_model().to(device)
+        learner, channels_last = build_engine(engine, c, model)
+        learner.to(device)
+        if channels_last:
+            batch = _to_channels_last(batch)
+
+        def step() -> None:
+            for p in model.parameters():
+                p.grad = None
+            loss, _ = learner.meta_loss(batch)
+            loss.backward()
+
+        for _ in range(warmup):
+            step()
+        activities = [ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(ProfilerActivity.CUDA)
+        t0 = time.perf_counter()
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                step()
+            _sync(device)
+        wall = (time.perf_counter() - t0) / steps
+        title = (f"{workload} [{c.label}] {engine}: {steps} meta-steps, "
+                 f"{torch.get_num_threads()} threads, {wall * 1e3:.2f} ms/step under the profiler")
+    return title + "\n" + prof.key_averages().table(
+        sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total",
+        row_limit=row_limit,
+    )
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -431,27 +510,32 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['repeats']} repeats (median), load avg "
         + ("-" if load is None else f"{load[0]:.2f} -> {result['load_avg_end'][0]:.2f}"),
     ]
-    header = (f"{'engine':<26}{'tasks/s':>10}{'ms/step':>10}{'x plain':>9}{'x floor':>9}"
-              f"{'peak MB':>10}{'grad diff':>11}{'1st step s':>11}")
+    header = (f"{'engine':<42}{'tasks/s':>10}{'ms/step':>10}{'x plain':>9}{'x floor':>9}"
+              f"{'peak MB':>10}{'grad diff':>11}{'1st step s':>11}{'tasks/cpu-s':>12}"
+              f"{'x plain cpu':>12}")
     for case in result["cases"]:
         floor = case["floor"]
         lines += [
             "",
             f"[{case['case']}] meta-batch {case['meta_batch']}; floor (query fwd+bwd only): "
-            f"{floor['seconds'] * 1e3:.2f} ms = {floor['tasks_per_s']:.1f} tasks/s",
+            f"{floor['seconds'] * 1e3:.2f} ms = {floor['tasks_per_s']:.1f} tasks/s"
+            + (f" ({case['meta_batch'] / floor['cpu_seconds']:.1f} tasks/cpu-s)"
+               if floor.get("cpu_seconds") else ""),
             header,
             "-" * len(header),
         ]
         for e in case["engines"]:
             if e["error"]:
-                lines.append(f"{e['engine']:<26}failed: {e['error'][:120]}")
+                lines.append(f"{e['engine']:<42}failed: {e['error'][:120]}")
                 continue
             mem = e["peak_memory_bytes"]
             lines.append(
-                f"{e['engine']:<26}{_fmt(e['tasks_per_s'], '.1f'):>10}"
+                f"{e['engine']:<42}{_fmt(e['tasks_per_s'], '.1f'):>10}"
                 f"{_fmt(e['seconds'] and e['seconds'] * 1e3, '.2f'):>10}"
                 f"{_fmt(e['ratio_to_plain'], '.2f'):>9}{_fmt(e['x_floor'], '.2f'):>9}"
                 f"{_fmt(mem and mem / 2**20, '.1f'):>10}{_fmt(e['grad_rel_diff'], '.1e'):>11}"
                 f"{_fmt(e['first_step_seconds'], '.2f'):>11}"
+                f"{_fmt(e.get('tasks_per_cpu_s'), '.1f'):>12}"
+                f"{_fmt(e.get('ratio_to_plain_cpu'), '.2f'):>12}"
             )
     return "\n".join(lines)

@@ -26,6 +26,7 @@ state in place (e.g. batch norm running statistics).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -81,12 +82,22 @@ def remat(fn: Callable[..., Any], *args: Any) -> Any:
     leaves, in_spec = tree_flatten(args)
     tensor_pos = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
     out_info: dict[str, Any] = {}
+    # the recomputation runs in the backward pass, outside the caller's autocast region:
+    # capture its state now and re-enter it (as torch.utils.checkpoint does)
+    autocast = [
+        (device, torch.get_autocast_dtype(device))
+        for device in ("cpu", "cuda")
+        if torch.is_autocast_enabled(device)
+    ]
 
     def flat_fn(*tensors: Tensor) -> tuple[Tensor, ...]:
         full = list(leaves)
         for i, t in zip(tensor_pos, tensors):
             full[i] = t
-        out = fn(*tree_unflatten(full, in_spec))
+        with contextlib.ExitStack() as stack:
+            for device, dtype in autocast:
+                stack.enter_context(torch.autocast(device, dtype=dtype))
+            out = fn(*tree_unflatten(full, in_spec))
         out_leaves, out_spec = tree_flatten(out)
         is_tensor = [isinstance(leaf, Tensor) for leaf in out_leaves]
         out_info["spec"] = out_spec

@@ -40,6 +40,7 @@ effects are in ``docs/performance.md``.
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
@@ -67,6 +68,10 @@ def _autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
     )
 
 
+# custom batch-norm layers by class name (``PerStepBatchNorm2d``), not e.g. ``BatchNormNet``
+_BATCH_NORM_NAME = re.compile(r"BatchNorm([123]d)?$")
+
+
 def uses_batch_statistics(model: nn.Module) -> bool:
     """Whether some batch-norm layer of ``model`` normalises with the current batch's
     statistics (training mode, or no running statistics), i.e. examples interact."""
@@ -74,9 +79,34 @@ def uses_batch_statistics(model: nn.Module) -> bool:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             if m.training or not m.track_running_stats:
                 return True
-        elif "BatchNorm" in type(m).__name__:  # e.g. per-step batch norm: batch statistics
+        elif _BATCH_NORM_NAME.search(type(m).__name__):  # e.g. PerStepBatchNorm2d
             return True
     return False
+
+
+def vmap_batch_norm_hazard(model: nn.Module) -> bool:
+    """Whether ``model`` has a batch norm layer that normalises with batch statistics
+    *and* can run under ``vmap`` (no in-place running-statistics update in this mode):
+    the case where PyTorch's vmapped second-order gradient is wrong (see
+    ``GradientMetaLearner._vmap_batch_norm_guard``)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if m.training and m.track_running_stats:
+                continue  # updates running stats in place: vmap refuses, the loop runs
+            if m.training or not m.track_running_stats:
+                return True
+        elif _BATCH_NORM_NAME.search(type(m).__name__):
+            if next(m.buffers(recurse=False), None) is None:
+                return True  # e.g. per-step batch norm: batch statistics, no buffers
+    return False
+
+
+def updates_running_stats(model: nn.Module) -> bool:
+    """Whether a forward pass of ``model`` updates batch-norm running statistics in place."""
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+        for m in model.modules()
+    )
 
 
 @contextlib.contextmanager
@@ -174,6 +204,12 @@ class SpeedOptions:
             RuntimeWarning,
             stacklevel=3,
         )
+
+    def compile_skipped(self, key: str, reason: str) -> None:
+        """Warn once that compilation of ``key`` is not used, and why."""
+        if key not in self._failed:
+            self._failed[key] = f"skipped: {reason}"
+            warnings.warn(f"compile=True: {reason}", RuntimeWarning, stacklevel=3)
 
     def context(self, *args: Any) -> contextlib.AbstractContextManager[Any]:
         """The autocast context for a call on ``args`` (a null context without autocast)."""

@@ -423,6 +423,7 @@ class Trainer:
             cb(self, record)
         if log_file is not None:
             log_file.write(json.dumps(record) + "\n")
+            log_file.flush()  # so `tail -f metrics.jsonl` follows the run
         if writer is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("iteration",) and v is not None:
