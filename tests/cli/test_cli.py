@@ -266,3 +266,27 @@ def test_eval_and_plot_errors(tmp_path, config, capsys):
         main(["eval", str(run_dir), "--steps", "a,b"])
     assert exit_info.value.code == 2
     assert "--steps takes integers" in capsys.readouterr().err
+
+
+def test_a_run_being_trained_is_not_trained_twice(tmp_path):
+    """A live lock refuses a second trainer; a stale lock (dead PID) is taken over."""
+    import subprocess
+    import sys
+
+    from metaloop.cli.main import LOCK_NAME, main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (run / LOCK_NAME).write_text(str(sleeper.pid))
+        config = Path(__file__).resolve().parents[2] / "configs" / "sinusoid-maml.toml"
+        args = ["train", str(config), "--run-dir", str(run), "--no-progress",
+                "--set", "train.iterations=2", "--set", "train.validate_every=1"]
+        assert main(args) == 2
+        assert not (run / "latest.pt").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert main(args) == 0  # the owner is gone: the lock is stale
+    assert (run / "latest.pt").exists()

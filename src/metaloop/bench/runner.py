@@ -6,10 +6,12 @@ renders it.  For each case:
 
 1. one random batch of the workload's shapes (seeded) and one initial model; every engine
    starts from a deep copy of that model, so all meta-gradients are comparable;
-2. the **floor**: forward + backward of the task loss of the model on all query examples of
-   the batch at once, with the shared (unadapted) parameters, eager.  Every meta-step has
-   to do at least this much (the query forward and its backward); ``x_floor`` is how many
-   floors an engine's meta-step costs;
+2. the **floor**: forward + backward of the task loss of the model on the query examples
+   with the shared (unadapted) parameters, eager: all tasks' queries in one call
+   (``batched``) and one call per task (``per_task``); the floor is the faster of the two
+   (on a CPU one huge convolution batch can be slower than many small ones).  Every
+   meta-step has to do at least this much (the query forward and its backward);
+   ``x_floor`` is how many floors an engine's meta-step costs;
 3. per engine: ``warmup`` meta-steps (the first one timed separately: it includes
    ``torch.compile``), one meta-step under the memory probe, then ``repeats`` timed
    meta-steps.  A meta-step is ``loss, _ = engine.meta_loss(batch); loss.backward()``
@@ -38,7 +40,8 @@ Result fields (``run_benchmark``'s return value):
   ``total_seconds``;
 * ``cases``: one per case with ``case`` (label), ``meta_batch``, ``settings`` (the
   workload's shapes and hyperparameters), ``floor`` (``seconds``, ``tasks_per_s``,
-  ``cpu_seconds``) and
+  ``cpu_seconds``, and ``batched_seconds`` / ``per_task_seconds`` with their
+  ``..._cpu_seconds``) and
   ``engines``: a list of dicts with ``engine`` (name), ``seconds`` (median wall time of
   the timed steps), ``seconds_all``, ``tasks_per_s``, ``cpu_seconds`` / ``tasks_per_cpu_s``
   (median process CPU time per step: with one thread, a load-independent view of the
@@ -238,22 +241,29 @@ def _timed2(fn: Callable[[], None], device: torch.device) -> tuple[float, float]
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def _floor_step(model: nn.Module, batch: TaskBatch, loss: str) -> Callable[[], None]:
-    qx = batch.query_x.flatten(0, 1)
-    qy = batch.query_y.flatten(0, 1)
+def _floor_step(
+    model: nn.Module, batch: TaskBatch, loss: str, per_task: bool = False
+) -> Callable[[], None]:
+    """Forward + backward of the query loss with the shared parameters: all query examples
+    in one call, or (``per_task``) one call per task."""
     loss_fn = F.mse_loss if loss == "mse" else F.cross_entropy
     params = list(model.parameters())
+    if per_task:
+        chunks = [(batch.query_x[i], batch.query_y[i]) for i in range(len(batch))]
+    else:
+        chunks = [(batch.query_x.flatten(0, 1), batch.query_y.flatten(0, 1))]
 
     def step() -> None:
         for p in params:
             p.grad = None
-        out = model(qx)
-        if loss == "cross_entropy" and (out.dim() != 2 or out.shape[-1] <= int(qy.max())):
-            # an encoder without a head (ProtoNet): any scalar of the embedding
-            target = out.flatten(1).pow(2).mean()
-        else:
-            target = loss_fn(out, qy)
-        target.backward()
+        for qx, qy in chunks:
+            out = model(qx)
+            if loss == "cross_entropy" and (out.dim() != 2 or out.shape[-1] <= int(qy.max())):
+                # an encoder without a head (ProtoNet): any scalar of the embedding
+                target = out.flatten(1).pow(2).mean()
+            else:
+                target = loss_fn(out, qy)
+            target.backward()
 
     return step
 
@@ -286,13 +296,18 @@ def run_case(
     base_model = case.make_model().to(device)
 
     floor_model = copy.deepcopy(base_model)
-    floor_fn = _floor_step(floor_model, batch, case.loss)
-    for _ in range(max(warmup, 1)):
+    floors: dict[str, tuple[float, float]] = {}
+    for layout in ("batched", "per_task"):
+        if layout == "per_task" and len(batch) == 1:
+            continue
+        floor_fn = _floor_step(floor_model, batch, case.loss, per_task=layout == "per_task")
         floor_fn()
-    floor_both = [_timed2(floor_fn, device) for _ in range(repeats)]
-    floor_s = statistics.median(w for w, _ in floor_both)
-    floor_cpu = statistics.median(c for _, c in floor_both)
-    del floor_model, floor_fn
+        floor_both = [_timed2(floor_fn, device) for _ in range(repeats)]
+        floors[layout] = (statistics.median(w for w, _ in floor_both),
+                          statistics.median(c for _, c in floor_both))
+    # the floor is the cheaper way: one big batch is not always faster (CPU caches)
+    floor_s, floor_cpu = min(floors.values())
+    del floor_model
 
     results: list[dict[str, Any]] = []
     reference: list[Tensor | None] | None = None
@@ -358,7 +373,9 @@ def run_case(
                      "inner_steps": case.inner_steps, "first_order": case.first_order,
                      "kind": case.kind},
         "floor": {"seconds": floor_s, "tasks_per_s": case.meta_batch / floor_s,
-                  "cpu_seconds": floor_cpu},
+                  "cpu_seconds": floor_cpu,
+                  **{f"{k}_seconds": v[0] for k, v in floors.items()},
+                  **{f"{k}_cpu_seconds": v[1] for k, v in floors.items()}},
         "engines": results,
     }
 

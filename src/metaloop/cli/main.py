@@ -26,7 +26,10 @@ CONFIG_NAME = "config.toml"
 RESUMABLE = {("train", k) for k in (
     "iterations", "progress", "nonfinite", "threads", "log_every", "checkpoint_every",
     "validate_every", "patience", "tensorboard", "grad_clip",
-)} | {("eval", k) for k in EVAL_DEFAULTS}
+)} | {("eval", k) for k in EVAL_DEFAULTS} | {
+    # how tasks are batched changes speed and memory, never the numbers (tested)
+    ("algorithm", "vectorize"), ("algorithm", "chunk_size"),
+}
 
 
 def _steps(text: str) -> list[int]:
@@ -189,6 +192,53 @@ def _threads(cfg: dict[str, Any]) -> None:
         torch.set_num_threads(cfg["train"]["threads"])
 
 
+LOCK_NAME = "train.lock"
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _acquire_run_lock(run_dir: Path) -> None:
+    """Refuse to train a run directory that a live process is already training.
+
+    The lock holds the owner's PID; a lock left by a killed process (PID gone) is taken
+    over, so SIGKILL never blocks a resume.  Released at exit.
+    """
+    import atexit
+    import os
+
+    lock = run_dir / LOCK_NAME
+    try:
+        owner = int(lock.read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        owner = 0
+    if owner and owner != os.getpid() and _alive(owner):
+        raise ConfigError(
+            f"{run_dir} is being trained by process {owner} right now; wait for it or stop it "
+            f"(a lock left by a killed process is ignored; delete {lock} if process {owner} is "
+            "not a metaloop run)"
+        )
+    lock.write_text(str(os.getpid()))
+
+    def release() -> None:
+        try:
+            if lock.read_text().strip() == str(os.getpid()):
+                lock.unlink()
+        except OSError:
+            pass
+
+    atexit.register(release)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from metaloop.cli.build import (
         build_family,
@@ -223,6 +273,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     main_process = distributed.world()[0] == 0
     run_dir.mkdir(parents=True, exist_ok=True)
     if main_process:
+        _acquire_run_lock(run_dir)
         atomic_write_text(dump_toml(cfg), run_dir / CONFIG_NAME)  # a kill never truncates it
     trainer = trainer_cls(
         learner, optimizer, meta_batch_size=t["meta_batch_size"], seed=cfg["seed"],
