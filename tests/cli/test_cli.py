@@ -95,7 +95,7 @@ def test_train_eval_plot_resume(tmp_path, config, capsys):
                            "reference"}
     assert result["episodes"] == 10 and result["seed"] == 12345
     assert set(result["steps"]) == {"0", "1"}
-    assert set(result["steps"]["1"]["loss"]) == {"mean", "ci95", "std", "episodes"}
+    assert set(result["steps"]["1"]["loss"]) == {"mean", "ci95", "std", "episodes", "median"}
     assert result["checkpoint_iteration"] == 6 and result["checkpoint"] == "latest"
     assert result["episode"] == {"ways": None, "shots": 3, "queries": 4}
     assert result["algorithm"] == "maml" and result["reference"] is None

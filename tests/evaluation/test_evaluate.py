@@ -24,7 +24,7 @@ def test_estimate_on_known_values():
     assert e.std == pytest.approx(std)
     assert e.ci95 == pytest.approx(1.96 * std / 2)
     one = estimate(torch.tensor([0.7]))
-    assert one == Estimate(pytest.approx(0.7), 0.0, 0.0, 1)
+    assert one == Estimate(pytest.approx(0.7), 0.0, 0.0, 1, pytest.approx(0.7))
     const = estimate(torch.full((600,), 0.25))
     assert const.ci95 == 0.0 and const.mean == 0.25
     with pytest.raises(ValueError, match="zero episodes"):
@@ -70,7 +70,7 @@ def test_eval_result_to_dict_is_json_ready():
     r = evaluate(learner(), Sinusoid(shots=5, queries=5), episodes=10, steps=(1,), seed=0)
     d = json.loads(json.dumps(r.to_dict()))
     assert d["episodes"] == 10 and d["seed"] == 0
-    assert set(d["steps"]["1"]["loss"]) == {"mean", "ci95", "std", "episodes"}
+    assert set(d["steps"]["1"]["loss"]) == {"mean", "ci95", "std", "episodes", "median"}
     assert "10 episodes, mean +- 95% CI" in str(r)
 
 

@@ -207,13 +207,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _acquire_run_lock(run_dir: Path) -> None:
+def _acquire_run_lock(run_dir: Path):
     """Refuse to train a run directory that a live process is already training.
 
     The lock holds the owner's PID; a lock left by a killed process (PID gone) is taken
-    over, so SIGKILL never blocks a resume.  Released at exit.
+    over, so SIGKILL never blocks a resume.  Returns the function that releases it.
     """
-    import atexit
     import os
 
     lock = run_dir / LOCK_NAME
@@ -236,7 +235,7 @@ def _acquire_run_lock(run_dir: Path) -> None:
         except OSError:
             pass
 
-    atexit.register(release)
+    return release
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -248,7 +247,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         validate,
     )
     from metaloop.train import Trainer
-    from metaloop.train.checkpoint import atomic_write_text
 
     cfg, run_dir = _resolve_train_config(args)
     if args.no_progress:
@@ -263,7 +261,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = build_model(cfg)
     learner = build_learner(cfg, model)
     optimizer, scheduler = build_optimizer(cfg, learner)
-    t = cfg["train"]
     trainer_cls = Trainer
     from metaloop import distributed
 
@@ -272,8 +269,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer_cls = distributed.DistributedTrainer
     main_process = distributed.world()[0] == 0
     run_dir.mkdir(parents=True, exist_ok=True)
+    release_lock = _acquire_run_lock(run_dir) if main_process else (lambda: None)
+    try:
+        return _train(cfg, run_dir, trainer_cls, main_process, family, val_family, learner,
+                      optimizer, scheduler)
+    finally:
+        release_lock()
+
+
+def _train(cfg, run_dir, trainer_cls, main_process, family, val_family, learner, optimizer,
+           scheduler) -> int:
+    from metaloop.train.checkpoint import atomic_write_text
+
+    t = cfg["train"]
     if main_process:
-        _acquire_run_lock(run_dir)
         atomic_write_text(dump_toml(cfg), run_dir / CONFIG_NAME)  # a kill never truncates it
     trainer = trainer_cls(
         learner, optimizer, meta_batch_size=t["meta_batch_size"], seed=cfg["seed"],

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Evaluate the runs behind docs/results.md (600 test episodes each, seed 12345).
+# Writes RUN/eval-*.json next to each run.
+set -uo pipefail
+ML=${ML:-.venv/bin/metaloop}
+ev() { local run=$1 name=$2; shift 2; [ -d "$run" ] || return 0
+       $ML eval "$run" --episodes 600 --json "$@" > "$run/eval-$name.json" && echo "$run $name done"; }
+for a in maml fomaml metasgd reptile joint; do ev runs/sinusoid-$a 5shot --shots 5 --steps 1,5,10; done
+ev runs/omniglot-5w1s-maml 5w1s
+ev runs/omniglot-5w1s-fomaml 5w1s
+ev runs/omniglot-protonet-1shot 5w1s --ways 5 --shots 1
+ev runs/omniglot-protonet-1shot 20w1s --ways 20 --shots 1
+ev runs/omniglot-protonet-1shot 5w5s --ways 5 --shots 5
+ev runs/omniglot-protonet-1shot 20w5s --ways 20 --shots 5
+ev runs/omniglot-lake-protonet within-alphabet --protocol within-alphabet
+ev runs/omniglot-lake-20w1s-maml within-alphabet --protocol within-alphabet
