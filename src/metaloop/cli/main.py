@@ -80,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("workload", help="sinusoid, omniglot, memory or protonet")
     b.add_argument("--repeats", type=_positive, default=None)
     b.add_argument("--device", default="cpu")
+    b.add_argument("--threads", type=_positive, default=1,
+                   help="torch threads (default 1: on a shared 2-core machine more threads "
+                        "slow small models down; docs/performance.md)")
     b.add_argument("--json", action="store_true")
 
     pl = sub.add_parser("plot", help="learning curves of a run directory as a PNG")
@@ -391,7 +394,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from metaloop.bench import format_table, run_benchmark
     except ImportError as err:  # pragma: no cover
         raise ConfigError(f"benchmarks are not available: {err}") from err
-    kwargs: dict[str, Any] = {"device": args.device}
+    kwargs: dict[str, Any] = {"device": args.device, "threads": args.threads}
     if args.repeats:
         kwargs["repeats"] = args.repeats
     try:
