@@ -55,8 +55,10 @@ def test_anil_is_maml_with_adapt_head():
     la, _ = a.meta_loss(batch)
     lb, _ = b.meta_loss(batch)
     torch.testing.assert_close(la, lb, rtol=0, atol=0)
-    for ga, gb in zip(torch.autograd.grad(la, list(model.parameters())),
-                      torch.autograd.grad(lb, list(model.parameters()))):
+    for ga, gb in zip(
+        torch.autograd.grad(la, list(model.parameters())),
+        torch.autograd.grad(lb, list(model.parameters())),
+    ):
         torch.testing.assert_close(ga, gb, rtol=0, atol=0)
 
 

@@ -76,14 +76,19 @@ def test_linear_network_closed_form():
     f0_query = task.query_x @ w + c
     residual = 2 / task.support_x.shape[0] * (f0_support - task.support_y.reshape(-1)).sum()
     expected = f0_query - alpha * residual * (v @ v)
-    torch.testing.assert_close(predict(task.query_x).reshape(-1), expected.detach(),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        predict(task.query_x).reshape(-1), expected.detach(), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_meta_gradient_matches_finite_differences_and_context_gets_none():
     torch.manual_seed(4)
-    learner = CAVIA(MLP(1 + 2, 1, hidden=(6,), activation="tanh").double(), num_context=2,
-                    inner_lr=0.5, inner_steps=2)
+    learner = CAVIA(
+        MLP(1 + 2, 1, hidden=(6,), activation="tanh").double(),
+        num_context=2,
+        inner_lr=0.5,
+        inner_steps=2,
+    )
     batch = sine_batch(4, tasks=2)
     params = [p for p in learner.parameters() if p.requires_grad]
     assert len(params) == 4
@@ -122,8 +127,9 @@ def test_short_sinusoid_run_learns_to_adapt_the_context():
         outer.zero_grad()
         loss.backward()
         outer.step()
-    result = learner.evaluate_batch(family.sample(200, torch.Generator().manual_seed(123)),
-                                    steps=(0, 1, 5))
+    result = learner.evaluate_batch(
+        family.sample(200, torch.Generator().manual_seed(123)), steps=(0, 1, 5)
+    )
     mse = {s: float(m["loss"].mean()) for s, m in result.items()}
     assert mse[1] < 0.35 * mse[0], mse
     assert mse[1] < 1.0 and mse[5] < mse[1], mse

@@ -45,13 +45,15 @@ def test_batched_head_fitting_equals_per_task_adapt():
     metrics = learner.evaluate_batch(batch, steps=(0, 10, 30))
     assert set(metrics) == {0, 10, 30}
     # zero-initialised head: uniform predictions, loss log(ways)
-    torch.testing.assert_close(metrics[0]["loss"], torch.full((4,), float(torch.log(
-        torch.tensor(3.0)))))
+    torch.testing.assert_close(
+        metrics[0]["loss"], torch.full((4,), float(torch.log(torch.tensor(3.0))))
+    )
     for s in (10, 30):
         for t, task in enumerate(batch):
             logits = learner.adapt(task, steps=s)(task.query_x)
-            torch.testing.assert_close(F.cross_entropy(logits, task.query_y),
-                                       metrics[s]["loss"][t], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                F.cross_entropy(logits, task.query_y), metrics[s]["loss"][t], rtol=1e-4, atol=1e-5
+            )
     assert all(torch.equal(v, state(encoder)[k]) for k, v in before.items())
 
 
@@ -71,8 +73,7 @@ def test_prototype_initialisation_is_protonet_before_any_step():
     ours = learner.adapt(task, steps=0)(task.query_x)
     proto = ProtoNet(encoder).adapt(task)(task.query_x)
     # W_k = 2 c_k, b_k = -|c_k|^2 differs from -|z - c_k|^2 by |z|^2, constant per row
-    torch.testing.assert_close(ours.log_softmax(-1), proto.log_softmax(-1), atol=1e-4,
-                               rtol=1e-4)
+    torch.testing.assert_close(ours.log_softmax(-1), proto.log_softmax(-1), atol=1e-4, rtol=1e-4)
 
 
 def test_finetune_all_changes_features_on_copies_only():
@@ -106,8 +107,9 @@ def test_pretrain_on_tensors_dataset_objects_and_pairs():
     class Images:
         images, labels = x, y
 
-    learner = FineTuneBaseline(nn.Sequential(nn.Linear(8, 16), nn.ReLU()), num_classes=6,
-                               embedding_dim=16)
+    learner = FineTuneBaseline(
+        nn.Sequential(nn.Linear(8, 16), nn.ReLU()), num_classes=6, embedding_dim=16
+    )
     head = learner.head
     out = learner.pretrain(Images(), epochs=2, generator=g)
     assert out.head is head
@@ -149,8 +151,14 @@ def test_meta_loss_is_plain_classification_loss():
 
     # global labels from batch.info take precedence over the task's labels
     global_labels = torch.cat([batch.support_y, batch.query_y], 1) + 7
-    tagged = TaskBatch(batch.support_x, batch.support_y, batch.query_x, batch.query_y, 3,
-                       {"global_labels": global_labels})
+    tagged = TaskBatch(
+        batch.support_x,
+        batch.support_y,
+        batch.query_x,
+        batch.query_y,
+        3,
+        {"global_labels": global_labels},
+    )
     wide = FineTuneBaseline(encoder, num_classes=10, embedding_dim=5)
     loss, _ = wide.meta_loss(tagged)
     torch.testing.assert_close(loss, F.cross_entropy(wide.head(encoder(x)), y + 7))
@@ -159,8 +167,9 @@ def test_meta_loss_is_plain_classification_loss():
 
     # episodes from metaloop.data carry info["classes"][t, label] = dataset class id
     classes = torch.tensor([[4, 0, 9], [2, 7, 5]])
-    episode = TaskBatch(batch.support_x, batch.support_y, batch.query_x, batch.query_y, 3,
-                        {"classes": classes})
+    episode = TaskBatch(
+        batch.support_x, batch.support_y, batch.query_x, batch.query_y, 3, {"classes": classes}
+    )
     loss, _ = wide.meta_loss(episode)
     mapped = torch.gather(classes, 1, torch.cat([batch.support_y, batch.query_y], 1)).flatten()
     torch.testing.assert_close(loss, F.cross_entropy(wide.head(encoder(x)), mapped))

@@ -112,14 +112,20 @@ def test_implicit_gradient_on_mlp_equals_dense_solve():
         out, i = {}, 0
         for name, shape in zip(names, shapes):
             k = shape.numel()
-            out[name] = flat[i:i + k].reshape(shape)
+            out[name] = flat[i : i + k].reshape(shape)
             i += k
         return out
 
     expected = torch.zeros(n, dtype=torch.float64)
     for task in batch:
-        phi = learner.adapt_params({k: v.detach() for k, v in params.items()}, buffers,
-                                   task.support_x, task.support_y, 20, "first_order")
+        phi = learner.adapt_params(
+            {k: v.detach() for k, v in params.items()},
+            buffers,
+            task.support_x,
+            task.support_y,
+            20,
+            "first_order",
+        )
         phi_flat = torch.cat([phi[k].detach().reshape(-1) for k in names])
         h = hessian(lambda f, t=task: plain(unflat(f), t.support_x, t.support_y), phi_flat)
         g_q = torch.func.grad(lambda f, t=task: plain(unflat(f), t.query_x, t.query_y))(phi_flat)
@@ -138,8 +144,9 @@ def test_vmap_and_loop_agree_and_adaptation_is_proximal():
     lb, _ = b.meta_loss(batch)
     assert metrics["cg_residual"] < 1e-2
     torch.testing.assert_close(la, lb, rtol=1e-6, atol=1e-6)
-    for ga, gb in zip(torch.autograd.grad(la, list(a.parameters())),
-                      torch.autograd.grad(lb, list(b.parameters()))):
+    for ga, gb in zip(
+        torch.autograd.grad(la, list(a.parameters())), torch.autograd.grad(lb, list(b.parameters()))
+    ):
         torch.testing.assert_close(ga, gb, rtol=1e-6, atol=1e-6)
     ra, rb = a.evaluate_batch(batch, steps=(0, 3)), b.evaluate_batch(batch, steps=(0, 3))
     torch.testing.assert_close(ra[3]["loss"], rb[3]["loss"], rtol=1e-6, atol=1e-6)

@@ -97,7 +97,10 @@ def test_maml_meta_gradient_through_inner_optimizer_state(optimizer, kwargs):
     """3 inner steps, so the momentum buffer / Adam moments carry gradient between steps."""
     model = small_mlp(1)
     learner = MAML(
-        model, inner_lr=0.02, inner_steps=3, inner_optimizer=optimizer,
+        model,
+        inner_lr=0.02,
+        inner_steps=3,
+        inner_optimizer=optimizer,
         inner_optimizer_kwargs=kwargs,
     )
     batch = sine_batch(seed=1)
@@ -126,8 +129,9 @@ def test_fomaml_gradient_is_query_gradient_at_adapted_params(steps):
         fast = [p.detach().clone().requires_grad_() for p in params]
         for _ in range(steps):
             support = nn.functional.mse_loss(
-                torch.func.functional_call(model, dict(zip(dict(model.named_parameters()), fast)),
-                                           (task.support_x,)),
+                torch.func.functional_call(
+                    model, dict(zip(dict(model.named_parameters()), fast)), (task.support_x,)
+                ),
                 task.support_y,
             )
             grads = torch.autograd.grad(support, fast)
@@ -182,8 +186,9 @@ def test_second_minus_first_order_is_hessian_term_on_quadratics():
     assert float(g_so - g_fo) == pytest.approx(float(expected_gap), rel=1e-12, abs=1e-14)
     # and each one against its closed form
     assert float(g_fo) == pytest.approx(float((adapted - opt).mean()), rel=1e-12)
-    assert float(g_so) == pytest.approx(float(((1 - alpha * h) * (adapted - opt)).mean()),
-                                        rel=1e-12)
+    assert float(g_so) == pytest.approx(
+        float(((1 - alpha * h) * (adapted - opt)).mean()), rel=1e-12
+    )
     expected_loss = float((0.5 * (adapted - opt) ** 2).mean())
     assert float(so.detach()) == pytest.approx(expected_loss, rel=1e-12)
 
@@ -231,8 +236,9 @@ def test_one_step_maml_on_quadratics_converges_to_closed_form():
     p = [0.5, 0.25, 0.25]
     alpha = 0.4
     family = Quadratic(curvatures=h, optima=opt, probs=p, dtype=torch.float64)
-    batch = family.make_batch(torch.tensor([h[0], h[0], h[1], h[2]]),
-                              torch.tensor([opt[0], opt[0], opt[1], opt[2]]))
+    batch = family.make_batch(
+        torch.tensor([h[0], h[0], h[1], h[2]]), torch.tensor([opt[0], opt[0], opt[1], opt[2]])
+    )
     model = nn.Linear(1, 1, bias=False).double()
     with torch.no_grad():
         model.weight.fill_(5.0)
@@ -266,8 +272,9 @@ def test_one_step_maml_on_linear_regression_converges_to_closed_form():
     The real learner, trained with L-BFGS on ``learner.meta_loss``, must land on it.
     """
     dim, alpha = 3, 0.15
-    family = LinearRegression(dim=dim, shots=4, queries=6, w_mean=1.5, w_std=1.0,
-                              noise_std=0.1, dtype=torch.float64)
+    family = LinearRegression(
+        dim=dim, shots=4, queries=6, w_mean=1.5, w_std=1.0, noise_std=0.1, dtype=torch.float64
+    )
     batch = family.sample(8, torch.Generator().manual_seed(5))
     lhs = torch.zeros(dim, dim, dtype=torch.float64)
     rhs = torch.zeros(dim, dtype=torch.float64)
@@ -285,9 +292,14 @@ def test_one_step_maml_on_linear_regression_converges_to_closed_form():
     torch.manual_seed(0)
     model = nn.Linear(dim, 1, bias=False).double()
     learner = MAML(model, inner_lr=alpha, inner_steps=1)
-    outer = torch.optim.LBFGS(learner.parameters(), lr=1.0, max_iter=100,
-                              tolerance_grad=1e-14, tolerance_change=1e-16,
-                              line_search_fn="strong_wolfe")
+    outer = torch.optim.LBFGS(
+        learner.parameters(),
+        lr=1.0,
+        max_iter=100,
+        tolerance_grad=1e-14,
+        tolerance_change=1e-16,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         outer.zero_grad()
@@ -297,8 +309,7 @@ def test_one_step_maml_on_linear_regression_converges_to_closed_form():
 
     for _ in range(3):
         outer.step(closure)
-    torch.testing.assert_close(model.weight.detach().reshape(-1), closed_form,
-                               rtol=1e-8, atol=1e-9)
+    torch.testing.assert_close(model.weight.detach().reshape(-1), closed_form, rtol=1e-8, atol=1e-9)
     # discriminative: ordinary least squares on the pooled data is somewhere else
     x = torch.cat([batch.support_x, batch.query_x], 1).reshape(-1, dim)
     y = torch.cat([batch.support_y, batch.query_y], 1).reshape(-1)

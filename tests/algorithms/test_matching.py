@@ -13,12 +13,14 @@ from metaloop.tasks import TaskBatch, TaskError
 torch.set_num_threads(1)
 
 
-def gaussian_episodes(tasks, ways, shots, queries, dim=8, informative=2, seed=0,
-                      dtype=torch.float32):
+def gaussian_episodes(
+    tasks, ways, shots, queries, dim=8, informative=2, seed=0, dtype=torch.float32
+):
     g = torch.Generator().manual_seed(seed)
     centers = torch.zeros(tasks, ways, dim, dtype=dtype)
-    centers[..., :informative] = 3.0 * torch.randn(tasks, ways, informative, generator=g,
-                                                  dtype=dtype)
+    centers[..., :informative] = 3.0 * torch.randn(
+        tasks, ways, informative, generator=g, dtype=dtype
+    )
     scale = torch.full((dim,), 3.0, dtype=dtype)
     scale[:informative] = 0.5
 
@@ -49,11 +51,14 @@ def test_probabilities_and_gradient_match_hand_computation():
     batch = gaussian_episodes(2, 3, 2, 2, dtype=torch.float64)
     learner = MatchingNet(encoder, temperature=0.3)
     scores, _ = learner.episode_scores(batch)
-    expected = torch.stack([
-        hand_log_probs(encoder(batch.query_x[t]), encoder(batch.support_x[t]),
-                       batch.support_y[t], 3, 0.3)
-        for t in range(2)
-    ])
+    expected = torch.stack(
+        [
+            hand_log_probs(
+                encoder(batch.query_x[t]), encoder(batch.support_x[t]), batch.support_y[t], 3, 0.3
+            )
+            for t in range(2)
+        ]
+    )
     torch.testing.assert_close(scores, expected)
     torch.testing.assert_close(scores.exp().sum(-1), torch.ones(2, 6, dtype=torch.float64))
 
@@ -112,7 +117,8 @@ def test_errors_are_clear():
     sy[0, 0] = 1
     with pytest.raises(TaskError, match="class 0 has no support examples"):
         MatchingNet(nn.Linear(8, 4)).meta_loss(
-            TaskBatch(batch.support_x, sy, batch.query_x, batch.query_y, ways=3))
+            TaskBatch(batch.support_x, sy, batch.query_x, batch.query_y, ways=3)
+        )
 
 
 @pytest.mark.parametrize("fce", [False, True])

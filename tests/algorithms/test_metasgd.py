@@ -49,8 +49,9 @@ def setup(seed: int = 0, tasks: int = 2):
     return model, batch
 
 
-@pytest.mark.parametrize(("granularity", "steps"), [("element", 1), ("element", 2),
-                                                    ("tensor", 2), ("global", 2)])
+@pytest.mark.parametrize(
+    ("granularity", "steps"), [("element", 1), ("element", 2), ("tensor", 2), ("global", 2)]
+)
 def test_meta_gradient_wrt_rates_and_init_matches_finite_differences(granularity, steps):
     model, batch = setup()
     learner = MetaSGD(model, inner_lr=0.05, inner_steps=steps, granularity=granularity)

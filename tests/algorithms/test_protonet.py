@@ -13,13 +13,15 @@ from metaloop.tasks import TaskBatch, TaskError
 torch.set_num_threads(1)
 
 
-def gaussian_episodes(tasks, ways, shots, queries, dim=8, informative=2, seed=0,
-                      dtype=torch.float32, ways_attr=True):
+def gaussian_episodes(
+    tasks, ways, shots, queries, dim=8, informative=2, seed=0, dtype=torch.float32, ways_attr=True
+):
     """Class clusters in the first ``informative`` dims, large noise in the others."""
     g = torch.Generator().manual_seed(seed)
     centers = torch.zeros(tasks, ways, dim, dtype=dtype)
-    centers[..., :informative] = 3.0 * torch.randn(tasks, ways, informative, generator=g,
-                                                  dtype=dtype)
+    centers[..., :informative] = 3.0 * torch.randn(
+        tasks, ways, informative, generator=g, dtype=dtype
+    )
     scale = torch.full((dim,), 3.0, dtype=dtype)
     scale[:informative] = 0.5
 
@@ -75,8 +77,9 @@ def test_one_shot_prototypes_are_the_support_embeddings():
     batch = gaussian_episodes(2, 3, 1, 2)
     # shuffle support order so prototypes must follow labels, not positions
     perm = torch.tensor([2, 0, 1])
-    batch = TaskBatch(batch.support_x[:, perm], batch.support_y[:, perm], batch.query_x,
-                      batch.query_y, ways=3)
+    batch = TaskBatch(
+        batch.support_x[:, perm], batch.support_y[:, perm], batch.query_x, batch.query_y, ways=3
+    )
     learner = ProtoNet(encoder)
     z = encoder(batch.support_x)
     protos = learner.prototypes(z, batch.support_y, 3)
@@ -118,8 +121,13 @@ def test_adapt_predictor_agrees_with_evaluate_batch():
 def test_feature_map_encoder_is_flattened():
     encoder = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1))
     batch = gaussian_episodes(2, 3, 2, 2, dim=16)
-    images = TaskBatch(batch.support_x.view(2, 6, 1, 4, 4), batch.support_y,
-                       batch.query_x.view(2, 6, 1, 4, 4), batch.query_y, ways=3)
+    images = TaskBatch(
+        batch.support_x.view(2, 6, 1, 4, 4),
+        batch.support_y,
+        batch.query_x.view(2, 6, 1, 4, 4),
+        batch.query_y,
+        ways=3,
+    )
     scores, _ = ProtoNet(encoder).episode_scores(images)
     assert scores.shape == (2, 6, 3)
 
@@ -134,8 +142,7 @@ def test_errors_are_clear():
     with pytest.raises(TaskError, match=r"labels must lie in 0\.\.2"):
         bad_q = batch.query_y.clone()
         bad_q[0, 0] = 7
-        learner.meta_loss(TaskBatch(batch.support_x, batch.support_y, batch.query_x, bad_q,
-                                    ways=3))
+        learner.meta_loss(TaskBatch(batch.support_x, batch.support_y, batch.query_x, bad_q, ways=3))
     with pytest.raises(ValueError, match="encoder must map"):
         ProtoNet(nn.Flatten(0)).meta_loss(batch)
     with pytest.raises(ValueError, match="unknown distance"):

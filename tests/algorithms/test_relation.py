@@ -42,8 +42,9 @@ def small_encoder():
 def test_scores_and_loss_match_hand_loop(aggregate):
     torch.manual_seed(0)
     encoder = small_encoder().double()
-    relation = nn.Sequential(nn.Conv2d(8, 4, 3), nn.ReLU(), nn.Flatten(),
-                             nn.Linear(4 * 4 * 4, 1)).double()
+    relation = nn.Sequential(
+        nn.Conv2d(8, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 1)
+    ).double()
     learner = RelationNet(encoder, relation, aggregate=aggregate)
     batch = image_episodes(2, 3, 2, 2, dtype=torch.float64)
     scores, _ = learner.episode_scores(batch)
@@ -53,10 +54,16 @@ def test_scores_and_loss_match_hand_loop(aggregate):
         zs, zq = encoder(batch.support_x[t]), encoder(batch.query_x[t])
         reduce = torch.sum if aggregate == "sum" else torch.mean
         classes = [reduce(zs[batch.support_y[t] == k], 0) for k in range(3)]
-        expected.append(torch.stack([
-            torch.stack([torch.sigmoid(relation(torch.cat([c, q])[None]))[0, 0] for c in classes])
-            for q in zq
-        ]))
+        expected.append(
+            torch.stack(
+                [
+                    torch.stack(
+                        [torch.sigmoid(relation(torch.cat([c, q])[None]))[0, 0] for c in classes]
+                    )
+                    for q in zq
+                ]
+            )
+        )
     expected = torch.stack(expected)
     torch.testing.assert_close(scores, expected)
     assert bool(((scores >= 0) & (scores <= 1)).all())
@@ -88,20 +95,29 @@ def test_paper_modules_on_28x28():
 def test_cross_entropy_mode_uses_raw_scores_as_logits():
     torch.manual_seed(0)
     learner = RelationNet(nn.Linear(8, 4), relation_mlp(4), loss="cross_entropy")
-    batch = TaskBatch(torch.randn(2, 3, 8), torch.arange(3).expand(2, 3),
-                      torch.randn(2, 3, 8), torch.arange(3).expand(2, 3), ways=3)
+    batch = TaskBatch(
+        torch.randn(2, 3, 8),
+        torch.arange(3).expand(2, 3),
+        torch.randn(2, 3, 8),
+        torch.arange(3).expand(2, 3),
+        ways=3,
+    )
     scores, _ = learner.episode_scores(batch)
     loss, _ = learner.meta_loss(batch)
-    torch.testing.assert_close(loss, F.cross_entropy(scores.flatten(0, 1),
-                                                     batch.query_y.flatten()))
+    torch.testing.assert_close(loss, F.cross_entropy(scores.flatten(0, 1), batch.query_y.flatten()))
     predictor = learner.adapt(batch[0])
     torch.testing.assert_close(predictor(batch[0].query_x), scores[0])
 
 
 def test_relation_module_output_shape_is_checked():
     learner = RelationNet(nn.Linear(8, 4), nn.Linear(8, 2))
-    batch = TaskBatch(torch.randn(1, 2, 8), torch.tensor([[0, 1]]), torch.randn(1, 2, 8),
-                      torch.tensor([[0, 1]]), ways=2)
+    batch = TaskBatch(
+        torch.randn(1, 2, 8),
+        torch.tensor([[0, 1]]),
+        torch.randn(1, 2, 8),
+        torch.tensor([[0, 1]]),
+        ways=2,
+    )
     with pytest.raises(ValueError, match="one score per pair"):
         learner.meta_loss(batch)
     with pytest.raises(ValueError, match="loss must be"):

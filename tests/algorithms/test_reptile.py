@@ -67,8 +67,13 @@ def test_reptile_outer_sgd_step_is_paper_update():
     eps, lr, steps = 0.5, 0.05, 2
     before = [p.detach().clone() for p in model.parameters()]
     targets = [
-        hand_sgd(model, torch.cat([t.support_x, t.query_x]), torch.cat([t.support_y, t.query_y]),
-                 lr, steps)
+        hand_sgd(
+            model,
+            torch.cat([t.support_x, t.query_x]),
+            torch.cat([t.support_y, t.query_y]),
+            lr,
+            steps,
+        )
         for t in batch
     ]
     learner = Reptile(model, inner_lr=lr, inner_steps=steps)
@@ -79,8 +84,7 @@ def test_reptile_outer_sgd_step_is_paper_update():
     outer.step()
     for j, (b, p) in enumerate(zip(before, model.parameters())):
         mean_target = sum(t[j] for t in targets) / len(targets)
-        torch.testing.assert_close(p.detach(), b + eps * (mean_target - b), rtol=1e-10,
-                                   atol=1e-14)
+        torch.testing.assert_close(p.detach(), b + eps * (mean_target - b), rtol=1e-10, atol=1e-14)
 
 
 def test_reptile_adapting_only_the_head_moves_only_the_head():

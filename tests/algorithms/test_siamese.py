@@ -27,12 +27,14 @@ from metaloop.tasks.pairs import (
 torch.set_num_threads(1)
 
 
-def gaussian_episodes(tasks, ways, shots, queries, dim=8, informative=2, seed=0,
-                      dtype=torch.float32):
+def gaussian_episodes(
+    tasks, ways, shots, queries, dim=8, informative=2, seed=0, dtype=torch.float32
+):
     g = torch.Generator().manual_seed(seed)
     centers = torch.zeros(tasks, ways, dim, dtype=dtype)
-    centers[..., :informative] = 3.0 * torch.randn(tasks, ways, informative, generator=g,
-                                                  dtype=dtype)
+    centers[..., :informative] = 3.0 * torch.randn(
+        tasks, ways, informative, generator=g, dtype=dtype
+    )
     scale = torch.full((dim,), 3.0, dtype=dtype)
     scale[:informative] = 0.5
 
@@ -157,14 +159,26 @@ def test_pair_and_triplet_samplers():
         sample_triplet_indices(torch.tensor([[0, 0, 0]]), 4)
 
 
-@pytest.mark.parametrize("loss,mining,samples", [
-    ("contrastive", "all", None), ("triplet", "all", None), ("triplet", "hard", None),
-    ("contrastive", "all", 64), ("triplet", "all", 64),
-])
+@pytest.mark.parametrize(
+    "loss,mining,samples",
+    [
+        ("contrastive", "all", None),
+        ("triplet", "all", None),
+        ("triplet", "hard", None),
+        ("contrastive", "all", 64),
+        ("triplet", "all", 64),
+    ],
+)
 def test_learns_on_synthetic_episodes(loss, mining, samples):
     torch.manual_seed(0)
-    learner = SiameseNet(nn.Linear(8, 8), loss=loss, mining=mining, samples=samples,
-                         margin=1.0, generator=torch.Generator().manual_seed(0))
+    learner = SiameseNet(
+        nn.Linear(8, 8),
+        loss=loss,
+        mining=mining,
+        samples=samples,
+        margin=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     test = gaussian_episodes(50, 5, 1, 5, seed=123)
     before = float(learner.evaluate_batch(test)[0]["accuracy"].mean())
     opt = torch.optim.Adam(learner.parameters(), 1e-2)
@@ -183,12 +197,18 @@ def test_errors_are_clear():
         SiameseNet(nn.Linear(2, 2), loss="binary")
     with pytest.raises(ValueError, match="margin"):
         SiameseNet(nn.Linear(2, 2), margin=-1)
-    one_each = TaskBatch(torch.randn(1, 2, 8), torch.tensor([[0, 1]]), torch.randn(1, 2, 8),
-                         torch.tensor([[0, 1]]), ways=2)
+    one_each = TaskBatch(
+        torch.randn(1, 2, 8),
+        torch.tensor([[0, 1]]),
+        torch.randn(1, 2, 8),
+        torch.tensor([[0, 1]]),
+        ways=2,
+    )
     learner = SiameseNet(nn.Linear(8, 2), loss="contrastive")
     # support and query pooled give two examples per class, so this works ...
     learner.meta_loss(one_each)
-    single = TaskBatch(torch.randn(1, 1, 8), torch.tensor([[0]]), torch.randn(1, 1, 8),
-                       torch.tensor([[0]]), ways=1)
+    single = TaskBatch(
+        torch.randn(1, 1, 8), torch.tensor([[0]]), torch.randn(1, 1, 8), torch.tensor([[0]]), ways=1
+    )
     with pytest.raises(TaskError, match="different-class"):
         learner.meta_loss(single)

@@ -44,8 +44,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("steps", [1, 3])
 def test_plain_loop_baseline_matches_engine_on_sinusoid(first_order, steps):
     batch = sinusoid_batch(4, 5, 5, torch.Generator().manual_seed(0))
-    batch = type(batch)(*(t.double() for t in (batch.support_x, batch.support_y,
-                                               batch.query_x, batch.query_y)))
+    batch = type(batch)(
+        *(t.double() for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
+    )
     torch.manual_seed(0)
     model = MLP(1, 1, hidden=(16, 16)).double()
     kw = dict(inner_lr=0.05, inner_steps=steps, loss="mse", first_order=first_order)
@@ -88,8 +89,18 @@ def test_plain_loop_protonet_matches_protonet():
 def test_run_benchmark_result_fields_and_gradient_agreement():
     result = run_benchmark("sinusoid", repeats=2, warmup=1, engines=["plain", "vmap", "loop"])
     json.dumps(result)  # serialisable
-    for key in ("workload", "device", "torch", "threads", "load_avg_start", "repeats",
-                "memory_method", "libraries", "cases", "total_seconds"):
+    for key in (
+        "workload",
+        "device",
+        "torch",
+        "threads",
+        "load_avg_start",
+        "repeats",
+        "memory_method",
+        "libraries",
+        "cases",
+        "total_seconds",
+    ):
         assert key in result
     (case,) = result["cases"]
     assert case["meta_batch"] == 25 and case["floor"]["seconds"] > 0
@@ -109,8 +120,9 @@ def test_run_benchmark_result_fields_and_gradient_agreement():
 
 
 def test_failing_engine_is_reported_not_raised():
-    result = run_benchmark("sinusoid", repeats=1, warmup=1, engines=["plain", "nonsense"],
-                           memory=False)
+    result = run_benchmark(
+        "sinusoid", repeats=1, warmup=1, engines=["plain", "nonsense"], memory=False
+    )
     bad = result["cases"][0]["engines"][1]
     assert bad["engine"] == "nonsense" and "unknown engine" in bad["error"]
     assert "failed" in format_table(result)
@@ -126,11 +138,12 @@ def test_unknown_workload_and_case():
 def test_parse_engine():
     assert parse_engine("vmap") == ("vmap", {})
     assert parse_engine("vmap+compile+checkpoint+chunk=4") == (
-        "vmap", {"compile": True, "checkpoint": True, "chunk_size": 4}
+        "vmap",
+        {"compile": True, "checkpoint": True, "chunk_size": 4},
     )
     assert parse_engine("loop+compile=aot_eager+bf16+channels_last") == (
-        "loop", {"compile": {"backend": "aot_eager"}, "autocast": "bfloat16",
-                 "channels_last": True}
+        "loop",
+        {"compile": {"backend": "aot_eager"}, "autocast": "bfloat16", "channels_last": True},
     )
     with pytest.raises(ValueError):
         parse_engine("vmap+turbo")
@@ -178,8 +191,25 @@ def test_peak_memory_probe_sees_a_large_allocation():
 
 
 def test_module_entry_point_prints_json(capsys):
-    assert main(["sinusoid", "--repeats", "1", "--warmup", "1", "--engines", "plain,vmap",
-                 "--json", "--quiet", "--no-memory", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "sinusoid",
+                "--repeats",
+                "1",
+                "--warmup",
+                "1",
+                "--engines",
+                "plain,vmap",
+                "--json",
+                "--quiet",
+                "--no-memory",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["workload"] == "sinusoid" and out["threads"] == 1
     assert [e["engine"] for e in out["cases"][0]["engines"]] == ["plain", "vmap"]

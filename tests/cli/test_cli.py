@@ -77,22 +77,48 @@ def test_train_eval_plot_resume(tmp_path, config, capsys):
     assert code == 0
     summary = json.loads(out)
     assert summary["iterations"] == 6 and summary["run_dir"] == str(run_dir)
-    assert set(summary) == {"run_dir", "iterations", "seconds", "best_iteration", "best_loss",
-                            "stopped_early"}
+    assert set(summary) == {
+        "run_dir",
+        "iterations",
+        "seconds",
+        "best_iteration",
+        "best_loss",
+        "stopped_early",
+    }
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "best.pt", "config.toml", "latest.prev.pt", "latest.pt", "metrics.jsonl"]
+        "best.pt",
+        "config.toml",
+        "latest.prev.pt",
+        "latest.pt",
+        "metrics.jsonl",
+    ]
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["iteration"], r["split"]) for r in records] == [
-        (2, "train"), (3, "val"), (4, "train"), (6, "val"), (6, "train")]
+        (2, "train"),
+        (3, "val"),
+        (4, "train"),
+        (6, "val"),
+        (6, "train"),
+    ]
     assert set(records[0]) == {"iteration", "split", "loss", "query_loss", "grad_norm", "seconds"}
     assert set(records[1]) == {"iteration", "split", "loss", "best"}
 
     code, out, _ = run(capsys, "eval", str(run_dir), "--json", "--checkpoint", "latest")
     assert code == 0
     result = json.loads(out)
-    assert set(result) == {"episodes", "seed", "steps", "run_dir", "checkpoint",
-                           "checkpoint_iteration", "protocol", "task", "episode", "algorithm",
-                           "reference"}
+    assert set(result) == {
+        "episodes",
+        "seed",
+        "steps",
+        "run_dir",
+        "checkpoint",
+        "checkpoint_iteration",
+        "protocol",
+        "task",
+        "episode",
+        "algorithm",
+        "reference",
+    }
     assert result["episodes"] == 10 and result["seed"] == 12345
     assert set(result["steps"]) == {"0", "1"}
     assert set(result["steps"]["1"]["loss"]) == {"mean", "ci95", "std", "episodes", "median"}
@@ -122,9 +148,21 @@ def test_train_eval_plot_resume(tmp_path, config, capsys):
 
 def test_set_overrides_reach_the_run(tmp_path, config, capsys):
     run_dir = tmp_path / "run"
-    code, _, _ = run(capsys, "train", str(config), "--run-dir", str(run_dir),
-                     "--set", "train.iterations=2", "--set", "model.hidden=[5, 6]",
-                     "--set", "seed=11", "--set", "algorithm.first_order=true")
+    code, _, _ = run(
+        capsys,
+        "train",
+        str(config),
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        "train.iterations=2",
+        "--set",
+        "model.hidden=[5, 6]",
+        "--set",
+        "seed=11",
+        "--set",
+        "algorithm.first_order=true",
+    )
     assert code == 0
     saved = (run_dir / "config.toml").read_text()
     assert "hidden = [5, 6]" in saved and "seed = 11" in saved and "first_order = true" in saved
@@ -135,12 +173,14 @@ def test_set_overrides_reach_the_run(tmp_path, config, capsys):
 def test_a_run_dir_with_a_different_config_is_refused(tmp_path, config, capsys):
     run_dir = tmp_path / "run"
     assert run(capsys, "train", str(config), "--run-dir", str(run_dir))[0] == 0
-    line = user_error(capsys, "train", str(config), "--run-dir", str(run_dir),
-                      "--set", "train.outer_lr=0.01")
+    line = user_error(
+        capsys, "train", str(config), "--run-dir", str(run_dir), "--set", "train.outer_lr=0.01"
+    )
     assert "already holds a run with a different config (train.outer_lr: 0.001 -> 0.01)" in line
     # the same config (more iterations allowed) resumes
-    code, out, _ = run(capsys, "train", str(config), "--run-dir", str(run_dir),
-                       "--set", "train.iterations=7")
+    code, out, _ = run(
+        capsys, "train", str(config), "--run-dir", str(run_dir), "--set", "train.iterations=7"
+    )
     assert code == 0 and json.loads(out)["iterations"] == 7
 
 
@@ -152,7 +192,7 @@ def test_resume_refuses_overrides_the_checkpoint_would_contradict(tmp_path, conf
     line = user_error(capsys, "train", str(run_dir), "--set", "train.outer_lr=0.5")
     assert "train.outer_lr: 0.001 -> 0.5 cannot change" in line
     assert "train.nonfinite" in line  # the message lists what may change
-    assert run(capsys, "train", str(run_dir), "--set", "train.nonfinite=\"skip\"")[0] == 0
+    assert run(capsys, "train", str(run_dir), "--set", 'train.nonfinite="skip"')[0] == 0
 
 
 UNKNOWN_KEYS = [
@@ -172,9 +212,9 @@ BAD_VALUES = [
     ("train.meta_batch_size=-3", "train.meta_batch_size must be > 0, got -3"),
     ("train.iterations=2.5", "train.iterations must be an integer, got 2.5"),
     ("train.outer_lr=nan", "train.outer_lr must be a finite number, got nan"),
-    ("train.outer_lr=\"fast\"", "train.outer_lr must be a number, got 'fast'"),
-    ("train.optimizer=\"lbfgs\"", "train.optimizer must be one of adam, sgd, adamw, got 'lbfgs'"),
-    ("train.nonfinite=\"ignore\"", "train.nonfinite must be one of stop, skip"),
+    ('train.outer_lr="fast"', "train.outer_lr must be a number, got 'fast'"),
+    ('train.optimizer="lbfgs"', "train.optimizer must be one of adam, sgd, adamw, got 'lbfgs'"),
+    ('train.nonfinite="ignore"', "train.nonfinite must be one of stop, skip"),
     ("train.patience=-1", "train.patience must be >= 0, got -1"),
     ("train.progress=1", "train.progress must be a boolean, got 1"),
     ("train.iterations.x=1", "train.iterations is an integer, not a table"),
@@ -182,41 +222,49 @@ BAD_VALUES = [
     ("eval.episodes=0", "eval.episodes must be > 0, got 0"),
     ("seed=1e3", "seed must be an integer, got 1000.0"),
     ("seed=99999999999999999999", "seed must be an integer in -2**63..2**63-1"),
-    ("device=\"tpu\"", "device must be one of cpu, cuda, cuda:N or mps, got 'tpu'"),
+    ('device="tpu"', "device must be one of cpu, cuda, cuda:N or mps, got 'tpu'"),
     ("task.shots=0", "[task] shots must be >= 1, got 0"),
     ("task.queries=-2", "[task] queries must be >= 1, got -2"),
     ("task.amplitude=[1]", "task.amplitude must be a list of 2 values (a number, a number)"),
     ("task.amplitude=[5, 1]", "[task] amplitude must be an interval (low <= high), got (5, 1)"),
-    ("task.dtype=\"int8\"", "task.dtype must be one of float16, bfloat16, float32, float64"),
-    ("task.family=\"imagenet\"", "unknown task family 'imagenet'; choose one of sinusoid, "),
+    ('task.dtype="int8"', "task.dtype must be one of float16, bfloat16, float32, float64"),
+    ('task.family="imagenet"', "unknown task family 'imagenet'; choose one of sinusoid, "),
     ("task.family=[1]", "task.family must be a string naming the task to use, got [1]"),
-    ("model.hidden=\"big\"", "model.hidden must be a list, got 'big'"),
+    ('model.hidden="big"', "model.hidden must be a list, got 'big'"),
     ("model.hidden=[0]", "[model] mlp: layer sizes must be positive integers"),
-    ("model.activation=\"swish\"", "[model] mlp: unknown activation 'swish'; choose one of relu"),
-    ("model.name=\"resnet\"", "unknown model 'resnet'; choose one of mlp"),
-    ("algorithm.name=\"gpt\"", "unknown algorithm 'gpt'; choose one of maml, fomaml, "),
+    ('model.activation="swish"', "[model] mlp: unknown activation 'swish'; choose one of relu"),
+    ('model.name="resnet"', "unknown model 'resnet'; choose one of mlp"),
+    ('algorithm.name="gpt"', "unknown algorithm 'gpt'; choose one of maml, fomaml, "),
     ("algorithm.inner_steps=0", "[algorithm] maml: inner_steps must be >= 1 for this algorithm"),
     ("algorithm.inner_steps=true", "algorithm.inner_steps must be an integer, got True"),
     ("algorithm.inner_lr=-0.1", "[algorithm] maml: inner_lr must be a positive finite number"),
     ("algorithm.inner_lr=inf", "algorithm.inner_lr must be a finite number, got inf"),
     ("algorithm.eval_steps=-1", "[algorithm] maml: eval_steps must be an integer >= 0 or None"),
-    ("algorithm.chunk_size=\"x\"", "algorithm.chunk_size must be an integer, got 'x'"),
-    ("algorithm.vectorize=\"jit\"", "vectorize must be one of auto, vmap, loop, got 'jit'"),
-    ("algorithm.loss=\"hinge\"", "unknown loss 'hinge'; choose one of mse, cross_entropy"),
-    ("algorithm.first_order=\"yes\"", "algorithm.first_order must be a boolean, got 'yes'"),
+    ('algorithm.chunk_size="x"', "algorithm.chunk_size must be an integer, got 'x'"),
+    ('algorithm.vectorize="jit"', "vectorize must be one of auto, vmap, loop, got 'jit'"),
+    ('algorithm.loss="hinge"', "unknown loss 'hinge'; choose one of mse, cross_entropy"),
+    ('algorithm.first_order="yes"', "algorithm.first_order must be a boolean, got 'yes'"),
     # caught on the first batch, before the first step: the model does not fit the task
-    ("model.out_features=3", "the model's predictions have shape (4, 3) but the targets have "
-                             "shape (4, 1)"),
-    ("model.in_features=2", "the model cannot process this task (support_x (4, 1), query_x "
-                            "(4, 1)): mat1 and mat2 shapes cannot be multiplied"),
-    ("algorithm.loss=\"cross_entropy\"", "support_y must hold integer class labels, got dtype "
-                                         "torch.float32"),
+    (
+        "model.out_features=3",
+        "the model's predictions have shape (4, 3) but the targets have shape (4, 1)",
+    ),
+    (
+        "model.in_features=2",
+        "the model cannot process this task (support_x (4, 1), query_x "
+        "(4, 1)): mat1 and mat2 shapes cannot be multiplied",
+    ),
+    (
+        'algorithm.loss="cross_entropy"',
+        "support_y must hold integer class labels, got dtype torch.float32",
+    ),
 ]
 
 
 @pytest.mark.parametrize("override, fragment", UNKNOWN_KEYS + BAD_VALUES)
-def test_bad_configs_fail_before_training_with_one_line(tmp_path, config, capsys, override,
-                                                        fragment):
+def test_bad_configs_fail_before_training_with_one_line(
+    tmp_path, config, capsys, override, fragment
+):
     run_dir = tmp_path / "run"
     line = user_error(capsys, "train", str(config), "--run-dir", str(run_dir), "--set", override)
     assert fragment in line
@@ -231,18 +279,21 @@ def test_unknown_key_in_a_toml_file(tmp_path, capsys):
     assert "[algorithm] unknown key 'inner_stpes' for MAML; valid keys are" in line
     bad.write_text(CONFIG + "\nlearning_rate = 3\n")  # lands in [eval]: unknown there
     assert "[eval] unknown key 'learning_rate'" in user_error(
-        capsys, "train", str(bad), "--run-dir", str(tmp_path / "run"))
+        capsys, "train", str(bad), "--run-dir", str(tmp_path / "run")
+    )
     bad.write_text("[train\n")
     assert "is not valid TOML" in user_error(capsys, "train", str(bad), "--run-dir", str(tmp_path))
-    assert "does not exist" in user_error(capsys, "train", str(tmp_path / "nope.toml"),
-                                          "--run-dir", str(tmp_path / "r"))
+    assert "does not exist" in user_error(
+        capsys, "train", str(tmp_path / "nope.toml"), "--run-dir", str(tmp_path / "r")
+    )
     assert "train needs --run-dir" in user_error(capsys, "train", str(bad))
 
 
 def test_nonfinite_training_is_a_one_line_error(tmp_path, config, capsys):
     run_dir = tmp_path / "run"
-    line = user_error(capsys, "train", str(config), "--run-dir", str(run_dir),
-                      "--set", "algorithm.inner_lr=1e30")
+    line = user_error(
+        capsys, "train", str(config), "--run-dir", str(run_dir), "--set", "algorithm.inner_lr=1e30"
+    )
     assert "non-finite meta-loss (nan) at iteration 1: task(s) [0, 1, 2] of the 3" in line
     assert "nonfinite='skip'" in line
     # the saved state is the finite initial one, from before the failing batch
@@ -260,8 +311,9 @@ def test_eval_and_plot_errors(tmp_path, config, capsys):
     assert "does not fit the learner built from its config and --set model.hidden=[3]" in line
     for name in ("latest.pt", "latest.prev.pt", "best.pt"):
         (run_dir / name).write_bytes(b"junk")
-    assert "no readable checkpoint in" in user_error(capsys, "eval", str(run_dir), "--checkpoint",
-                                                     "latest")
+    assert "no readable checkpoint in" in user_error(
+        capsys, "eval", str(run_dir), "--checkpoint", "latest"
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", str(run_dir), "--steps", "a,b"])
     assert exit_info.value.code == 2
@@ -281,8 +333,17 @@ def test_a_run_being_trained_is_not_trained_twice(tmp_path):
     try:
         (run / LOCK_NAME).write_text(str(sleeper.pid))
         config = Path(__file__).resolve().parents[2] / "configs" / "sinusoid-maml.toml"
-        args = ["train", str(config), "--run-dir", str(run), "--no-progress",
-                "--set", "train.iterations=2", "--set", "train.validate_every=1"]
+        args = [
+            "train",
+            str(config),
+            "--run-dir",
+            str(run),
+            "--no-progress",
+            "--set",
+            "train.iterations=2",
+            "--set",
+            "train.validate_every=1",
+        ]
         assert main(args) == 2
         assert not (run / "latest.pt").exists()
     finally:

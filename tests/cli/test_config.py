@@ -91,10 +91,10 @@ def test_apply_override_semantics():
 
 def test_toml_section_must_be_a_table(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('train = 3\n')
+    path.write_text("train = 3\n")
     with pytest.raises(ConfigError, match=r"\[train\] must be a table"):
         load_config(path)
-    path.write_text('bogus = 3\n')
+    path.write_text("bogus = 3\n")
     with pytest.raises(ConfigError, match="unknown top-level key 'bogus'"):
         load_config(path)
 

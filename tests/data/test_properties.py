@@ -27,8 +27,12 @@ from metaloop.data import ClassDataset, EpisodeSampler, EpisodicFamily, Omniglot
 from metaloop.tasks import TaskError, validate_batch
 
 COUNTS = {"sampler_bad": 0, "sampler_good": 0, "lake_bad": 0, "lake_good": 0}
-SETTINGS = dict(deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = dict(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def tagged(sizes: list[int], groups: list[int]) -> ClassDataset:
@@ -42,10 +46,15 @@ def tagged(sizes: list[int], groups: list[int]) -> ClassDataset:
             labels.append(c)
     if not images:  # every class empty: one unused stored image, no items
         empty = torch.tensor([], dtype=torch.long)
-        return ClassDataset(torch.zeros(1, 1, 3, 3, dtype=torch.uint8), empty,
-                            [{"alphabet": g} for g in groups], rows=empty)
-    return ClassDataset(torch.stack(images), torch.tensor(labels),
-                        [{"alphabet": g} for g in groups], name="tagged")
+        return ClassDataset(
+            torch.zeros(1, 1, 3, 3, dtype=torch.uint8),
+            empty,
+            [{"alphabet": g} for g in groups],
+            rows=empty,
+        )
+    return ClassDataset(
+        torch.stack(images), torch.tensor(labels), [{"alphabet": g} for g in groups], name="tagged"
+    )
 
 
 def decode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,8 +68,11 @@ def episode_setup(draw):
     classes = draw(st.integers(1, 10))
     sizes = draw(st.lists(st.integers(0, 8), min_size=classes, max_size=classes))
     grouped = draw(st.booleans())
-    groups = draw(st.lists(st.integers(0, 1), min_size=classes, max_size=classes)) if grouped \
+    groups = (
+        draw(st.lists(st.integers(0, 1), min_size=classes, max_size=classes))
+        if grouped
         else [0] * classes
+    )
     size = st.one_of(st.integers(1, 3), st.integers(1, 3), st.integers(-1, 8))
     ways, shots, queries = draw(st.integers(1, 4) | st.integers(-1, 12)), draw(size), draw(size)
     return sizes, groups, grouped, ways, shots, queries
@@ -79,8 +91,9 @@ def test_episodes_have_disjoint_classes_exact_counts_and_label_ranges(setup, tas
     sizes, groups, grouped, ways, shots, queries = setup
     dataset = tagged(sizes, groups)
     try:
-        family = EpisodicFamily(dataset, ways, shots, queries,
-                                class_groups="alphabet" if grouped else None)
+        family = EpisodicFamily(
+            dataset, ways, shots, queries, class_groups="alphabet" if grouped else None
+        )
     except TaskError as err:
         COUNTS["sampler_bad"] += 1
         assert not feasible(sizes, groups, ways, shots, queries), err
@@ -111,18 +124,24 @@ def test_episodes_have_disjoint_classes_exact_counts_and_label_ranges(setup, tas
             assert len(set(items)) == shots + queries  # exact counts, no repeats, disjoint
             assert max(items) < sizes[c]
     again = family.sample(tasks, torch.Generator().manual_seed(seed))
-    assert torch.equal(again.support_x, batch.support_x) and torch.equal(again.query_x,
-                                                                         batch.query_x)
+    assert torch.equal(again.support_x, batch.support_x) and torch.equal(
+        again.query_x, batch.query_x
+    )
 
 
 @settings(max_examples=40, **SETTINGS)
-@given(st.lists(st.integers(2, 6), min_size=3, max_size=8), st.integers(1, 3),
-       st.integers(1, 3), st.integers(0, 1000))
+@given(
+    st.lists(st.integers(2, 6), min_size=3, max_size=8),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(0, 1000),
+)
 def test_episode_sampler_matches_its_collate_and_repeats_per_epoch(sizes, tasks, batches, seed):
     ways = min(3, len(sizes))
     dataset = tagged(sizes, [0] * len(sizes))
-    sampler = EpisodeSampler(dataset, ways, 1, 1, seed=seed, tasks_per_batch=tasks,
-                             num_batches=batches)
+    sampler = EpisodeSampler(
+        dataset, ways, 1, 1, seed=seed, tasks_per_batch=tasks, num_batches=batches
+    )
     first, second = list(sampler), list(sampler)
     assert first == second and len(first) == len(sampler) == batches
     for indices in first:
@@ -193,8 +212,18 @@ def test_lake_loader_reads_generated_runs(runs):
             assert torch.equal(run.query_images[q], run.support_images[label])
 
 
-DAMAGE = ["drop-class", "drop-item", "bad-line", "unknown-class", "small-png", "not-png",
-          "no-labels", "empty-labels", "duplicate-item", "unlisted-item"]
+DAMAGE = [
+    "drop-class",
+    "drop-item",
+    "bad-line",
+    "unknown-class",
+    "small-png",
+    "not-png",
+    "no-labels",
+    "empty-labels",
+    "duplicate-item",
+    "unlisted-item",
+]
 
 
 @settings(max_examples=50, **SETTINGS)
@@ -250,10 +279,12 @@ def test_lake_loader_strict_shape_and_missing_path(tmp_path):
 
 def test_zz_report_the_number_of_bad_inputs(capsys):
     with capsys.disabled():
-        print(f"\ndata property tests: sampler {COUNTS['sampler_bad']} impossible shapes "
-              f"rejected with TaskError, {COUNTS['sampler_good']} valid; Lake loader "
-              f"{COUNTS['lake_bad']} broken run sets rejected with OmniglotError, "
-              f"{COUNTS['lake_good']} valid")
+        print(
+            f"\ndata property tests: sampler {COUNTS['sampler_bad']} impossible shapes "
+            f"rejected with TaskError, {COUNTS['sampler_good']} valid; Lake loader "
+            f"{COUNTS['lake_bad']} broken run sets rejected with OmniglotError, "
+            f"{COUNTS['lake_good']} valid"
+        )
     if sum(COUNTS.values()) == 0:
         pytest.skip("run together with the property tests above")
     assert COUNTS["sampler_bad"] > 30 and COUNTS["sampler_good"] > 30

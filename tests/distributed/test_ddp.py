@@ -20,7 +20,9 @@ def _make(seed=0):
 
 def _worker(rank, world_size, init_file, out_file, iterations):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
     try:
         learner, opt = _make()
         trainer = DistributedTrainer(learner, opt, meta_batch_size=6, progress=False)
@@ -43,12 +45,17 @@ def test_shard_is_strided_and_complete():
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 def test_two_processes_match_one(tmp_path):
     iterations = 4
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp.pt"), iterations),
-             nprocs=2, join=True)
+    mp.spawn(
+        _worker,
+        args=(2, str(tmp_path / "init"), str(tmp_path / "ddp.pt"), iterations),
+        nprocs=2,
+        join=True,
+    )
     ddp_state = torch.load(tmp_path / "ddp.pt")
     learner, opt = _make()
     ml.Trainer(learner, opt, meta_batch_size=6, progress=False).fit(
-        ml.tasks.Sinusoid(shots=5, queries=5, dtype=torch.float64), iterations)
+        ml.tasks.Sinusoid(shots=5, queries=5, dtype=torch.float64), iterations
+    )
     for k, v in learner.state_dict().items():
         torch.testing.assert_close(ddp_state[k], v, rtol=1e-10, atol=1e-12)
     assert not os.path.exists(tmp_path / "metrics.jsonl")

@@ -106,8 +106,9 @@ def test_first_order_jacobian_is_identity():
     params, xs, ys, _, _ = make_problem(2)
 
     def adapted(flat):
-        return flatten(inner_loop(loss_fn, unflatten(flat), xs, ys, momentum(0.1), 3,
-                                  mode="first_order"))
+        return flatten(
+            inner_loop(loss_fn, unflatten(flat), xs, ys, momentum(0.1), 3, mode="first_order")
+        )
 
     theta = flatten(params)
     identity = torch.eye(theta.numel(), dtype=torch.float64)
@@ -169,7 +170,10 @@ def test_name_filter_prefixes_name_whole_submodules():
     assert name_filter(model, "layers.1.") == ["layers.1.weight", "layers.1.bias"]
     assert name_filter(model, "head.weight") == ["head.weight"]
     assert name_filter(model, ["head", "layers.0"]) == [
-        "layers.0.weight", "layers.0.bias", "head.weight", "head.bias",
+        "layers.0.weight",
+        "layers.0.bias",
+        "head.weight",
+        "head.bias",
     ]
     assert name_filter(model, lambda n: n.endswith("bias"))[-1] == "head.bias"
     assert len(name_filter(model, None)) == 24

@@ -63,8 +63,9 @@ def assert_same_trajectory(ours, theirs):
 
 def test_sgd_equals_torch_sgd():
     seq = gradient_sequence(5)
-    assert_same_trajectory(run_ours(sgd(0.1), seq),
-                           run_torch(lambda p: torch.optim.SGD(p, lr=0.1), seq))
+    assert_same_trajectory(
+        run_ours(sgd(0.1), seq), run_torch(lambda p: torch.optim.SGD(p, lr=0.1), seq)
+    )
 
 
 @pytest.mark.parametrize(
@@ -73,9 +74,7 @@ def test_sgd_equals_torch_sgd():
 def test_momentum_equals_torch_sgd_momentum(beta, nesterov):
     seq = gradient_sequence(6, seed=1)
     ours = run_ours(momentum(0.05, beta=beta, nesterov=nesterov), seq)
-    theirs = run_torch(
-        lambda p: torch.optim.SGD(p, lr=0.05, momentum=beta, nesterov=nesterov), seq
-    )
+    theirs = run_torch(lambda p: torch.optim.SGD(p, lr=0.05, momentum=beta, nesterov=nesterov), seq)
     assert_same_trajectory(ours, theirs)
 
 
@@ -85,9 +84,7 @@ def test_adam_equals_torch_adam(beta1, beta2, eps):
     gradients); with ``eps_root=0`` it is exactly ``torch.optim.Adam``."""
     seq = gradient_sequence(7, seed=2)
     ours = run_ours(adam(0.01, beta1=beta1, beta2=beta2, eps=eps, eps_root=0.0), seq)
-    theirs = run_torch(
-        lambda p: torch.optim.Adam(p, lr=0.01, betas=(beta1, beta2), eps=eps), seq
-    )
+    theirs = run_torch(lambda p: torch.optim.Adam(p, lr=0.01, betas=(beta1, beta2), eps=eps), seq)
     assert_same_trajectory(ours, theirs)
 
 

@@ -40,8 +40,15 @@ def sine_batch(tasks: int = 4, shots: int = 5, seed: int = 0) -> TaskBatch:
     return Sinusoid(shots, shots, dtype=DT).sample(tasks, torch.Generator().manual_seed(seed))
 
 
-def image_batch(tasks: int = 3, ways: int = 3, shots: int = 1, queries: int = 2,
-                size: int = 16, channels: int = 1, seed: int = 0) -> TaskBatch:
+def image_batch(
+    tasks: int = 3,
+    ways: int = 3,
+    shots: int = 1,
+    queries: int = 2,
+    size: int = 16,
+    channels: int = 1,
+    seed: int = 0,
+) -> TaskBatch:
     g = torch.Generator().manual_seed(seed)
     sx = torch.randn(tasks, ways * shots, channels, size, size, generator=g, dtype=DT)
     qx = torch.randn(tasks, ways * queries, channels, size, size, generator=g, dtype=DT)
@@ -142,6 +149,7 @@ def test_vmap_second_order_through_batch_norm_matches_loop():
     """The engine's guard against the PyTorch vmap/batch-norm bug (see next test)."""
     batch = image_batch()
     for norm, extra in (("batch_episode", {}), ("batch_per_step", {"steps": 3})):
+
         def make(norm=norm, extra=extra):
             from metaloop.models import Conv4
 
@@ -153,17 +161,22 @@ def test_vmap_second_order_through_batch_norm_matches_loop():
         assert_close(got, ref)
 
 
-@pytest.mark.xfail(reason="PyTorch: vmapped double backward through batch norm with a batched "
-                   "affine weight is wrong (functorch issue 534); the engine routes around it",
-                   strict=False)
+@pytest.mark.xfail(
+    reason="PyTorch: vmapped double backward through batch norm with a batched "
+    "affine weight is wrong (functorch issue 534); the engine routes around it",
+    strict=False,
+)
 def test_pytorch_vmap_double_backward_through_batch_norm_raw():
     import torch.nn.functional as F
     from torch.func import grad, vmap
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, 2, 4, 4, generator=g)
-    p0 = {"cw": torch.randn(2, 2, 3, 3, generator=g), "w": torch.randn(2, generator=g),
-          "b": torch.randn(2, generator=g)}
+    p0 = {
+        "cw": torch.randn(2, 2, 3, 3, generator=g),
+        "w": torch.randn(2, generator=g),
+        "b": torch.randn(2, generator=g),
+    }
 
     def task(cw, xi):
         def model(p):
@@ -226,8 +239,10 @@ def test_compile_matches_default(cls):
     twin.load_state_dict(learner.state_dict())
     ref2, ref_metrics = twin.meta_loss(batch)
     ref2.backward()
-    assert_close(torch.cat([p.grad.reshape(-1) for p in learner.parameters()]),
-                 torch.cat([p.grad.reshape(-1) for p in twin.parameters()]))
+    assert_close(
+        torch.cat([p.grad.reshape(-1) for p in learner.parameters()]),
+        torch.cat([p.grad.reshape(-1) for p in twin.parameters()]),
+    )
     assert metrics.keys() == ref_metrics.keys()
 
 
@@ -289,8 +304,7 @@ def test_compile_with_inductor_matches_default_in_float32():
     batch = Sinusoid(10, 10).sample(25, torch.Generator().manual_seed(0))
     kw = dict(inner_lr=0.01, inner_steps=1, vectorize="vmap")
     ref, _, _ = meta_grad(MAML, lambda: MLP(1, 1, hidden=(40, 40)), batch, **kw)
-    got, learner, _ = meta_grad(MAML, lambda: MLP(1, 1, hidden=(40, 40)), batch,
-                                compile=True, **kw)
+    got, learner, _ = meta_grad(MAML, lambda: MLP(1, 1, hidden=(40, 40)), batch, compile=True, **kw)
     _no_fallback(learner)
     assert_close(got, ref, rtol=1e-5)
 
@@ -315,9 +329,13 @@ def test_channels_last_matches_default(vectorize):
 def test_bfloat16_autocast_is_close_to_float32(make, batch_fn, loss, vectorize):
     torch.set_default_dtype(torch.float32)
     b = batch_fn()
-    batch = TaskBatch(b.support_x.float(), b.support_y.float() if loss == "mse" else b.support_y,
-                      b.query_x.float(), b.query_y.float() if loss == "mse" else b.query_y,
-                      ways=b.ways)
+    batch = TaskBatch(
+        b.support_x.float(),
+        b.support_y.float() if loss == "mse" else b.support_y,
+        b.query_x.float(),
+        b.query_y.float() if loss == "mse" else b.query_y,
+        ways=b.ways,
+    )
     kw = dict(inner_lr=0.05, inner_steps=1, loss=loss, vectorize=vectorize)
     ref, _, _ = meta_grad(MAML, make, batch, **kw)
     got, learner, _ = meta_grad(MAML, make, batch, autocast="bfloat16", **kw)
@@ -328,8 +346,9 @@ def test_bfloat16_autocast_is_close_to_float32(make, batch_fn, loss, vectorize):
 
 
 def test_bfloat16_autocast_with_vmapped_batch_norm_is_refused_clearly():
-    learner = MAML(tiny_conv(), inner_lr=0.05, loss="cross_entropy", vectorize="vmap",
-                   autocast="bfloat16")
+    learner = MAML(
+        tiny_conv(), inner_lr=0.05, loss="cross_entropy", vectorize="vmap", autocast="bfloat16"
+    )
     with pytest.raises(ValueError, match="vectorize='loop'"):
         learner.meta_loss(image_batch(tasks=2))
 

@@ -91,8 +91,9 @@ def test_same_generator_state_same_batch_different_state_different_batch(name):
 
 
 def test_sinusoid_ranges_and_formula():
-    family = Sinusoid(shots=10, queries=10, amplitude=(0.5, 2.0), phase=(0.2, 1.0),
-                      x_range=(-2.0, 3.0))
+    family = Sinusoid(
+        shots=10, queries=10, amplitude=(0.5, 2.0), phase=(0.2, 1.0), x_range=(-2.0, 3.0)
+    )
     batch = family.sample(500, gen(4))
     amp, phase = batch.info["amplitude"], batch.info["phase"]
     assert amp.min() >= 0.5 and amp.max() <= 2.0
@@ -110,8 +111,9 @@ def test_sinusoid_ranges_and_formula():
 
 
 def test_linear_regression_weights_targets_and_subspace():
-    family = LinearRegression(dim=6, shots=5, queries=5, w_mean=0.5, subspace_dim=2,
-                              basis_seed=3, dtype=torch.float64)
+    family = LinearRegression(
+        dim=6, shots=5, queries=5, w_mean=0.5, subspace_dim=2, basis_seed=3, dtype=torch.float64
+    )
     batch = family.sample(50, gen(6))
     w = batch.info["weights"]
     basis = family.basis
@@ -190,8 +192,7 @@ def test_gaussian_mean_rotating_boundary_and_bandit_structure():
         assert float(b.support_y[t, ~pulled_good].mean()) < 0.25
     regret = BernoulliBandit.regret(good, probs)
     assert torch.all(regret == 0)
-    torch.testing.assert_close(BernoulliBandit.regret((good + 1) % 4, probs),
-                               torch.full((3,), 0.8))
+    torch.testing.assert_close(BernoulliBandit.regret((good + 1) % 4, probs), torch.full((3,), 0.8))
 
 
 @pytest.mark.parametrize(
@@ -210,8 +211,10 @@ def test_gaussian_mean_rotating_boundary_and_bandit_structure():
         (lambda: Quadratic(curvatures=[1.0, 2.0], optima=[1.0]), "equal length"),
         (lambda: Quadratic(curvatures=[1.0]), "given together"),
         (lambda: Quadratic(curvatures=[1.0, -2.0], optima=[0.0, 0.0]), "curvatures must be > 0"),
-        (lambda: Quadratic(curvatures=[1.0, 2.0], optima=[0.0, 0.0], probs=[0.5, 0.6]),
-         "summing to 1"),
+        (
+            lambda: Quadratic(curvatures=[1.0, 2.0], optima=[0.0, 0.0], probs=[0.5, 0.6]),
+            "summing to 1",
+        ),
         (lambda: Quadratic(curvature_range=(0.0, 1.0)), "curvature_range"),
         (lambda: Quadratic(optimum_std=-1.0), "optimum_std must be >= 0"),
         (lambda: GaussianMean(noise_std=-1.0), "noise_std must be >= 0"),
@@ -249,8 +252,9 @@ def test_validate_batch_catches_malformed_batches():
     with pytest.raises(TaskError, match="support_y contains NaN or Inf"):
         validate_batch(replace(batch, support_y=inf_y))
     with pytest.raises(TaskError, match="support set is empty"):
-        validate_batch(replace(batch, support_x=batch.support_x[:, :0],
-                               support_y=batch.support_y[:, :0]))
+        validate_batch(
+            replace(batch, support_x=batch.support_x[:, :0], support_y=batch.support_y[:, :0])
+        )
     with pytest.raises(TaskError, match="query set is empty"):
         validate_batch(replace(batch, query_x=batch.query_x[:, :0], query_y=batch.query_y[:, :0]))
     with pytest.raises(TaskError, match="features differ in shape"):

@@ -71,8 +71,11 @@ def test_corrupt_latest_falls_back_to_previous_with_a_warning(tmp_path, damage):
         assert torch.load(latest, weights_only=False)["iteration"] == 2
     else:
         latest.write_bytes(b"")
-    with pytest.warns(RuntimeWarning, match=r"latest\.pt .*resuming from the previous checkpoint "
-                                            r"latest\.prev\.pt \(iteration 1\)"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"latest\.pt .*resuming from the previous checkpoint "
+        r"latest\.prev\.pt \(iteration 1\)",
+    ):
         loaded = load_latest(tmp_path)
     assert loaded["iteration"] == 1 and torch.equal(loaded["learner"]["w"], torch.ones(64))
 
@@ -106,8 +109,9 @@ def test_atomic_write_text(tmp_path):
 def make_trainer() -> Trainer:
     torch.manual_seed(0)
     learner = MAML(MLP(1, 1, hidden=(8,)))
-    return Trainer(learner, torch.optim.Adam(learner.parameters(), 1e-3), meta_batch_size=3,
-                   progress=False)
+    return Trainer(
+        learner, torch.optim.Adam(learner.parameters(), 1e-3), meta_batch_size=3, progress=False
+    )
 
 
 def test_trainer_resumes_from_previous_when_latest_is_corrupt_and_matches_a_clean_run(tmp_path):

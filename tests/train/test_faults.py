@@ -40,8 +40,13 @@ class Poisoned:
         for t in self.poison.get(self.calls, []):
             scale[t] = 1e30
         amplitude = b.info["amplitude"] * scale
-        return TaskBatch(b.support_x, b.support_y * scale, b.query_x, b.query_y * scale,
-                         info={"amplitude": amplitude, "phase": b.info["phase"]})
+        return TaskBatch(
+            b.support_x,
+            b.support_y * scale,
+            b.query_x,
+            b.query_y * scale,
+            info={"amplitude": amplitude, "phase": b.info["phase"]},
+        )
 
 
 def maml_trainer(nonfinite: str = "stop", seed: int = 0, optimizer=None) -> Trainer:
@@ -148,8 +153,9 @@ class ZeroInputs:
 
 def test_nonfinite_gradient_stops_naming_the_task(tmp_path):
     learner = SqrtLearner()
-    trainer = Trainer(learner, torch.optim.SGD(learner.parameters(), 0.01), meta_batch_size=5,
-                      progress=False)
+    trainer = Trainer(
+        learner, torch.optim.SGD(learner.parameters(), 0.01), meta_batch_size=5, progress=False
+    )
     with pytest.raises(NonFiniteError) as info:
         trainer.fit(ZeroInputs(at=4, task=2), 10, run_dir=tmp_path, checkpoint_every=2)
     assert "non-finite meta-gradient (nan) at iteration 4" in str(info.value)
@@ -182,9 +188,11 @@ def test_overflowed_parameters_never_replace_a_good_checkpoint(tmp_path, at, las
     with pytest.raises(NonFiniteError) as info:
         trainer.fit(Sinusoid(shots=5, queries=5), 12, run_dir=tmp_path, checkpoint_every=3)
     # at == 6: caught by the check before checkpoint 6; at == 7: by iteration 8's loss
-    assert ("non-finite parameters or optimizer state after iteration 6" in str(info.value)
-            if at == 6 else "at iteration 8: the learner's parameters are not finite"
-            in str(info.value))
+    assert (
+        "non-finite parameters or optimizer state after iteration 6" in str(info.value)
+        if at == 6
+        else "at iteration 8: the learner's parameters are not finite" in str(info.value)
+    )
     latest = load_latest(tmp_path)
     assert latest["iteration"] == last_good and finite(latest)
     if last_good > 3:
@@ -201,8 +209,14 @@ def test_nonfinite_validation_is_never_the_best(tmp_path):
     assert math.isnan(trainer.evaluate_tasks(val)["loss"])
     # a NaN validation at the first check must not write best.pt (fit stops at the loss)
     with pytest.raises(NonFiniteError):
-        trainer.fit(Sinusoid(shots=5, queries=5), 3, validate_on=Sinusoid(shots=5, queries=5),
-                    validate_every=1, validation_tasks=4, run_dir=tmp_path)
+        trainer.fit(
+            Sinusoid(shots=5, queries=5),
+            3,
+            validate_on=Sinusoid(shots=5, queries=5),
+            validate_every=1,
+            validation_tasks=4,
+            run_dir=tmp_path,
+        )
     assert not (tmp_path / "best.pt").exists()
     assert not (tmp_path / "latest.pt").exists()  # the initial state is not finite either
 
@@ -220,22 +234,32 @@ def batch(sx=None, sy=None, qx=None, qy=None, ways=None) -> TaskBatch:
 
 
 BAD_EPISODES = [
-    (dict(sy=torch.tensor([[0, 1, 2, 1], [0, 1, 0, 1]]), ways=2),
-     "labels must lie in 0..1 for a 2-way task, found range 0..2"),
+    (
+        dict(sy=torch.tensor([[0, 1, 2, 1], [0, 1, 0, 1]]), ways=2),
+        "labels must lie in 0..1 for a 2-way task, found range 0..2",
+    ),
     (dict(qy=-torch.ones(2, 6, dtype=torch.long), ways=2), "labels must lie in 0..1"),
-    (dict(qx=torch.randn(2, 6, 4), ways=2),
-     "support and query features differ in shape: (3,) vs (4,)"),
-    (dict(sx=torch.randn(2, 0, 3), sy=torch.zeros(2, 0, dtype=torch.long), ways=2),
-     "support set is empty"),
-    (dict(qx=torch.randn(2, 0, 3), qy=torch.zeros(2, 0, dtype=torch.long), ways=2),
-     "query set is empty"),
+    (
+        dict(qx=torch.randn(2, 6, 4), ways=2),
+        "support and query features differ in shape: (3,) vs (4,)",
+    ),
+    (
+        dict(sx=torch.randn(2, 0, 3), sy=torch.zeros(2, 0, dtype=torch.long), ways=2),
+        "support set is empty",
+    ),
+    (
+        dict(qx=torch.randn(2, 0, 3), qy=torch.zeros(2, 0, dtype=torch.long), ways=2),
+        "query set is empty",
+    ),
     (dict(sx=torch.full((2, 4, 3), float("nan")), ways=2), "support_x contains NaN or Inf"),
     (dict(qx=torch.full((2, 6, 3), float("inf")), ways=2), "query_x contains NaN or Inf"),
     (dict(sy=torch.rand(2, 4), qy=torch.rand(2, 6), ways=2), "must hold integer class labels"),
     (dict(sx=torch.randn(3, 4, 3)), "must share the task dimension"),
     (dict(sy=torch.zeros(2, 5, dtype=torch.long)), "disagree in example count"),
-    (dict(sy=torch.rand(2, 4, 1), qy=torch.rand(2, 6, 2)),
-     "support and query targets differ in shape: (1,) vs (2,)"),
+    (
+        dict(sy=torch.rand(2, 4, 1), qy=torch.rand(2, 6, 2)),
+        "support and query targets differ in shape: (1,) vs (2,)",
+    ),
 ]
 
 
@@ -260,8 +284,9 @@ def test_trainer_validates_every_batch_before_any_step(tmp_path, fields, fragmen
     torch.manual_seed(0)
     learner = MAML(MLP(3, 2, hidden=(4,)), loss="cross_entropy")
     before = {k: v.clone() for k, v in learner.state_dict().items()}
-    trainer = Trainer(learner, torch.optim.Adam(learner.parameters()), meta_batch_size=2,
-                      progress=False)
+    trainer = Trainer(
+        learner, torch.optim.Adam(learner.parameters()), meta_batch_size=2, progress=False
+    )
     with pytest.raises(TaskError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         trainer.fit(Fixed(batch(**fields)), 3, run_dir=tmp_path)
     assert trainer.iteration == 0 and not (tmp_path / "latest.pt").exists()
@@ -276,21 +301,41 @@ def test_regression_batch_for_a_classifier_is_refused():
 
 
 # -- model output vs task ------------------------------------------------------------------------
-@pytest.mark.parametrize("family, model, loss, fragment", [
-    (RotatingBoundary(shots=3, queries=3), MLP(2, 3, hidden=(4,)), "cross_entropy",
-     "the model outputs 3 class scores but the task is 2-way: the model's output size must "
-     "equal ways (2)"),
-    (RotatingBoundary(shots=3, queries=3), MLP(2, 1, hidden=(4,)), "cross_entropy",
-     "outputs 1 class scores but the task is 2-way"),
-    (Sinusoid(shots=3, queries=3), MLP(1, 2, hidden=(4,)), "mse",
-     "the model's predictions have shape (3, 2) but the targets have shape (3, 1)"),
-    (Sinusoid(shots=3, queries=3), MLP(2, 1, hidden=(4,)), "mse",
-     "the model cannot process this task (support_x (3, 1), query_x (3, 1)): mat1 and mat2"),
-])
+@pytest.mark.parametrize(
+    "family, model, loss, fragment",
+    [
+        (
+            RotatingBoundary(shots=3, queries=3),
+            MLP(2, 3, hidden=(4,)),
+            "cross_entropy",
+            "the model outputs 3 class scores but the task is 2-way: the model's output size must "
+            "equal ways (2)",
+        ),
+        (
+            RotatingBoundary(shots=3, queries=3),
+            MLP(2, 1, hidden=(4,)),
+            "cross_entropy",
+            "outputs 1 class scores but the task is 2-way",
+        ),
+        (
+            Sinusoid(shots=3, queries=3),
+            MLP(1, 2, hidden=(4,)),
+            "mse",
+            "the model's predictions have shape (3, 2) but the targets have shape (3, 1)",
+        ),
+        (
+            Sinusoid(shots=3, queries=3),
+            MLP(2, 1, hidden=(4,)),
+            "mse",
+            "the model cannot process this task (support_x (3, 1), query_x (3, 1)): mat1 and mat2",
+        ),
+    ],
+)
 def test_model_output_must_fit_the_task(tmp_path, family, model, loss, fragment):
     learner = MAML(model, loss=loss)
-    trainer = Trainer(learner, torch.optim.Adam(learner.parameters()), meta_batch_size=2,
-                      progress=False)
+    trainer = Trainer(
+        learner, torch.optim.Adam(learner.parameters()), meta_batch_size=2, progress=False
+    )
     with pytest.raises(OutputShapeError) as info:
         trainer.fit(family, 3, run_dir=tmp_path)
     assert fragment in str(info.value)
@@ -310,6 +355,7 @@ def test_output_check_does_not_touch_the_rng():
 
 def test_a_learner_with_the_right_output_passes(tmp_path):
     learner = MAML(MLP(2, 2, hidden=(4,)), loss="cross_entropy")
-    trainer = Trainer(learner, torch.optim.Adam(learner.parameters()), meta_batch_size=2,
-                      progress=False)
+    trainer = Trainer(
+        learner, torch.optim.Adam(learner.parameters()), meta_batch_size=2, progress=False
+    )
     assert trainer.fit(RotatingBoundary(shots=3, queries=3), 2).iteration == 2

@@ -27,9 +27,16 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "sinusoid-maml.toml"
 ITERATIONS = 150
 SETTINGS = [
-    f"train.iterations={ITERATIONS}", "train.meta_batch_size=4", "train.checkpoint_every=5",
-    "train.log_every=3", "train.validate_every=10", "train.validation_tasks=8",
-    "train.threads=1", "task.shots=5", "task.queries=5", "model.hidden=[20, 20]",
+    f"train.iterations={ITERATIONS}",
+    "train.meta_batch_size=4",
+    "train.checkpoint_every=5",
+    "train.log_every=3",
+    "train.validate_every=10",
+    "train.validation_tasks=8",
+    "train.threads=1",
+    "task.shots=5",
+    "task.queries=5",
+    "model.hidden=[20, 20]",
 ]
 
 
@@ -41,7 +48,11 @@ def spawn(*args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "metaloop", "train", *args, "--no-progress"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -106,8 +117,10 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     capsys.readouterr()
 
     with capsys.disabled():
-        print(f"\nMETALOOP_KILL_SEED={seed}: killed {delay:.3f}s after the checkpoint of "
-              f"iteration >= {target}; resumed from iteration {resumed_from}")
+        print(
+            f"\nMETALOOP_KILL_SEED={seed}: killed {delay:.3f}s after the checkpoint of "
+            f"iteration >= {target}; resumed from iteration {resumed_from}"
+        )
     a, b = load_checkpoint(ref / "latest.pt"), load_checkpoint(run / "latest.pt")
     assert a["iteration"] == b["iteration"] == ITERATIONS
     assert a["learner"].keys() == b["learner"].keys()

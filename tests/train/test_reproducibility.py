@@ -19,13 +19,27 @@ torch.set_num_threads(1)
 
 def run(tmp_path, name: str, vectorize: str, algorithm=MAML, seed: int = 7):
     torch.manual_seed(seed)
-    learner = algorithm(MLP(1, 1, hidden=(16, 16)), inner_lr=0.01, inner_steps=2,
-                        vectorize=vectorize)
-    trainer = Trainer(learner, torch.optim.Adam(learner.parameters(), 1e-3), meta_batch_size=5,
-                      seed=seed, progress=False)
+    learner = algorithm(
+        MLP(1, 1, hidden=(16, 16)), inner_lr=0.01, inner_steps=2, vectorize=vectorize
+    )
+    trainer = Trainer(
+        learner,
+        torch.optim.Adam(learner.parameters(), 1e-3),
+        meta_batch_size=5,
+        seed=seed,
+        progress=False,
+    )
     family = Sinusoid(shots=5, queries=5)
-    trainer.fit(family, 12, validate_on=family, validate_every=4, validation_tasks=5,
-                run_dir=tmp_path / name, checkpoint_every=6, log_every=3)
+    trainer.fit(
+        family,
+        12,
+        validate_on=family,
+        validate_every=4,
+        validation_tasks=5,
+        run_dir=tmp_path / name,
+        checkpoint_every=6,
+        log_every=3,
+    )
     lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
     log = [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]
     return learner.state_dict(), log

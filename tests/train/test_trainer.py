@@ -18,8 +18,14 @@ torch.set_num_threads(1)
 FAMILY = Sinusoid(shots=5, queries=5)
 
 
-def make(seed: int = 0, lr: float = 1e-3, optimizer: str = "adam", vectorize: str = "auto",
-         scheduler: bool = False, **trainer_kwargs):
+def make(
+    seed: int = 0,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    vectorize: str = "auto",
+    scheduler: bool = False,
+    **trainer_kwargs,
+):
     torch.manual_seed(seed)
     learner = MAML(MLP(1, 1, hidden=(16, 16)), inner_lr=0.01, inner_steps=1, vectorize=vectorize)
     opt_cls = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
@@ -48,8 +54,17 @@ def log(run_dir) -> list[dict]:
 def test_early_stopping_with_patience_keeps_the_best_checkpoint(tmp_path):
     # lr = 0: the validation loss never improves after the first validation
     trainer = make(lr=0.0)
-    result = trainer.fit(FAMILY, 100, validate_on=FAMILY, validate_every=2, validation_tasks=8,
-                         patience=2, run_dir=tmp_path, checkpoint_every=50, log_every=1)
+    result = trainer.fit(
+        FAMILY,
+        100,
+        validate_on=FAMILY,
+        validate_every=2,
+        validation_tasks=8,
+        patience=2,
+        run_dir=tmp_path,
+        checkpoint_every=50,
+        log_every=1,
+    )
     assert result.stopped_early
     assert result.iteration == 6  # validations at 2 (best), 4 and 6 (two without improvement)
     assert result.best_iteration == 2
@@ -59,16 +74,33 @@ def test_early_stopping_with_patience_keeps_the_best_checkpoint(tmp_path):
     assert latest["iteration"] == 6 and latest["bad_validations"] == 2
     # resuming a run that already stopped early does not train further
     again = make(lr=0.0)
-    result2 = again.fit(FAMILY, 100, validate_on=FAMILY, validate_every=2, validation_tasks=8,
-                        patience=2, run_dir=tmp_path, checkpoint_every=50, log_every=1)
+    result2 = again.fit(
+        FAMILY,
+        100,
+        validate_on=FAMILY,
+        validate_every=2,
+        validation_tasks=8,
+        patience=2,
+        run_dir=tmp_path,
+        checkpoint_every=50,
+        log_every=1,
+    )
     assert result2.stopped_early and result2.iteration == 6
     assert max(r["iteration"] for r in log(tmp_path)) == 6
 
 
 def test_best_checkpoint_holds_the_best_validation(tmp_path):
     trainer = make(lr=3e-3)
-    result = trainer.fit(FAMILY, 12, validate_on=FAMILY, validate_every=3, validation_tasks=8,
-                         run_dir=tmp_path, checkpoint_every=4, log_every=3)
+    result = trainer.fit(
+        FAMILY,
+        12,
+        validate_on=FAMILY,
+        validate_every=3,
+        validation_tasks=8,
+        run_dir=tmp_path,
+        checkpoint_every=4,
+        log_every=3,
+    )
     val = [r for r in log(tmp_path) if r["split"] == "val"]
     assert [r["iteration"] for r in val] == [3, 6, 9, 12]
     best_loss = min(r["loss"] for r in val)
@@ -121,12 +153,14 @@ def interrupt_at(iteration: int):
     def callback(trainer, record):
         if record["iteration"] == iteration and record["split"] == "train":
             raise Interrupt
+
     return callback
 
 
 def test_resume_in_process_is_bit_identical(tmp_path):
-    kwargs = dict(validate_on=FAMILY, validate_every=4, validation_tasks=6, checkpoint_every=3,
-                  log_every=2)  # checkpoints fall inside logging windows
+    kwargs = dict(
+        validate_on=FAMILY, validate_every=4, validation_tasks=6, checkpoint_every=3, log_every=2
+    )  # checkpoints fall inside logging windows
     reference = make()
     reference.fit(FAMILY, 14, run_dir=tmp_path / "ref", **kwargs)
 

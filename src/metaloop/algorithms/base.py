@@ -41,7 +41,11 @@ class OutputShapeError(TaskError):
 
 
 def check_prediction(
-    prediction: Tensor, target: Tensor, *, classification: bool, ways: int | None = None,
+    prediction: Tensor,
+    target: Tensor,
+    *,
+    classification: bool,
+    ways: int | None = None,
     loss_name: str = "mse",
 ) -> None:
     """Raise ``OutputShapeError`` when predictions cannot be scored against ``target``.
@@ -121,8 +125,13 @@ class MetaLearner(nn.Module):
             self.train(was_training)
             torch.set_rng_state(rng)
         if isinstance(prediction, Tensor):
-            check_prediction(prediction, task.query_y, classification=self.classification,
-                             ways=batch.ways, loss_name=self.loss_name)
+            check_prediction(
+                prediction,
+                task.query_y,
+                classification=self.classification,
+                ways=batch.ways,
+                loss_name=self.loss_name,
+            )
 
     def query_metrics(self, prediction: Tensor, target: Tensor) -> dict[str, Tensor]:
         """Loss (and accuracy for classification) of a prediction on a query set."""

@@ -120,20 +120,24 @@ def pretrain(
         return transform(xb) if transform is not None else xb
 
     if epochs < 0 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, "
-                         f"{batch_size}, {lr}")
+        raise ValueError(
+            f"need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}"
+        )
     tensors = _as_tensors(data, labels)
     if tensors is not None:
         x, y = tensors
         if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-            raise ValueError(f"need as many labels as inputs (and at least one), got "
-                             f"{x.shape[0]} inputs and {y.shape[0]} labels")
+            raise ValueError(
+                f"need as many labels as inputs (and at least one), got "
+                f"{x.shape[0]} inputs and {y.shape[0]} labels"
+            )
         if y.is_floating_point():
             raise ValueError(f"labels must be integer class ids, got dtype {y.dtype}")
         num_classes = num_classes or int(y.max()) + 1
         if int(y.min()) < 0 or int(y.max()) >= num_classes:
-            raise ValueError(f"labels must lie in 0..{num_classes - 1}, found "
-                             f"{int(y.min())}..{int(y.max())}")
+            raise ValueError(
+                f"labels must lie in 0..{num_classes - 1}, found {int(y.min())}..{int(y.max())}"
+            )
         first = x[:1]
 
         def batches() -> Iterator[tuple[Tensor, Tensor]]:
@@ -145,8 +149,9 @@ def pretrain(
         num_classes = num_classes or getattr(data, "num_classes", None)
         if num_classes is None and head is None:
             raise ValueError("pretrain on a generic dataset needs num_classes or head")
-        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
-                                             generator=generator)
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=batch_size, shuffle=True, generator=generator
+        )
         first = torch.as_tensor(data[0][0]).unsqueeze(0)
 
         def batches() -> Iterator[tuple[Tensor, Tensor]]:
@@ -270,8 +275,10 @@ class FineTuneBaseline(MetaLearner):
         if num_classes is not None:
             embedding_dim = embedding_dim or getattr(encoder, "embedding_dim", None)
             if embedding_dim is None:
-                raise ValueError("num_classes needs embedding_dim (the encoder's flattened "
-                                 "output size) to build the pretraining head")
+                raise ValueError(
+                    "num_classes needs embedding_dim (the encoder's flattened "
+                    "output size) to build the pretraining head"
+                )
             self.head = nn.Linear(embedding_dim, num_classes)
 
     @property
@@ -290,8 +297,10 @@ class FineTuneBaseline(MetaLearner):
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """Plain classification loss of ``head(f(x))`` on all support and query examples."""
         if self.head is None:
-            raise ValueError("FineTuneBaseline.meta_loss needs a pretraining head: pass "
-                             "num_classes and embedding_dim")
+            raise ValueError(
+                "FineTuneBaseline.meta_loss needs a pretraining head: pass "
+                "num_classes and embedding_dim"
+            )
         x = torch.cat([batch.support_x, batch.query_x], dim=1).flatten(0, 1)
         local = torch.cat([batch.support_y, batch.query_y], dim=1)
         info = batch.info or {}
@@ -305,22 +314,26 @@ class FineTuneBaseline(MetaLearner):
         if y.shape[0] != x.shape[0]:
             raise TaskError(f"{y.shape[0]} labels for {x.shape[0]} examples in meta_loss")
         if int(y.min()) < 0 or int(y.max()) >= self.head.out_features:
-            raise TaskError(f"labels {int(y.min())}..{int(y.max())} exceed the pretraining "
-                            f"head's {self.head.out_features} classes")
+            raise TaskError(
+                f"labels {int(y.min())}..{int(y.max())} exceed the pretraining "
+                f"head's {self.head.out_features} classes"
+            )
         logits = self.head(embed(self.encoder, x).flatten(1))
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(-1) == y).float().mean()
         return loss, {"loss": float(loss.detach()), "accuracy": float(acc)}
 
     # -- stage 2 ---------------------------------------------------------------------------
-    def _fit_heads(self, z: Tensor, y: Tensor, ways: int, steps: int) -> Iterator[tuple[Tensor,
-                                                                                       Tensor]]:
+    def _fit_heads(
+        self, z: Tensor, y: Tensor, ways: int, steps: int
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield the heads after 0, 1, .., ``steps`` steps on frozen embeddings ``z``."""
         z = z.detach()
         weight, bias = init_heads(z, y, ways, self.head_init)
         weight, bias = weight.requires_grad_(), bias.requires_grad_()
-        opt = _torch_optimizer(self.optimizer_name, [{"params": [weight, bias], "lr": self.lr}],
-                               self.weight_decay)
+        opt = _torch_optimizer(
+            self.optimizer_name, [{"params": [weight, bias], "lr": self.lr}], self.weight_decay
+        )
         yield weight.detach().clone(), bias.detach().clone()
         for _ in range(steps):
             with torch.enable_grad():
@@ -347,10 +360,14 @@ class FineTuneBaseline(MetaLearner):
             z0 = features(params, x)
         weight, bias = init_heads(z0.unsqueeze(0), y.unsqueeze(0), ways, self.head_init)
         weight, bias = weight[0].requires_grad_(), bias[0].requires_grad_()
-        opt = _torch_optimizer(self.optimizer_name, [
-            {"params": list(params.values()), "lr": self.backbone_lr},
-            {"params": [weight, bias], "lr": self.lr},
-        ], self.weight_decay)
+        opt = _torch_optimizer(
+            self.optimizer_name,
+            [
+                {"params": list(params.values()), "lr": self.backbone_lr},
+                {"params": [weight, bias], "lr": self.lr},
+            ],
+            self.weight_decay,
+        )
 
         def snapshot() -> Predictor:
             p = {k: v.detach().clone() for k, v in params.items()}
@@ -411,21 +428,26 @@ class FineTuneBaseline(MetaLearner):
                         "accuracy": (logits.argmax(-1) == batch.query_y).to(z_q.dtype).mean(1),
                     }
             return records
-        per_task: dict[int, dict[str, list[Tensor]]] = {s: {"loss": [], "accuracy": []}
-                                                        for s in wanted}
+        per_task: dict[int, dict[str, list[Tensor]]] = {
+            s: {"loss": [], "accuracy": []} for s in wanted
+        }
         for task in batch:
-            for t, predictor in enumerate(self._fit_all(task.support_x, task.support_y, ways,
-                                                        last)):
+            for t, predictor in enumerate(
+                self._fit_all(task.support_x, task.support_y, ways, last)
+            ):
                 if t in wanted:
                     logits = predictor(task.query_x)
                     per_task[t]["loss"].append(F.cross_entropy(logits, task.query_y))
                     per_task[t]["accuracy"].append(
-                        (logits.argmax(-1) == task.query_y).to(logits.dtype).mean())
+                        (logits.argmax(-1) == task.query_y).to(logits.dtype).mean()
+                    )
         return {s: {k: torch.stack(v) for k, v in m.items()} for s, m in per_task.items()}
 
     def extra_repr(self) -> str:
-        return (f"finetune={self.finetune}, steps={self.steps}, lr={self.lr}, "
-                f"optimizer={self.optimizer_name}, head_init={self.head_init}")
+        return (
+            f"finetune={self.finetune}, steps={self.steps}, lr={self.lr}, "
+            f"optimizer={self.optimizer_name}, head_init={self.head_init}"
+        )
 
 
 # -- the feature-reuse seed experiment ---------------------------------------------------------
@@ -505,30 +527,44 @@ def feature_reuse_experiment(
             loss.backward()
             opt.step()
 
-    def accuracy(learner: MetaLearner, family: RotatingBoundary, steps: int,
-                 tasks: int = test_tasks) -> float:
+    def accuracy(
+        learner: MetaLearner, family: RotatingBoundary, steps: int, tasks: int = test_tasks
+    ) -> float:
         gen = torch.Generator().manual_seed(seed + 10_000)
         metrics = learner.evaluate_batch(family.sample(tasks, gen), steps=(steps,))
         return float(metrics[steps]["accuracy"].mean())
 
     baseline_model = feature_reuse_model()
-    baseline = FineTuneBaseline(baseline_model.features, finetune="head", steps=head_steps,
-                                lr=head_lr, num_classes=2, embedding_dim=1)
+    baseline = FineTuneBaseline(
+        baseline_model.features,
+        finetune="head",
+        steps=head_steps,
+        lr=head_lr,
+        num_classes=2,
+        embedding_dim=1,
+    )
     train(baseline, 1)
     w = baseline_model.features.weight.detach()[0]
     angle = float(torch.rad2deg(torch.atan2(w[1].abs(), w[0].abs())))
-    finetune_all = FineTuneBaseline(baseline_model.features, finetune="all", steps=head_steps,
-                                    lr=head_lr)
+    finetune_all = FineTuneBaseline(
+        baseline_model.features, finetune="all", steps=head_steps, lr=head_lr
+    )
 
     maml_model = feature_reuse_model()
-    maml = MAML(maml_model, inner_lr=inner_lr, inner_steps=inner_steps,
-                loss="cross_entropy", eval_steps=test_steps)
+    maml = MAML(
+        maml_model,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        loss="cross_entropy",
+        eval_steps=test_steps,
+    )
     train(maml, 2)
     return {
         "frozen_features_horizontal": accuracy(baseline, horizontal, head_steps),
         "frozen_features_vertical": accuracy(baseline, vertical, head_steps),
-        "finetune_all_horizontal": accuracy(finetune_all, horizontal, head_steps,
-                                            finetune_all_tasks),
+        "finetune_all_horizontal": accuracy(
+            finetune_all, horizontal, head_steps, finetune_all_tasks
+        ),
         "maml_horizontal": accuracy(maml, horizontal, test_steps),
         "maml_horizontal_0_steps": accuracy(maml, horizontal, 0),
         "maml_vertical": accuracy(maml, vertical, test_steps),

@@ -32,8 +32,15 @@ from metaloop.tasks.base import Task, TaskBatch
 
 
 def _meta_objective(
-    trainable: Params, frozen: Params, buffers: Params, learner: GradientMetaLearner,
-    sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, mode: GradientMode,
+    trainable: Params,
+    frozen: Params,
+    buffers: Params,
+    learner: GradientMetaLearner,
+    sx: Tensor,
+    sy: Tensor,
+    qx: Tensor,
+    qy: Tensor,
+    mode: GradientMode,
 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
     """The meta-loss as a pure function of the learner's parameters (``compile=True``)."""
     losses, accs = functional_call(
@@ -127,8 +134,11 @@ class GradientMetaLearner(MetaLearner):
             raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
         self.chunk_size = chunk_size
         self.speed = SpeedOptions(
-            compile=compile, checkpoint=checkpoint, autocast=autocast,
-            channels_last=channels_last, fuse_forward=fuse_forward,
+            compile=compile,
+            checkpoint=checkpoint,
+            autocast=autocast,
+            channels_last=channels_last,
+            fuse_forward=fuse_forward,
         )
 
     # -- pieces subclasses may override ------------------------------------------------
@@ -176,9 +186,16 @@ class GradientMetaLearner(MetaLearner):
         ):
             return self._adapt_checkpointed(params, buffers, x, y, steps)
         adapted = params
-        for adapted, _ in inner_steps_iter(
-            self.task_loss(buffers), params, x, y, self.make_optimizer(), steps,
-            mode or self.gradient_mode, self.adapt_names, buffers=buffers,
+        for adapted, _ in inner_steps_iter(  # noqa: B007 - the last value is the result
+            self.task_loss(buffers),
+            params,
+            x,
+            y,
+            self.make_optimizer(),
+            steps,
+            mode or self.gradient_mode,
+            self.adapt_names,
+            buffers=buffers,
         ):
             pass
         return adapted
@@ -273,7 +290,9 @@ class GradientMetaLearner(MetaLearner):
             if guard:
                 self.__dict__.pop("_remat_inner", None)
 
-    def metrics(self, loss: Tensor, per_task_loss: Tensor, per_task_acc: Tensor) -> dict[str, float]:
+    def metrics(
+        self, loss: Tensor, per_task_loss: Tensor, per_task_acc: Tensor
+    ) -> dict[str, float]:
         out = {"loss": float(loss.detach()), "query_loss": float(per_task_loss.detach().mean())}
         if self.classification:
             out["accuracy"] = float(per_task_acc.detach().mean())
@@ -323,8 +342,9 @@ class GradientMetaLearner(MetaLearner):
             compiled = None
             if self._vmap_batch_norm_guard(self.gradient_mode):
                 self.speed.compile_skipped(
-                    "meta_grad", "second-order vmap through batch norm runs eagerly with "
-                    "rematerialized steps (a PyTorch vmap bug makes the fused graph wrong)"
+                    "meta_grad",
+                    "second-order vmap through batch norm runs eagerly with "
+                    "rematerialized steps (a PyTorch vmap bug makes the fused graph wrong)",
                 )
             else:
                 compiled = self._meta_loss_compiled(batch)
@@ -398,7 +418,14 @@ class GradientMetaLearner(MetaLearner):
             if 0 in wanted:
                 record(params)
             inner = inner_steps_iter(
-                task_loss, params, sx, sy, optimizer, max(steps), "first_order", self.adapt_names,
+                task_loss,
+                params,
+                sx,
+                sy,
+                optimizer,
+                max(steps),
+                "first_order",
+                self.adapt_names,
                 buffers=buffers,
             )
             for t, (adapted, _) in enumerate(inner, start=1):
@@ -407,8 +434,13 @@ class GradientMetaLearner(MetaLearner):
             return torch.stack(losses), torch.stack(accs)
 
         losses, accs = map_tasks(
-            per_task, batch.support_x, batch.support_y, batch.query_x, batch.query_y,
-            policy=self.policy, chunk_size=self.chunk_size,
+            per_task,
+            batch.support_x,
+            batch.support_y,
+            batch.query_x,
+            batch.query_y,
+            policy=self.policy,
+            chunk_size=self.chunk_size,
         )
         out: StepMetrics = {}
         for j, s in enumerate(steps):

@@ -97,12 +97,16 @@ class IMAML(GradientMetaLearner):
                 lambda p: plain(p, sx, sy), phi, g_q, lam, cg_steps
             )
             acc = accuracy(prediction, qy) if classification else torch.zeros_like(loss)
-            return (loss.detach(), acc.detach(), residual.detach(),
-                    *(v[n].detach() for n in names))
+            return (loss.detach(), acc.detach(), residual.detach(), *(v[n].detach() for n in names))
 
         losses, accs, residuals, *vs = map_tasks(
-            per_task, batch.support_x, batch.support_y, batch.query_x, batch.query_y,
-            policy=self.policy, chunk_size=self.chunk_size,
+            per_task,
+            batch.support_x,
+            batch.support_y,
+            batch.query_x,
+            batch.query_y,
+            policy=self.policy,
+            chunk_size=self.chunk_size,
         )
         query_loss = losses.mean()
         surrogate = sum((params[n] * v.mean(0)).sum() for n, v in zip(names, vs))

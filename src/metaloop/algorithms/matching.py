@@ -59,8 +59,9 @@ class FullContextEmbedding(nn.Module):
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"fce_steps must be a positive integer, got {steps!r}")
         self.embedding_dim, self.steps = embedding_dim, steps
-        self.support_lstm = nn.LSTM(embedding_dim, embedding_dim, batch_first=True,
-                                    bidirectional=True)
+        self.support_lstm = nn.LSTM(
+            embedding_dim, embedding_dim, batch_first=True, bidirectional=True
+        )
         self.query_cell = nn.LSTMCell(embedding_dim, embedding_dim)
 
     def embed_support(self, z_support: Tensor) -> Tensor:

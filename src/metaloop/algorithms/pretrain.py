@@ -20,7 +20,8 @@ class JointTraining(GradientMetaLearner):
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         x = torch.cat([batch.support_x, batch.query_x], dim=1).flatten(0, 1)
         y = torch.cat([batch.support_y, batch.query_y], dim=1).flatten(0, 1)
-        prediction = call(self.model, dict(self.model.named_parameters()),
-                          dict(self.model.named_buffers()), x)
+        prediction = call(
+            self.model, dict(self.model.named_parameters()), dict(self.model.named_buffers()), x
+        )
         loss = self.loss_fn(prediction, y)
         return loss, {"loss": float(loss.detach())}

@@ -60,13 +60,13 @@ class Reptile(GradientMetaLearner):
         names = self.adapt_names
         # the speed options (compile, autocast, channels-last) apply to the inner loops
         run = self.speed.wrap(self, "reptile", type(self)._adapted_per_task)
-        loss_q, acc, *adapted = run(
-            batch.support_x, batch.support_y, batch.query_x, batch.query_y
-        )
+        loss_q, acc, *adapted = run(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
         tasks = batch.support_x.shape[0]
-        surrogate = 0.5 * sum(
-            ((params[n].unsqueeze(0) - a) ** 2).sum() for n, a in zip(names, adapted)
-        ) / tasks
+        surrogate = (
+            0.5
+            * sum(((params[n].unsqueeze(0) - a) ** 2).sum() for n, a in zip(names, adapted))
+            / tasks
+        )
         metrics = self.metrics(surrogate, loss_q, acc)
         metrics["query_loss_trained_on"] = metrics.pop("query_loss")
         return surrogate, metrics

@@ -81,8 +81,10 @@ def triplet_loss_all(sq_dist: Tensor, labels: Tensor, margin: float) -> Tensor:
     valid = same.unsqueeze(3) & different.unsqueeze(2)  # [T, a, p, n]
     count = valid.sum()
     if int(count) == 0:
-        raise TaskError("no valid triplet in the batch: episodes need a class with two "
-                        "examples and a second class")
+        raise TaskError(
+            "no valid triplet in the batch: episodes need a class with two "
+            "examples and a second class"
+        )
     hinge = (sq_dist.unsqueeze(3) - sq_dist.unsqueeze(2) + margin).clamp_min(0.0)
     return torch.where(valid, hinge, torch.zeros_like(hinge)).sum() / count
 
@@ -93,8 +95,10 @@ def triplet_loss_hard(sq_dist: Tensor, labels: Tensor, margin: float) -> Tensor:
     same, different = pair_masks(labels)
     usable = same.any(-1) & different.any(-1)  # [T, N]
     if not bool(usable.any()):
-        raise TaskError("no valid triplet in the batch: episodes need a class with two "
-                        "examples and a second class")
+        raise TaskError(
+            "no valid triplet in the batch: episodes need a class with two "
+            "examples and a second class"
+        )
     hardest_pos = sq_dist.masked_fill(~same, float("-inf")).amax(-1)
     hardest_neg = sq_dist.masked_fill(~different, float("inf")).amin(-1)
     hinge = (hardest_pos - hardest_neg + margin).clamp_min(0.0)
@@ -139,8 +143,9 @@ class SiameseNet(MetricMetaLearner):
             raise ValueError(f"mining must be 'all' or 'hard', got {mining!r}")
         if not isinstance(margin, (int, float)) or margin <= 0:
             raise ValueError(f"margin must be a positive number, got {margin!r}")
-        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
-                                    or samples < 1):
+        if samples is not None and (
+            isinstance(samples, bool) or not isinstance(samples, int) or samples < 1
+        ):
             raise ValueError(f"samples must be None or a positive integer, got {samples!r}")
         self.pair_loss, self.margin, self.mining = loss, float(margin), mining
         self.balanced, self.samples, self.generator = balanced, samples, generator
@@ -157,8 +162,9 @@ class SiameseNet(MetricMetaLearner):
             if self.pair_loss == "contrastive":
                 same, different = pair_masks(labels)
                 upper = torch.ones_like(same).triu(1)  # each unordered pair once
-                return contrastive_loss(d, same & upper, different & upper, self.margin,
-                                        self.balanced)
+                return contrastive_loss(
+                    d, same & upper, different & upper, self.margin, self.balanced
+                )
             if self.mining == "all":
                 return triplet_loss_all(d, labels, self.margin)
             return triplet_loss_hard(d, labels, self.margin)
@@ -168,8 +174,10 @@ class SiameseNet(MetricMetaLearner):
             i, j, same = i.to(z.device), j.to(z.device), same.to(z.device)
             d = ((z[rows, i] - z[rows, j]) ** 2).sum(-1)
             return contrastive_loss(d, same, ~same, self.margin, self.balanced)
-        a, p, n = (v.to(z.device) for v in
-                   sample_triplet_indices(labels.cpu(), self.samples, self.generator))
+        a, p, n = (
+            v.to(z.device)
+            for v in sample_triplet_indices(labels.cpu(), self.samples, self.generator)
+        )
         d_ap = ((z[rows, a] - z[rows, p]) ** 2).sum(-1)
         d_an = ((z[rows, a] - z[rows, n]) ** 2).sum(-1)
         return (d_ap - d_an + self.margin).clamp_min(0.0).mean()
@@ -191,5 +199,4 @@ class SiameseNet(MetricMetaLearner):
 
     def extra_repr(self) -> str:
         extra = f", mining={self.mining}" if self.pair_loss == "triplet" else ""
-        return (f"loss={self.pair_loss}, margin={self.margin}{extra}, "
-                f"samples={self.samples}")
+        return f"loss={self.pair_loss}, margin={self.margin}{extra}, samples={self.samples}"

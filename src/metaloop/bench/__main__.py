@@ -18,8 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workload", choices=sorted(WORKLOADS))
     parser.add_argument("--repeats", type=int, default=None, help="timed meta-steps per engine")
     parser.add_argument("--warmup", type=int, default=None, help="untimed meta-steps first")
-    parser.add_argument("--engines", default=None,
-                        help="comma-separated, e.g. plain,vmap,vmap+compile (plain always runs)")
+    parser.add_argument(
+        "--engines",
+        default=None,
+        help="comma-separated, e.g. plain,vmap,vmap+compile (plain always runs)",
+    )
     parser.add_argument("--cases", default=None, help="comma-separated case labels")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -28,14 +31,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    parser.add_argument("--profile", default=None, metavar="ENGINE",
-                        help="print a torch.profiler table of this engine instead")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        metavar="ENGINE",
+        help="print a torch.profiler table of this engine instead",
+    )
     args = parser.parse_args(argv)
     if args.profile:
         case = args.cases.split(",")[0] if args.cases else None
-        print(profile_engine(args.workload, args.profile, case=case, device=args.device,
-                             threads=args.threads, steps=args.repeats or 5))
+        print(
+            profile_engine(
+                args.workload,
+                args.profile,
+                case=case,
+                device=args.device,
+                threads=args.threads,
+                steps=args.repeats or 5,
+            )
+        )
         return 0
+
     def split(s: str) -> list[str]:
         return [x for x in s.split(",") if x]
 

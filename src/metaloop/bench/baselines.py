@@ -90,7 +90,7 @@ class PlainLoopProtoNet(nn.Module):
             sy = batch.support_y[i]
             ways = int(batch.ways if batch.ways is not None else sy.max() + 1)
             z = self.encoder(torch.cat([batch.support_x[i], batch.query_x[i]])).flatten(1)
-            zs, zq = z[: sy.shape[0]], z[sy.shape[0]:]
+            zs, zq = z[: sy.shape[0]], z[sy.shape[0] :]
             one_hot = F.one_hot(sy, ways).to(z.dtype)
             prototypes = (one_hot.T @ zs) / one_hot.sum(0).unsqueeze(1)
             logits = -((zq.unsqueeze(1) - prototypes.unsqueeze(0)) ** 2).sum(-1)
@@ -102,8 +102,14 @@ class PlainLoopProtoNet(nn.Module):
 class HigherMAML(nn.Module):
     """MAML with ``higher.innerloop_ctx`` (facebookresearch/higher), one task at a time."""
 
-    def __init__(self, model: nn.Module, inner_lr: float, inner_steps: int = 1,
-                 loss: str = "mse", first_order: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float,
+        inner_steps: int = 1,
+        loss: str = "mse",
+        first_order: bool = False,
+    ) -> None:
         super().__init__()
         import higher  # noqa: F401 - fail early when missing
 
@@ -120,9 +126,10 @@ class HigherMAML(nn.Module):
         total = 0.0
         tasks = len(batch)
         for i in range(tasks):
-            with higher.innerloop_ctx(
-                self.model, self.inner_opt, copy_initial_weights=False
-            ) as (fmodel, diffopt):
+            with higher.innerloop_ctx(self.model, self.inner_opt, copy_initial_weights=False) as (
+                fmodel,
+                diffopt,
+            ):
                 for _ in range(self.inner_steps):
                     diffopt.step(self.loss_fn(fmodel(batch.support_x[i]), batch.support_y[i]))
                 query = self.loss_fn(fmodel(batch.query_x[i]), batch.query_y[i])
@@ -134,8 +141,14 @@ class HigherMAML(nn.Module):
 class TorchOptMAML(nn.Module):
     """MAML with ``torchopt.MetaSGD`` (metaopt/torchopt), one task at a time."""
 
-    def __init__(self, model: nn.Module, inner_lr: float, inner_steps: int = 1,
-                 loss: str = "mse", first_order: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float,
+        inner_steps: int = 1,
+        loss: str = "mse",
+        first_order: bool = False,
+    ) -> None:
         super().__init__()
         import torchopt
 

@@ -191,8 +191,12 @@ def build_engine(name: str, case: Case, model: nn.Module) -> tuple[nn.Module, bo
 
             return ProtoNet(model), channels_last
         raise ValueError(f"unknown ProtoNet engine {name!r}; use plain or protonet")
-    common = dict(inner_lr=case.inner_lr, inner_steps=case.inner_steps, loss=case.loss,
-                  first_order=case.first_order)
+    common = dict(
+        inner_lr=case.inner_lr,
+        inner_steps=case.inner_steps,
+        loss=case.loss,
+        first_order=case.first_order,
+    )
     if base in ("plain", "higher", "torchopt"):
         if kwargs:
             raise ValueError(f"the {base} engine takes no options, got {name!r}")
@@ -218,8 +222,14 @@ def _to_channels_last(batch: TaskBatch) -> TaskBatch:
             return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         return t
 
-    return TaskBatch(cl(batch.support_x), batch.support_y, cl(batch.query_x), batch.query_y,
-                     batch.ways, batch.info)
+    return TaskBatch(
+        cl(batch.support_x),
+        batch.support_y,
+        cl(batch.query_x),
+        batch.query_y,
+        batch.ways,
+        batch.info,
+    )
 
 
 # -- timing ----------------------------------------------------------------------------------
@@ -303,8 +313,10 @@ def run_case(
         floor_fn = _floor_step(floor_model, batch, case.loss, per_task=layout == "per_task")
         floor_fn()
         floor_both = [_timed2(floor_fn, device) for _ in range(repeats)]
-        floors[layout] = (statistics.median(w for w, _ in floor_both),
-                          statistics.median(c for _, c in floor_both))
+        floors[layout] = (
+            statistics.median(w for w, _ in floor_both),
+            statistics.median(c for _, c in floor_both),
+        )
     # the floor is the cheaper way: one big batch is not always faster (CPU caches)
     floor_s, floor_cpu = min(floors.values())
     del floor_model
@@ -314,12 +326,21 @@ def run_case(
     plain_s: float | None = None
     plain_cpu: float | None = None
     for name in engines:
-        entry: dict[str, Any] = {"engine": name, "seconds": None, "seconds_all": None,
-                                 "tasks_per_s": None, "cpu_seconds": None,
-                                 "tasks_per_cpu_s": None, "ratio_to_plain_cpu": None,
-                                 "ratio_to_plain": None, "x_floor": None,
-                                 "first_step_seconds": None, "peak_memory_bytes": None,
-                                 "grad_rel_diff": None, "error": None}
+        entry: dict[str, Any] = {
+            "engine": name,
+            "seconds": None,
+            "seconds_all": None,
+            "tasks_per_s": None,
+            "cpu_seconds": None,
+            "tasks_per_cpu_s": None,
+            "ratio_to_plain_cpu": None,
+            "ratio_to_plain": None,
+            "x_floor": None,
+            "first_step_seconds": None,
+            "peak_memory_bytes": None,
+            "grad_rel_diff": None,
+            "error": None,
+        }
         results.append(entry)
         if log:
             log(f"  {case.label}: {name} ...")
@@ -330,8 +351,11 @@ def run_case(
             step_batch = _to_channels_last(batch) if channels_last else batch
             params = list(model.parameters())
 
-            def step(engine: nn.Module = engine, step_batch: TaskBatch = step_batch,
-                     params: list[Tensor] = params) -> None:
+            def step(
+                engine: nn.Module = engine,
+                step_batch: TaskBatch = step_batch,
+                params: list[Tensor] = params,
+            ) -> None:
                 for p in params:
                     p.grad = None
                 loss, _ = engine.meta_loss(step_batch)
@@ -349,9 +373,14 @@ def run_case(
             times = [w for w, _ in both]
             median = statistics.median(times)
             cpu = statistics.median(c for _, c in both)
-            entry.update(seconds=median, seconds_all=times, tasks_per_s=case.meta_batch / median,
-                         x_floor=median / floor_s, cpu_seconds=cpu,
-                         tasks_per_cpu_s=case.meta_batch / cpu if cpu > 0 else None)
+            entry.update(
+                seconds=median,
+                seconds_all=times,
+                tasks_per_s=case.meta_batch / median,
+                x_floor=median / floor_s,
+                cpu_seconds=cpu,
+                tasks_per_cpu_s=case.meta_batch / cpu if cpu > 0 else None,
+            )
             grads = _grads(model)
             if name == "plain":
                 reference, plain_s, plain_cpu = grads, median, cpu
@@ -369,13 +398,21 @@ def run_case(
     return {
         "case": case.label,
         "meta_batch": case.meta_batch,
-        "settings": {**case.settings, "loss": case.loss, "inner_lr": case.inner_lr,
-                     "inner_steps": case.inner_steps, "first_order": case.first_order,
-                     "kind": case.kind},
-        "floor": {"seconds": floor_s, "tasks_per_s": case.meta_batch / floor_s,
-                  "cpu_seconds": floor_cpu,
-                  **{f"{k}_seconds": v[0] for k, v in floors.items()},
-                  **{f"{k}_cpu_seconds": v[1] for k, v in floors.items()}},
+        "settings": {
+            **case.settings,
+            "loss": case.loss,
+            "inner_lr": case.inner_lr,
+            "inner_steps": case.inner_steps,
+            "first_order": case.first_order,
+            "kind": case.kind,
+        },
+        "floor": {
+            "seconds": floor_s,
+            "tasks_per_s": case.meta_batch / floor_s,
+            "cpu_seconds": floor_cpu,
+            **{f"{k}_seconds": v[0] for k, v in floors.items()},
+            **{f"{k}_cpu_seconds": v[1] for k, v in floors.items()},
+        },
         "engines": results,
     }
 
@@ -426,8 +463,10 @@ def run_benchmark(
         raise ValueError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
     selected = [c for c in spec.cases if cases is None or c.label in cases]
     if not selected:
-        raise ValueError(f"no case of {workload} matches {cases}; cases: "
-                         + ", ".join(c.label for c in spec.cases))
+        raise ValueError(
+            f"no case of {workload} matches {cases}; cases: "
+            + ", ".join(c.label for c in spec.cases)
+        )
     started = datetime.datetime.now(datetime.timezone.utc)
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
@@ -451,7 +490,8 @@ def run_benchmark(
         "repeats": repeats,
         "warmup": warmup,
         "memory_method": (MEMORY_METHOD_CUDA if device.type == "cuda" else MEMORY_METHOD_CPU)
-        if memory else None,
+        if memory
+        else None,
         "libraries": available_libraries(),
         "started": started.isoformat(timespec="seconds"),
         "total_seconds": time.perf_counter() - t0,
@@ -506,11 +546,17 @@ def profile_engine(
                 step()
             _sync(device)
         wall = (time.perf_counter() - t0) / steps
-        title = (f"{workload} [{c.label}] {engine}: {steps} meta-steps, "
-                 f"{torch.get_num_threads()} threads, {wall * 1e3:.2f} ms/step under the profiler")
-    return title + "\n" + prof.key_averages().table(
-        sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total",
-        row_limit=row_limit,
+        title = (
+            f"{workload} [{c.label}] {engine}: {steps} meta-steps, "
+            f"{torch.get_num_threads()} threads, {wall * 1e3:.2f} ms/step under the profiler"
+        )
+    return (
+        title
+        + "\n"
+        + prof.key_averages().table(
+            sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total",
+            row_limit=row_limit,
+        )
     )
 
 
@@ -527,17 +573,22 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['repeats']} repeats (median), load avg "
         + ("-" if load is None else f"{load[0]:.2f} -> {result['load_avg_end'][0]:.2f}"),
     ]
-    header = (f"{'engine':<42}{'tasks/s':>10}{'ms/step':>10}{'x plain':>9}{'x floor':>9}"
-              f"{'peak MB':>10}{'grad diff':>11}{'1st step s':>11}{'tasks/cpu-s':>12}"
-              f"{'x plain cpu':>12}")
+    header = (
+        f"{'engine':<42}{'tasks/s':>10}{'ms/step':>10}{'x plain':>9}{'x floor':>9}"
+        f"{'peak MB':>10}{'grad diff':>11}{'1st step s':>11}{'tasks/cpu-s':>12}"
+        f"{'x plain cpu':>12}"
+    )
     for case in result["cases"]:
         floor = case["floor"]
         lines += [
             "",
             f"[{case['case']}] meta-batch {case['meta_batch']}; floor (query fwd+bwd only): "
             f"{floor['seconds'] * 1e3:.2f} ms = {floor['tasks_per_s']:.1f} tasks/s"
-            + (f" ({case['meta_batch'] / floor['cpu_seconds']:.1f} tasks/cpu-s)"
-               if floor.get("cpu_seconds") else ""),
+            + (
+                f" ({case['meta_batch'] / floor['cpu_seconds']:.1f} tasks/cpu-s)"
+                if floor.get("cpu_seconds")
+                else ""
+            ),
             header,
             "-" * len(header),
         ]

@@ -62,7 +62,11 @@ class Workload:
 
 
 def classification_batch(
-    tasks: int, ways: int, shots: int, queries: int, shape: tuple[int, ...],
+    tasks: int,
+    ways: int,
+    shots: int,
+    queries: int,
+    shape: tuple[int, ...],
     generator: torch.Generator,
 ) -> TaskBatch:
     """Random inputs ``[tasks, ways*shots, *shape]`` with labels ``0..ways-1`` per class."""
@@ -97,8 +101,14 @@ def _conv4(**kwargs: Any) -> Callable[[], nn.Module]:
     return make
 
 
-MAML_ENGINES = ("plain", "loop", "vmap", "vmap+checkpoint", "vmap+compile",
-                "vmap+compile=max-autotune-no-cudagraphs")
+MAML_ENGINES = (
+    "plain",
+    "loop",
+    "vmap",
+    "vmap+checkpoint",
+    "vmap+compile",
+    "vmap+compile=max-autotune-no-cudagraphs",
+)
 # second-order vmap through batch norm runs eagerly (a PyTorch bug; see GradientMetaLearner),
 # so compile is not in the convolutional defaults; channels-last matters for the loop only
 CONV_ENGINES = ("plain", "loop", "loop+channels_last", "vmap")
@@ -119,13 +129,15 @@ def _sinusoid() -> Workload:
         engines=MAML_ENGINES,
         settings={"model": "MLP 1-40-40-1", "support": 10, "query": 10},
     )
-    return Workload("sinusoid", "MAML sinusoid regression (Finn et al. 2017)", (case,), repeats=30,
-                    warmup=3)
+    return Workload(
+        "sinusoid", "MAML sinusoid regression (Finn et al. 2017)", (case,), repeats=30, warmup=3
+    )
 
 
 def _omniglot() -> Workload:
-    make_model = _conv4(in_channels=1, ways=5, hidden=64, image_size=28,
-                        norm="batch_episode", strided=True)
+    make_model = _conv4(
+        in_channels=1, ways=5, hidden=64, image_size=28, norm="batch_episode", strided=True
+    )
     cases = tuple(
         Case(
             label=order,
@@ -138,8 +150,13 @@ def _omniglot() -> Workload:
             inner_steps=1,
             first_order=order == "first_order",
             engines=CONV_ENGINES,
-            settings={"model": "Conv4-64 strided, batch norm", "ways": 5, "shots": 1,
-                      "queries": 15, "image": "1x28x28"},
+            settings={
+                "model": "Conv4-64 strided, batch norm",
+                "ways": 5,
+                "shots": 1,
+                "queries": 15,
+                "image": "1x28x28",
+            },
         )
         for order in ("second_order", "first_order")
     )
@@ -159,30 +176,40 @@ def _memory() -> Workload:
             inner_lr=0.01,
             inner_steps=k,
             engines=MEMORY_ENGINES,
-            settings={"model": "Conv4-32 max-pool, batch norm", "ways": 5, "shots": 5,
-                      "queries": 15, "image": "3x84x84", "inner_steps": k},
+            settings={
+                "model": "Conv4-32 max-pool, batch norm",
+                "ways": 5,
+                "shots": 5,
+                "queries": 15,
+                "image": "3x84x84",
+                "inner_steps": k,
+            },
         )
         for k in (1, 5, 10)
     )
-    return Workload("memory", "second-order MAML peak memory as inner steps grow", cases,
-                    repeats=2)
+    return Workload("memory", "second-order MAML peak memory as inner steps grow", cases, repeats=2)
 
 
 def _protonet() -> Workload:
     case = Case(
         label="60-way 5-shot",
         kind="protonet",
-        make_model=_conv4(in_channels=1, ways=None, hidden=64, image_size=28,
-                          norm="batch_episode"),
+        make_model=_conv4(in_channels=1, ways=None, hidden=64, image_size=28, norm="batch_episode"),
         make_batch=lambda g: classification_batch(1, 60, 5, 5, (1, 28, 28), g),
         meta_batch=1,
         loss="cross_entropy",
         engines=PROTONET_ENGINES,
-        settings={"model": "Conv4-64 max-pool, batch norm", "ways": 60, "shots": 5,
-                  "queries": 5, "image": "1x28x28"},
+        settings={
+            "model": "Conv4-64 max-pool, batch norm",
+            "ways": 60,
+            "shots": 5,
+            "queries": 5,
+            "image": "1x28x28",
+        },
     )
-    return Workload("protonet", "Prototypical Networks, 60-way training episodes", (case,),
-                    repeats=5)
+    return Workload(
+        "protonet", "Prototypical Networks, 60-way training episodes", (case,), repeats=5
+    )
 
 
 WORKLOADS: dict[str, Callable[[], Workload]] = {

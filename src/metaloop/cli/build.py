@@ -83,7 +83,9 @@ def available(registry: dict[str, str]) -> list[str]:
 
 def _lookup(registry: dict[str, str], kind: str, name: Any) -> Any:
     if name not in registry:
-        raise ConfigError(f"unknown {kind} {name!r}; choose one of {', '.join(available(registry))}")
+        raise ConfigError(
+            f"unknown {kind} {name!r}; choose one of {', '.join(available(registry))}"
+        )
     return _load(registry[name], kind, name, registry)
 
 
@@ -101,8 +103,9 @@ def _task_options(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return family, task
 
 
-def build_family(cfg: dict[str, Any], part: str = "train", check_only: bool = False,
-                 **override: Any) -> Any:
+def build_family(
+    cfg: dict[str, Any], part: str = "train", check_only: bool = False, **override: Any
+) -> Any:
     """The task family for ``part`` (``train``, ``val`` or ``test``) with optional overrides
     of ``ways``/``shots``/``queries`` (evaluation uses other episode sizes)."""
     family, options = _task_options(cfg)
@@ -122,15 +125,23 @@ def build_family(cfg: dict[str, Any], part: str = "train", check_only: bool = Fa
     )
 
 
-def _image_family(cfg, family: str, options: dict[str, Any], part: str, check_only: bool,
-                  within_alphabet: bool = False) -> Any:
+def _image_family(
+    cfg,
+    family: str,
+    options: dict[str, Any],
+    part: str,
+    check_only: bool,
+    within_alphabet: bool = False,
+) -> Any:
     from metaloop import data
 
     allowed = {"ways", "shots", "queries"}
     unknown = set(options) - allowed
     if unknown:
-        raise ConfigError(f"[task] unknown key(s) {sorted(unknown)} for omniglot; valid keys are "
-                          f"family, {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"[task] unknown key(s) {sorted(unknown)} for omniglot; valid keys are "
+            f"family, {', '.join(sorted(allowed))}"
+        )
     for k in allowed:
         value = options.get(k)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -160,8 +171,12 @@ def _image_family(cfg, family: str, options: dict[str, Any], part: str, check_on
         raise ConfigError(f"[data]/[task] {err}") from err
 
 
-def build_within_alphabet(cfg: dict[str, Any], ways: int | None = None, shots: int | None = None,
-                          queries: int | None = None) -> Any:
+def build_within_alphabet(
+    cfg: dict[str, Any],
+    ways: int | None = None,
+    shots: int | None = None,
+    queries: int | None = None,
+) -> Any:
     """Lake's within-alphabet test episodes (default 20-way 1-shot, 1 query per class)."""
     family, options = _task_options(cfg)
     if family not in IMAGE_FAMILIES:
@@ -181,7 +196,12 @@ def _model_defaults(cfg: dict[str, Any], name: str) -> dict[str, Any]:
         if family == "quadratic":
             return {"in_features": 1, "out_features": 1, "hidden": (), "bias": False}
         if family == "gaussian_mean":
-            return {"in_features": 1, "out_features": options.get("dim", 1), "hidden": (), "bias": False}
+            return {
+                "in_features": 1,
+                "out_features": options.get("dim", 1),
+                "hidden": (),
+                "bias": False,
+            }
         if family == "rotating_boundary":
             return {"in_features": 2, "out_features": 2}
         if family == "bandit":
@@ -238,5 +258,7 @@ def build_optimizer(cfg: dict[str, Any], learner: nn.Module) -> tuple[torch.opti
     if t["scheduler"] == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t["iterations"])
     elif t["scheduler"] == "step":
-        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, t["iterations"] // 4), gamma=0.5)
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            opt, step_size=max(1, t["iterations"] // 4), gamma=0.5
+        )
     return opt, scheduler

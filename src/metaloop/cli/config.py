@@ -74,9 +74,9 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("eval", "protocol"): ("standard", "within-alphabet"),
     ("data", "split"): ("vinyals", "lake", "small1", "small2"),
 }
-NON_NEGATIVE = {("train", k) for k in ("weight_decay", "grad_clip", "patience", "tasks_per_chunk", "threads")} | {
-    ("eval", k) for k in ("shots", "queries", "ways")
-}
+NON_NEGATIVE = {
+    ("train", k) for k in ("weight_decay", "grad_clip", "patience", "tasks_per_chunk", "threads")
+} | {("eval", k) for k in ("shots", "queries", "ways")}
 FIXED_SECTIONS = {"train": TRAIN_DEFAULTS, "eval": EVAL_DEFAULTS, "data": DATA_DEFAULTS}
 TOP_LEVEL = {"seed": 0, "device": "cpu", "name": ""}
 SECTIONS = ("task", "model", "algorithm", "data", "train", "eval")
@@ -158,7 +158,9 @@ def apply_override(cfg: dict[str, Any], item: str) -> None:
         return
     section, _, sub = key.partition(".")
     if section not in SECTIONS:
-        raise ConfigError(f"--set {key}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
+        raise ConfigError(
+            f"--set {key}: unknown section {section!r}; sections are {', '.join(SECTIONS)}"
+        )
     if "." in sub:  # nested table, e.g. eval.reference.1
         head, _, tail = sub.partition(".")
         table = cfg[section].setdefault(head, {})
@@ -176,8 +178,14 @@ def apply_override(cfg: dict[str, Any], item: str) -> None:
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def _check_type(where: str, value: Any, default: Any) -> Any:
@@ -290,7 +298,8 @@ def constructor_kwargs(
     """Check ``options`` against ``target``'s signature (names and simple types)."""
     sig = inspect.signature(target)
     params = {
-        name: p for name, p in sig.parameters.items()
+        name: p
+        for name, p in sig.parameters.items()
         if name not in ("self", *skip) and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
     accepts_kwargs = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
@@ -301,7 +310,10 @@ def constructor_kwargs(
             if init is None:
                 continue
             for name, p in inspect.signature(init).parameters.items():
-                if name not in ("self", *skip) and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                if name not in ("self", *skip) and p.kind in (
+                    p.POSITIONAL_OR_KEYWORD,
+                    p.KEYWORD_ONLY,
+                ):
                     valid.setdefault(name, p)
     out = {}
     for key, value in options.items():
@@ -330,7 +342,11 @@ def constructor_kwargs(
 # simple annotations (strings under ``from __future__ import annotations``) that configs
 # are checked against: ``int | None``, ``tuple[float, float]``, ``Sequence[int]`` ...
 _SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
-    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (),
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "None": (),
 }
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "a boolean"}
 _SEQUENCE = re.compile(r"^(?:tuple|list|Sequence)\[(\w+)(?:, \.\.\.)?\]$")
@@ -353,14 +369,21 @@ def _annotation_part(part: str) -> tuple[str, Callable[[Any], bool]] | None:
         if not all(w in _TYPE_WORDS for w in items):
             return None
         kinds = ", ".join(_TYPE_WORDS[w] for w in items)
-        return (f"a list of {len(items)} values ({kinds})",
-                lambda v: isinstance(v, (list, tuple)) and len(v) == len(items)
-                and all(_is_instance(x, w) for x, w in zip(v, items)))
+        return (
+            f"a list of {len(items)} values ({kinds})",
+            lambda v: (
+                isinstance(v, (list, tuple))
+                and len(v) == len(items)
+                and all(_is_instance(x, w) for x, w in zip(v, items))
+            ),
+        )
     seq = _SEQUENCE.match(part)
     if seq and seq.group(1) in _TYPE_WORDS:
         word = seq.group(1)
-        return (f"a list of {_TYPE_WORDS[word].split(' ', 1)[1]}s",
-                lambda v: isinstance(v, (list, tuple)) and all(_is_instance(x, word) for x in v))
+        return (
+            f"a list of {_TYPE_WORDS[word].split(' ', 1)[1]}s",
+            lambda v: isinstance(v, (list, tuple)) and all(_is_instance(x, word) for x in v),
+        )
     return None
 
 
@@ -418,8 +441,15 @@ def dump_toml(cfg: Mapping[str, Any]) -> str:
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
-            "\r": "\\r"}
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
 
 
 def _toml_key(key: Any) -> str:

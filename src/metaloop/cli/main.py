@@ -23,20 +23,38 @@ from metaloop.cli.config import EVAL_DEFAULTS, ConfigError, dump_toml, load_conf
 
 CONFIG_NAME = "config.toml"
 # (section, key) that ``metaloop train RUN_DIR --set ...`` may change when resuming
-RESUMABLE = {("train", k) for k in (
-    "iterations", "progress", "nonfinite", "threads", "log_every", "checkpoint_every",
-    "validate_every", "patience", "tensorboard", "grad_clip",
-)} | {("eval", k) for k in EVAL_DEFAULTS} | {
-    # how tasks are batched changes speed and memory, never the numbers (tested)
-    ("algorithm", "vectorize"), ("algorithm", "chunk_size"),
-}
+RESUMABLE = (
+    {
+        ("train", k)
+        for k in (
+            "iterations",
+            "progress",
+            "nonfinite",
+            "threads",
+            "log_every",
+            "checkpoint_every",
+            "validate_every",
+            "patience",
+            "tensorboard",
+            "grad_clip",
+        )
+    }
+    | {("eval", k) for k in EVAL_DEFAULTS}
+    | {
+        # how tasks are batched changes speed and memory, never the numbers (tested)
+        ("algorithm", "vectorize"),
+        ("algorithm", "chunk_size"),
+    }
+)
 
 
 def _steps(text: str) -> list[int]:
     try:
         steps = [int(s) for s in text.split(",") if s.strip()]
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--steps takes integers separated by commas, got {text!r}") from err
+        raise argparse.ArgumentTypeError(
+            f"--steps takes integers separated by commas, got {text!r}"
+        ) from err
     if not steps or any(s < 0 for s in steps):
         raise argparse.ArgumentTypeError(f"--steps takes integers >= 0, got {text!r}")
     return steps
@@ -59,8 +77,14 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="meta-train from a TOML config, or resume a run directory")
     t.add_argument("config", help="a TOML config file, or an existing run directory to resume")
     t.add_argument("--run-dir", help="where config, metrics, checkpoints and plots go")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. train.iterations=1000 (repeatable)")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. train.iterations=1000 (repeatable)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="evaluate a run: mean +- 95%% CI per inner step count")
@@ -80,9 +104,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("workload", help="sinusoid, omniglot, memory or protonet")
     b.add_argument("--repeats", type=_positive, default=None)
     b.add_argument("--device", default="cpu")
-    b.add_argument("--threads", type=_positive, default=1,
-                   help="torch threads (default 1: on a shared 2-core machine more threads "
-                        "slow small models down; docs/performance.md)")
+    b.add_argument(
+        "--threads",
+        type=_positive,
+        default=1,
+        help="torch threads (default 1: on a shared 2-core machine more threads "
+        "slow small models down; docs/performance.md)",
+    )
     b.add_argument("--json", action="store_true")
 
     pl = sub.add_parser("plot", help="learning curves of a run directory as a PNG")
@@ -155,7 +183,8 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[dict[str, Any], Pat
             raise ConfigError(
                 f"resuming {source}: {'; '.join(changed)} cannot change in a running run (the "
                 "checkpoint would override or contradict it); settings that may change on "
-                "resume: " + ", ".join(sorted(f"{a}.{b}" for a, b in RESUMABLE if a == "train"))
+                "resume: "
+                + ", ".join(sorted(f"{a}.{b}" for a, b in RESUMABLE if a == "train"))
                 + " and [eval]"
             )
         return cfg, run_dir
@@ -166,7 +195,9 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[dict[str, Any], Pat
     saved = run_dir / CONFIG_NAME
     if saved.exists():
         previous = load_config(saved)
-        changed = _differences(previous, cfg, ignore={("train", "iterations"), ("train", "progress")})
+        changed = _differences(
+            previous, cfg, ignore={("train", "iterations"), ("train", "progress")}
+        )
         if changed:
             raise ConfigError(
                 f"{run_dir} already holds a run with a different config ({'; '.join(changed)}); "
@@ -274,33 +305,60 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     release_lock = _acquire_run_lock(run_dir) if main_process else (lambda: None)
     try:
-        return _train(cfg, run_dir, trainer_cls, main_process, family, val_family, learner,
-                      optimizer, scheduler)
+        return _train(
+            cfg,
+            run_dir,
+            trainer_cls,
+            main_process,
+            family,
+            val_family,
+            learner,
+            optimizer,
+            scheduler,
+        )
     finally:
         release_lock()
 
 
-def _train(cfg, run_dir, trainer_cls, main_process, family, val_family, learner, optimizer,
-           scheduler) -> int:
+def _train(
+    cfg, run_dir, trainer_cls, main_process, family, val_family, learner, optimizer, scheduler
+) -> int:
     from metaloop.train.checkpoint import atomic_write_text
 
     t = cfg["train"]
     if main_process:
         atomic_write_text(dump_toml(cfg), run_dir / CONFIG_NAME)  # a kill never truncates it
     trainer = trainer_cls(
-        learner, optimizer, meta_batch_size=t["meta_batch_size"], seed=cfg["seed"],
-        scheduler=scheduler, grad_clip=t["grad_clip"] or None, nonfinite=t["nonfinite"],
-        tasks_per_chunk=t["tasks_per_chunk"] or None, device=cfg["device"],
-        progress=t["progress"], tensorboard=t["tensorboard"],
+        learner,
+        optimizer,
+        meta_batch_size=t["meta_batch_size"],
+        seed=cfg["seed"],
+        scheduler=scheduler,
+        grad_clip=t["grad_clip"] or None,
+        nonfinite=t["nonfinite"],
+        tasks_per_chunk=t["tasks_per_chunk"] or None,
+        device=cfg["device"],
+        progress=t["progress"],
+        tensorboard=t["tensorboard"],
     )
     result = trainer.fit(
-        family, t["iterations"], validate_on=val_family, validate_every=t["validate_every"],
-        validation_tasks=t["validation_tasks"], patience=t["patience"] or None, run_dir=run_dir,
-        checkpoint_every=t["checkpoint_every"], log_every=t["log_every"], config=cfg,
+        family,
+        t["iterations"],
+        validate_on=val_family,
+        validate_every=t["validate_every"],
+        validation_tasks=t["validation_tasks"],
+        patience=t["patience"] or None,
+        run_dir=run_dir,
+        checkpoint_every=t["checkpoint_every"],
+        log_every=t["log_every"],
+        config=cfg,
     )
     summary = {
-        "run_dir": str(run_dir), "iterations": result.iteration, "seconds": round(result.seconds, 1),
-        "best_iteration": result.best_iteration, "best_" + (result.metric_name or "metric"): result.best_metric,
+        "run_dir": str(run_dir),
+        "iterations": result.iteration,
+        "seconds": round(result.seconds, 1),
+        "best_iteration": result.best_iteration,
+        "best_" + (result.metric_name or "metric"): result.best_metric,
         "stopped_early": result.stopped_early,
     }
     if main_process:
@@ -361,26 +419,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         family = build_family(cfg, "test", **sizes)
     seed = args.seed if args.seed is not None else ev["seed"]
-    result = evaluate(learner, family, episodes=episodes, steps=steps, seed=seed,
-                      batch_size=ev["batch_size"], device=cfg["device"])
+    result = evaluate(
+        learner,
+        family,
+        episodes=episodes,
+        steps=steps,
+        seed=seed,
+        batch_size=ev["batch_size"],
+        device=cfg["device"],
+    )
     reference = {str(k): v for k, v in ev.get("reference", {}).items()}
     out = result.to_dict()
-    out.update({
-        "run_dir": str(args.run_dir), "checkpoint": args.checkpoint,
-        "checkpoint_iteration": state.get("iteration"), "protocol": protocol,
-        "task": {k: v for k, v in cfg["task"].items()},
-        "episode": {"ways": getattr(family, "ways", None), "shots": family.shots,
-                    "queries": family.queries},
-        "algorithm": cfg["algorithm"].get("name"),
-        "reference": {"name": ev.get("reference_name", ""), "values": reference} if reference else None,
-    })
+    out.update(
+        {
+            "run_dir": str(args.run_dir),
+            "checkpoint": args.checkpoint,
+            "checkpoint_iteration": state.get("iteration"),
+            "protocol": protocol,
+            "task": {k: v for k, v in cfg["task"].items()},
+            "episode": {
+                "ways": getattr(family, "ways", None),
+                "shots": family.shots,
+                "queries": family.queries,
+            },
+            "algorithm": cfg["algorithm"].get("name"),
+            "reference": {"name": ev.get("reference_name", ""), "values": reference}
+            if reference
+            else None,
+        }
+    )
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"{args.run_dir} ({cfg['algorithm'].get('name')}, checkpoint {args.checkpoint} "
-          f"at iteration {state.get('iteration')}), {protocol} protocol, "
-          f"{getattr(family, 'ways', None) or ''}{'-way ' if getattr(family, 'ways', None) else ''}"
-          f"{family.shots}-shot, {family.queries} queries")
+    print(
+        f"{args.run_dir} ({cfg['algorithm'].get('name')}, checkpoint {args.checkpoint} "
+        f"at iteration {state.get('iteration')}), {protocol} protocol, "
+        f"{getattr(family, 'ways', None) or ''}{'-way ' if getattr(family, 'ways', None) else ''}"
+        f"{family.shots}-shot, {family.queries} queries"
+    )
     print(result)
     if reference:
         name = ev.get("reference_name") or "reference"
@@ -426,14 +502,21 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     _threads(cfg)
     family = build_family(cfg, "test")
     batch = family.sample(args.tasks, torch.Generator().manual_seed(0))
-    report: dict[str, Any] = {"run_dir": str(args.run_dir), "checkpoint_iteration": state.get("iteration")}
+    report: dict[str, Any] = {
+        "run_dir": str(args.run_dir),
+        "checkpoint_iteration": state.get("iteration"),
+    }
     if isinstance(learner, GradientMetaLearner):
         report["adaptation_curve"] = dataclasses.asdict(
-            diagnostics.adaptation_curve(learner, batch, args.max_steps))
+            diagnostics.adaptation_curve(learner, batch, args.max_steps)
+        )
         if hasattr(learner, "first_order"):
-            report["order_gap"] = dataclasses.asdict(diagnostics.first_second_order_gap(learner, batch))
+            report["order_gap"] = dataclasses.asdict(
+                diagnostics.first_second_order_gap(learner, batch)
+            )
     report["meta_gradient"] = dataclasses.asdict(
-        diagnostics.meta_gradient_stats(learner, family, args.tasks, batches=max(2, args.batches)))
+        diagnostics.meta_gradient_stats(learner, family, args.tasks, batches=max(2, args.batches))
+    )
     if args.json:
         print(json.dumps(report))
         return 0
@@ -444,11 +527,15 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
             print(f"{s:>5}   {a:>12.4g}   {b:>10.4g}")
     if "order_gap" in report:
         g = report["order_gap"]
-        print(f"first vs second order: cosine {g['cosine']:.4f}, relative difference "
-              f"{g['relative_difference']:.4f}")
+        print(
+            f"first vs second order: cosine {g['cosine']:.4f}, relative difference "
+            f"{g['relative_difference']:.4f}"
+        )
     m = report["meta_gradient"]
-    print(f"meta-gradient over {m['batches']} batches of {args.tasks}: |mean| {m['mean_norm']:.4g}, "
-          f"trace cov {m['variance']:.4g}, signal/noise {m['signal_to_noise']:.3g}")
+    print(
+        f"meta-gradient over {m['batches']} batches of {args.tasks}: |mean| {m['mean_norm']:.4g}, "
+        f"trace cov {m['variance']:.4g}, signal/noise {m['signal_to_noise']:.3g}"
+    )
     return 0
 
 
@@ -470,8 +557,13 @@ def cmd_lake(args: argparse.Namespace) -> int:
             return predictor(task.query_x).argmax(-1)
 
     score = lake.score_runs(predict, runs)
-    report = {"errors": list(score.errors), "mean_error": score.mean_error, "runs": len(score.errors),
-              "run_dir": str(args.run_dir), "checkpoint_iteration": state.get("iteration")}
+    report = {
+        "errors": list(score.errors),
+        "mean_error": score.mean_error,
+        "runs": len(score.errors),
+        "run_dir": str(args.run_dir),
+        "checkpoint_iteration": state.get("iteration"),
+    }
     if args.json:
         print(json.dumps(report))
     else:

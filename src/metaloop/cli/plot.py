@@ -36,7 +36,11 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     val_key = "accuracy" if val and "accuracy" in val[0] else "loss"
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     axes[0].plot([r["iteration"] for r in train], [r["loss"] for r in train], lw=1)
-    axes[0].set(xlabel="iteration", ylabel="meta-loss (train)", yscale="log" if val_key == "loss" else "linear")
+    axes[0].set(
+        xlabel="iteration",
+        ylabel="meta-loss (train)",
+        yscale="log" if val_key == "loss" else "linear",
+    )
     if val:
         axes[1].plot([r["iteration"] for r in val], [r[val_key] for r in val], marker=".", lw=1)
     axes[1].set(xlabel="iteration", ylabel=f"validation {val_key}")

@@ -96,7 +96,11 @@ def omniglot_split(
     evaluation = load_omniglot_subset(root, "evaluation", image_size, **kw)
     minimal = None if split == "lake" else load_omniglot_subset(root, split, image_size, **kw)
     return lake_split(
-        background, evaluation, minimal=minimal, val_alphabets=val_alphabets, seed=seed,
+        background,
+        evaluation,
+        minimal=minimal,
+        val_alphabets=val_alphabets,
+        seed=seed,
         rotate=rotate,
     )
 
@@ -130,8 +134,13 @@ def omniglot_family(
         root, split, image_size=image_size, rotations=rotations, **split_kwargs
     )
     return EpisodicFamily(
-        split_obj[part], ways, shots, queries, transform,
-        class_groups="alphabet" if within_alphabet else None, normalize=normalize,
+        split_obj[part],
+        ways,
+        shots,
+        queries,
+        transform,
+        class_groups="alphabet" if within_alphabet else None,
+        normalize=normalize,
     )
 
 

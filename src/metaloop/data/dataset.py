@@ -272,7 +272,11 @@ class ClassDataset:
         if len(class_info) != self.num_classes:
             raise TaskError(f"need {self.num_classes} class_info entries, got {len(class_info)}")
         return ClassDataset(
-            self.storage, self.labels, class_info, rows=self.rows, rotations=self.rotations,
+            self.storage,
+            self.labels,
+            class_info,
+            rows=self.rows,
+            rotations=self.rotations,
             name=self.name,
         )
 

@@ -412,6 +412,9 @@ class EpisodeSampler(Sampler[list[int]]):
     def loader(self, num_workers: int = 0, **kwargs: Any) -> DataLoader:
         """``DataLoader`` over this sampler's dataset yielding ``TaskBatch`` objects."""
         return DataLoader(
-            self.dataset, batch_sampler=self, collate_fn=self.collate,
-            num_workers=num_workers, **kwargs,
+            self.dataset,
+            batch_sampler=self,
+            collate_fn=self.collate,
+            num_workers=num_workers,
+            **kwargs,
         )

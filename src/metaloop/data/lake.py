@@ -116,7 +116,7 @@ def load_runs(
     if len(prefixes) > 1:
         raise OmniglotError(f"{path}: runs found under several folders {sorted(prefixes)}")
     prefix = prefixes.pop()
-    members = {n[len(prefix):] for n in names if n.startswith(prefix)}
+    members = {n[len(prefix) :] for n in names if n.startswith(prefix)}
     runs = [
         _load_run(path, run, prefix, members, read, image_size)
         for _, run, _ in sorted(label_files, key=lambda t: t[1])
@@ -141,9 +141,7 @@ def _load_run(
     image_size: int | None,
 ) -> LakeRun:
     where = f"{path}::{prefix}{run}"
-    classes = sorted(
-        int(m["num"]) for n in members if (m := _TRAIN.match(n)) and m["run"] == run
-    )
+    classes = sorted(int(m["num"]) for n in members if (m := _TRAIN.match(n)) and m["run"] == run)
     if not classes or classes != list(range(1, len(classes) + 1)):
         raise OmniglotError(
             f"{where}/training: expected class01.png .. classNN.png numbered from 1 without "
@@ -270,7 +268,8 @@ def make_fake_runs(
             if len(parts) == 4 and parts[3].endswith(".png"):
                 by_alphabet.setdefault(parts[1], {}).setdefault(parts[2], []).append(name)
         alphabets = sorted(
-            a for a, chars in by_alphabet.items()
+            a
+            for a, chars in by_alphabet.items()
             if sum(len(v) >= 2 for v in chars.values()) >= ways
         )
         needed = -(-runs // 2)

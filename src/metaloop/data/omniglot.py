@@ -78,9 +78,13 @@ CHECKSUMS: dict[str, tuple[str, str]] = {
     "images_background.zip": ("md5", "68d2efa1b9178cc56df9314c21c6e718"),
     "images_evaluation.zip": ("md5", "6b91aef0f799c5bb55b94e3f2daec811"),
     "images_background_small1.zip": (
-        "sha256", "f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4"),
+        "sha256",
+        "f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4",
+    ),
     "images_background_small2.zip": (
-        "sha256", "3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f"),
+        "sha256",
+        "3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f",
+    ),
 }
 ORIGINAL_SIZE = 105
 #: bump when decoding or the cache format changes: older caches are then rebuilt
@@ -269,7 +273,9 @@ class _Source:
         for p in sorted(self.path.rglob("*")):
             if p.is_file():
                 st = p.stat()
-                h.update(f"{p.relative_to(self.path).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+                h.update(
+                    f"{p.relative_to(self.path).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode()
+                )
         return f"dir:{self.path.name}:{h.hexdigest()}"
 
     def close(self) -> None:
@@ -304,9 +310,7 @@ def _decode_chunk(args: tuple[str, list[str], int | None]) -> np.ndarray:
     path, names, image_size = args
     source = _Source(Path(path))
     try:
-        return np.stack(
-            [preprocess_png(source.read(n), image_size, f"{path}::{n}") for n in names]
-        )
+        return np.stack([preprocess_png(source.read(n), image_size, f"{path}::{n}") for n in names])
     finally:
         source.close()
 
@@ -344,13 +348,15 @@ def _parse_layout(source: _Source, subset: str, strict: bool) -> _Layout:
         images = sorted(entries[(alphabet, character)])
         names.extend(n for _, n, _ in images)
         labels.extend([c] * len(images))
-        classes.append({
-            "alphabet": alphabet,
-            "character": character,
-            "character_id": f"{alphabet}/{character}",
-            "index": images[0][2],
-            "subset": subset,
-        })
+        classes.append(
+            {
+                "alphabet": alphabet,
+                "character": character,
+                "character_id": f"{alphabet}/{character}",
+                "index": images[0][2],
+                "subset": subset,
+            }
+        )
     if strict:
         _check_counts(source.path, subset, len(names), classes)
     return _Layout(names, np.asarray(labels, dtype=np.int64), classes)
@@ -474,8 +480,9 @@ def load_omniglot_subset(
     try:
         fingerprint = source.fingerprint()
         meta = _cache_meta(subset, image_size, fingerprint)
-        cache = _cache_path(Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),
-                            subset, image_size)
+        cache = _cache_path(
+            Path(cache_dir).expanduser() if cache_dir else default_cache_dir(), subset, image_size
+        )
         cached = _read_cache(cache, meta) if use_cache else None
         if cached is not None:
             images, labels, classes = cached
@@ -485,8 +492,12 @@ def load_omniglot_subset(
             layout = _parse_layout(source, subset, strict)
             start = time.perf_counter()
             images = _decode_all(path, layout.names, image_size, workers)[:, None]
-            log.info("decoded %d Omniglot images from %s in %.1f s",
-                     len(layout.names), path, time.perf_counter() - start)
+            log.info(
+                "decoded %d Omniglot images from %s in %.1f s",
+                len(layout.names),
+                path,
+                time.perf_counter() - start,
+            )
             labels, classes = layout.labels, layout.classes
             if use_cache:
                 _write_cache(cache, {**meta, "classes": classes}, images, labels)
@@ -518,7 +529,8 @@ def load_omniglot(
     if not kwargs.get("download", False):
         path = resolve_root(root)
         missing = [
-            ARCHIVES[s] for s in subsets
+            ARCHIVES[s]
+            for s in subsets
             if not ((path / f"{ARCHIVES[s]}.zip").is_file() or (path / ARCHIVES[s]).is_dir())
         ]
         if missing:

@@ -25,9 +25,7 @@ from metaloop.tasks.base import TaskBatch, TaskError
 ROTATIONS = (0, 90, 180, 270)
 
 
-def augment_rotations(
-    dataset: ClassDataset, degrees: Sequence[int] = ROTATIONS
-) -> ClassDataset:
+def augment_rotations(dataset: ClassDataset, degrees: Sequence[int] = ROTATIONS) -> ClassDataset:
     """``dataset`` with each class turned by each angle in ``degrees`` as a new class.
 
     Class ``c * len(degrees) + j`` is base class ``c`` turned by ``degrees[j]``
@@ -38,9 +36,7 @@ def augment_rotations(
     degrees = [int(d) for d in degrees]
     bad = [d for d in degrees if d not in ROTATIONS]
     if bad or not degrees or len(set(degrees)) != len(degrees):
-        raise TaskError(
-            f"degrees must be distinct values from {ROTATIONS}, got {list(degrees)}"
-        )
+        raise TaskError(f"degrees must be distinct values from {ROTATIONS}, got {list(degrees)}")
     r = len(degrees)
     turns = torch.tensor([d // 90 for d in degrees], dtype=torch.long)
     labels = torch.cat([dataset.labels * r + j for j in range(r)])
@@ -52,7 +48,11 @@ def augment_rotations(
             total = (int(base.get("rotation", 0)) + d) % 360
             info.append({**base, "rotation": total, "base_class": base.get("base_class", c)})
     return ClassDataset(
-        dataset.storage, labels, info, rows=rows, rotations=rotations,
+        dataset.storage,
+        labels,
+        info,
+        rows=rows,
+        rotations=rotations,
         name=f"{dataset.name}+rot",
     )
 

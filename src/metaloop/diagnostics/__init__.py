@@ -1,4 +1,4 @@
-"""Diagnostics: adaptation curves, meta-gradient statistics, order gap, leave-one-task-out, oracles."""
+"""Diagnostics: adaptation curves, meta-gradient statistics, order gap, oracles."""
 
 from metaloop.diagnostics.core import (
     Curve,

@@ -46,7 +46,9 @@ def adaptation_curve(learner: GradientMetaLearner, batch: TaskBatch, max_steps: 
         raise ValueError(f"max_steps must be >= 0, got {max_steps}")
     steps = list(range(max_steps + 1))
     query = learner.evaluate_batch(batch, steps)
-    swapped = TaskBatch(batch.support_x, batch.support_y, batch.support_x, batch.support_y, batch.ways)
+    swapped = TaskBatch(
+        batch.support_x, batch.support_y, batch.support_x, batch.support_y, batch.ways
+    )
     support = learner.evaluate_batch(swapped, steps)
     return Curve(
         steps,
@@ -82,10 +84,14 @@ def meta_gradient_stats(
     if batches < 2:
         raise ValueError(f"batches must be >= 2 to estimate a variance, got {batches}")
     g = torch.Generator().manual_seed(seed)
-    grads = torch.stack([_flat_grad(learner, family.sample(meta_batch_size, g)) for _ in range(batches)])
+    grads = torch.stack(
+        [_flat_grad(learner, family.sample(meta_batch_size, g)) for _ in range(batches)]
+    )
     mean = grads.mean(0)
     variance = float(grads.var(0, unbiased=True).sum())
-    return GradientStats(batches, float(mean.norm()), variance, float(mean.norm() ** 2) / max(variance, 1e-30))
+    return GradientStats(
+        batches, float(mean.norm()), variance, float(mean.norm() ** 2) / max(variance, 1e-30)
+    )
 
 
 @dataclass
@@ -109,7 +115,12 @@ def first_second_order_gap(learner: GradientMetaLearner, batch: TaskBatch) -> Or
     finally:
         learner.first_order = original
     cos = float(torch.nn.functional.cosine_similarity(g1, g2, dim=0))
-    return OrderGap(cos, float((g2 - g1).norm() / g2.norm().clamp_min(1e-30)), float(g2.norm()), float(g1.norm()))
+    return OrderGap(
+        cos,
+        float((g2 - g1).norm() / g2.norm().clamp_min(1e-30)),
+        float(g2.norm()),
+        float(g1.norm()),
+    )
 
 
 @dataclass
@@ -145,10 +156,20 @@ def leave_one_task_out(
     results = []
     for j in folds:
         keep = [i for i in range(n) if i != j]
-        train = TaskBatch(tasks.support_x[keep], tasks.support_y[keep], tasks.query_x[keep],
-                          tasks.query_y[keep], tasks.ways)
-        held = TaskBatch(tasks.support_x[j:j + 1], tasks.support_y[j:j + 1], tasks.query_x[j:j + 1],
-                         tasks.query_y[j:j + 1], tasks.ways)
+        train = TaskBatch(
+            tasks.support_x[keep],
+            tasks.support_y[keep],
+            tasks.query_x[keep],
+            tasks.query_y[keep],
+            tasks.ways,
+        )
+        held = TaskBatch(
+            tasks.support_x[j : j + 1],
+            tasks.support_y[j : j + 1],
+            tasks.query_x[j : j + 1],
+            tasks.query_y[j : j + 1],
+            tasks.ways,
+        )
         learner = make_learner()
         opt = torch.optim.Adam(learner.parameters(), outer_lr)
         for _ in range(iterations):
@@ -157,10 +178,16 @@ def leave_one_task_out(
             loss.backward()
             opt.step()
         last = lambda r: r[max(r)]["loss"]  # noqa: E731
-        results.append((float(last(learner.evaluate_batch(train, steps)).mean()),
-                        float(last(learner.evaluate_batch(held, steps)).mean())))
+        results.append(
+            (
+                float(last(learner.evaluate_batch(train, steps)).mean()),
+                float(last(learner.evaluate_batch(held, steps)).mean()),
+            )
+        )
     return LeaveOneOut(
-        sum(r[0] for r in results) / len(results), sum(r[1] for r in results) / len(results), results
+        sum(r[0] for r in results) / len(results),
+        sum(r[1] for r in results) / len(results),
+        results,
     )
 
 
@@ -195,7 +222,9 @@ def parameter_distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return math.sqrt(sum(float(((pa[k] - pb[k]) ** 2).sum()) for k in pa))
 
 
-def adapted_copy(learner: GradientMetaLearner, support: tuple[Tensor, Tensor], steps: int) -> torch.nn.Module:
+def adapted_copy(
+    learner: GradientMetaLearner, support: tuple[Tensor, Tensor], steps: int
+) -> torch.nn.Module:
     """A copy of the learner's model with the adapted parameters loaded (for inspection)."""
     params, buffers = split_module(learner.model)
     adapted = detach(learner.adapt_params(params, buffers, *support, steps, "first_order"))

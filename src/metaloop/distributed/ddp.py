@@ -49,8 +49,14 @@ def shard(batch: TaskBatch, rank: int, world_size: int) -> TaskBatch:
             f"meta_batch_size ({len(batch)}) must be >= the number of processes ({world_size})"
         )
     index = torch.arange(rank, len(batch), world_size)
-    return TaskBatch(batch.support_x[index], batch.support_y[index], batch.query_x[index],
-                     batch.query_y[index], batch.ways, batch.info)
+    return TaskBatch(
+        batch.support_x[index],
+        batch.support_y[index],
+        batch.query_x[index],
+        batch.query_y[index],
+        batch.ways,
+        batch.info,
+    )
 
 
 class DistributedTrainer(Trainer):
@@ -81,14 +87,16 @@ class DistributedTrainer(Trainer):
         params = list(self.learner.parameters())
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         keys = sorted(metrics)
-        extra = torch.tensor([weight * metrics[k] for k in keys] + [float(torch.isfinite(loss))],
-                             dtype=grads[0].dtype)
+        extra = torch.tensor(
+            [weight * metrics[k] for k in keys] + [float(torch.isfinite(loss))],
+            dtype=grads[0].dtype,
+        )
         flat = torch.cat([g.reshape(-1) for g in grads] + [extra])
         dist.all_reduce(flat)
         offset = 0
         for p, g in zip(params, grads):
             n = g.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
             offset += n
         reduced = flat[offset:]
         summed = {k: float(v) for k, v in zip(keys, reduced[:-1])}

@@ -45,7 +45,7 @@ def estimate(values: torch.Tensor) -> Estimate:
 
 @dataclass
 class EvalResult:
-    """Per step count, an ``Estimate`` for each metric (``loss``; ``accuracy`` for classification)."""
+    """Per step count, an ``Estimate`` per metric (``loss``; ``accuracy`` for classification)."""
 
     metrics: dict[int, dict[str, Estimate]]
     episodes: int
@@ -61,7 +61,8 @@ class EvalResult:
             "episodes": self.episodes,
             "seed": self.seed,
             "steps": {
-                str(s): {k: asdict(e) for k, e in m.items()} for s, m in sorted(self.metrics.items())
+                str(s): {k: asdict(e) for k, e in m.items()}
+                for s, m in sorted(self.metrics.items())
             },
             **self.extra,
         }
@@ -116,7 +117,5 @@ def evaluate(
             done += n
     finally:
         learner.train(was_training)
-    result = {
-        s: {k: estimate(torch.cat(vs)) for k, vs in m.items()} for s, m in collected.items()
-    }
+    result = {s: {k: estimate(torch.cat(vs)) for k, vs in m.items()} for s, m in collected.items()}
     return EvalResult(result, episodes, seed)

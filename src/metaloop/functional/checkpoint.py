@@ -55,7 +55,8 @@ class _Remat(torch.autograd.Function):
     def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
         tensors = ctx.saved_tensors
         wanted = [
-            i for i, t in enumerate(tensors)
+            i
+            for i, t in enumerate(tensors)
             if ctx.needs_input_grad[i + 1] and (t.is_floating_point() or t.is_complex())
         ]
         grads: list[Tensor | None] = [None] * len(tensors)

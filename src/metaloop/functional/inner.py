@@ -36,7 +36,9 @@ TaskLoss = Callable[[Params, Tensor, Tensor], Tensor]
 
 def check_mode(mode: str) -> None:
     if mode not in GRADIENT_MODES:
-        raise ValueError(f"unknown gradient mode {mode!r}; choose one of {', '.join(GRADIENT_MODES)}")
+        raise ValueError(
+            f"unknown gradient mode {mode!r}; choose one of {', '.join(GRADIENT_MODES)}"
+        )
 
 
 def inner_steps_iter(
@@ -95,7 +97,7 @@ def inner_loop(
 ) -> Params:
     """Run ``steps`` inner steps and return the adapted parameters ``theta_K``."""
     adapted = params
-    for adapted, _ in inner_steps_iter(
+    for adapted, _ in inner_steps_iter(  # noqa: B007 - the last value is the result
         loss_fn, params, x, y, optimizer, steps, mode, adapt, buffers=buffers
     ):
         pass

@@ -66,9 +66,7 @@ def momentum(lr: LearningRate, beta: float = 0.9, nesterov: bool = False) -> Inn
 
     def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
         velocity = {k: beta * state[k] + grads[k] for k in params}
-        direction = (
-            {k: grads[k] + beta * velocity[k] for k in params} if nesterov else velocity
-        )
+        direction = {k: grads[k] + beta * velocity[k] for k in params} if nesterov else velocity
         new = {k: p - _lr_for(lr, k) * direction[k] for k, p in params.items()}
         return new, velocity
 

@@ -50,8 +50,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                   "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+AUTOCAST_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
 
 
 def _autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
@@ -149,8 +154,9 @@ class SpeedOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.compile, (bool, dict)):
-            raise ValueError(f"compile must be a bool or a dict of torch.compile options, "
-                             f"got {self.compile!r}")
+            raise ValueError(
+                f"compile must be a bool or a dict of torch.compile options, got {self.compile!r}"
+            )
         if self.fuse_forward not in (True, False, "auto"):
             raise ValueError(
                 f"fuse_forward must be True, False or 'auto', got {self.fuse_forward!r}"

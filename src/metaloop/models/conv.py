@@ -75,8 +75,12 @@ class Conv4(nn.Module):
         **norm_kwargs: Any,
     ) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("hidden", hidden),
-                            ("image_size", image_size), ("blocks", blocks)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("hidden", hidden),
+            ("image_size", image_size),
+            ("blocks", blocks),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if ways is not None and (isinstance(ways, bool) or not isinstance(ways, int) or ways < 1):

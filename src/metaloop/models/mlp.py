@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 from torch import Tensor, nn
 
@@ -25,12 +26,14 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+            raise ValueError(
+                f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}"
+            )
         sizes = [in_features, *hidden, out_features]
         if any((not isinstance(s, int)) or s < 1 for s in sizes):
             raise ValueError(f"layer sizes must be positive integers, got {sizes}")
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(pairwise(sizes)):
             layers.append(nn.Linear(a, b, bias=bias))
             if i < len(sizes) - 2:
                 layers.append(ACTIVATIONS[activation]())

@@ -138,7 +138,7 @@ class TaskBatch:
 
 
 def _slice_info(info: dict[str, Any], index: int | slice, tasks: int) -> dict[str, Any]:
-    """Per-task entries of ``info`` (tensors with a leading task dimension) sliced like the batch."""
+    """Per-task entries of ``info`` (tensors with a leading task dimension), sliced."""
     return {
         k: v[index] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == tasks else v
         for k, v in info.items()

@@ -80,8 +80,10 @@ def sample_pair_indices(
     n_pos = round(pairs_per_task * positive_fraction)
     counts = (n_pos, pairs_per_task - n_pos)
     firsts, seconds = [], []
-    for mask, count, kind in ((same, counts[0], "same-class"), (different, counts[1],
-                                                                  "different-class")):
+    for mask, count, kind in (
+        (same, counts[0], "same-class"),
+        (different, counts[1], "different-class"),
+    ):
         if count == 0:
             continue
         has = mask.any(-1)  # [T, N]: example has a partner of this kind
@@ -93,8 +95,13 @@ def sample_pair_indices(
         firsts.append(first)
         seconds.append(_uniform_choice(rows, generator))
     i, j = torch.cat(firsts, 1), torch.cat(seconds, 1)
-    same_flag = torch.cat([torch.ones(t, counts[0], dtype=torch.bool, device=labels.device),
-                           torch.zeros(t, counts[1], dtype=torch.bool, device=labels.device)], 1)
+    same_flag = torch.cat(
+        [
+            torch.ones(t, counts[0], dtype=torch.bool, device=labels.device),
+            torch.zeros(t, counts[1], dtype=torch.bool, device=labels.device),
+        ],
+        1,
+    )
     return i, j, same_flag
 
 

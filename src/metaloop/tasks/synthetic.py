@@ -154,7 +154,11 @@ class Quadratic:
             if any(h <= 0 for h in curvatures):
                 raise TaskError(f"curvatures must be > 0, got {list(curvatures)}")
             n = len(curvatures)
-            p = torch.full((n,), 1.0 / n) if probs is None else torch.as_tensor(probs, dtype=torch.float64)
+            p = (
+                torch.full((n,), 1.0 / n)
+                if probs is None
+                else torch.as_tensor(probs, dtype=torch.float64)
+            )
             if p.shape != (n,) or (p < 0).any() or abs(float(p.sum()) - 1) > 1e-6:
                 raise TaskError(f"probs must be {n} non-negative numbers summing to 1, got {probs}")
             self.curvatures = torch.as_tensor(curvatures, dtype=dtype)
@@ -163,7 +167,9 @@ class Quadratic:
         else:
             low, high = curvature_range
             if not 0 < low <= high:
-                raise TaskError(f"curvature_range must satisfy 0 < low <= high, got {curvature_range}")
+                raise TaskError(
+                    f"curvature_range must satisfy 0 < low <= high, got {curvature_range}"
+                )
             self.curvatures = self.optima = self.probs = None
 
     def make_batch(self, curvatures: Tensor, optima: Tensor) -> TaskBatch:
@@ -212,13 +218,18 @@ class GaussianMean:
         if prior_std < 0 or noise_std < 0:
             raise TaskError(f"prior_std and noise_std must be >= 0, got {prior_std}, {noise_std}")
         self.prior_mean, self.prior_std, self.noise_std, self.dtype = (
-            prior_mean, prior_std, noise_std, dtype,
+            prior_mean,
+            prior_std,
+            noise_std,
+            dtype,
         )
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> TaskBatch:
         check_positive("batch_size", batch_size)
         g, dt = generator, self.dtype
-        mu = self.prior_mean + self.prior_std * torch.randn(batch_size, 1, self.dim, generator=g, dtype=dt)
+        mu = self.prior_mean + self.prior_std * torch.randn(
+            batch_size, 1, self.dim, generator=g, dtype=dt
+        )
         n = self.shots + self.queries
         z = mu + self.noise_std * torch.randn(batch_size, n, self.dim, generator=g, dtype=dt)
         x = torch.ones(batch_size, n, 1, dtype=dt)
@@ -310,9 +321,13 @@ class BernoulliBandit:
         p = torch.gather(probs, 1, pulls)
         r = (torch.rand(p.shape, generator=g, dtype=dt) < p).to(dt).unsqueeze(-1)
         s = self.shots
-        return TaskBatch(x[:, :s], r[:, :s], x[:, s:], r[:, s:], info={"probs": probs, "good_arm": good})
+        return TaskBatch(
+            x[:, :s], r[:, :s], x[:, s:], r[:, s:], info={"probs": probs, "good_arm": good}
+        )
 
     @staticmethod
     def regret(chosen_arms: Tensor, probs: Tensor) -> Tensor:
         """Per-task regret ``max_a p_a - p_chosen``."""
-        return probs.max(dim=-1).values - torch.gather(probs, -1, chosen_arms.unsqueeze(-1)).squeeze(-1)
+        return probs.max(dim=-1).values - torch.gather(
+            probs, -1, chosen_arms.unsqueeze(-1)
+        ).squeeze(-1)

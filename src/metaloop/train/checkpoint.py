@@ -147,7 +147,9 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err})") from err
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(err).__name__}: {err})"
+        ) from err
     if not isinstance(state, dict) or "iteration" not in state:
         raise CheckpointError(f"checkpoint {path} does not hold a metaloop training state")
     expected = state.pop("checksum", None)

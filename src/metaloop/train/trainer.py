@@ -112,7 +112,9 @@ class Trainer:
         _positive_int("meta_batch_size", meta_batch_size)
         _positive_int("tasks_per_chunk", tasks_per_chunk, allow_none=True)
         if nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {nonfinite!r}")
+            raise ValueError(
+                f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {nonfinite!r}"
+            )
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
         if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63:
@@ -192,11 +194,15 @@ class Trainer:
         elif bad is None:
             culprits = "the tasks were not checked one by one"
         elif bad:
-            culprits = (f"task(s) {bad} of the {len(batch)} in the meta-batch are non-finite on "
-                        f"their own{_task_info(batch, bad)}")
+            culprits = (
+                f"task(s) {bad} of the {len(batch)} in the meta-batch are non-finite on "
+                f"their own{_task_info(batch, bad)}"
+            )
         else:
-            culprits = (f"no single task of the {len(batch)} in the meta-batch is non-finite on "
-                        "its own; their combination is")
+            culprits = (
+                f"no single task of the {len(batch)} in the meta-batch is non-finite on "
+                "its own; their combination is"
+            )
         message = (
             f"non-finite {what} ({value}) at iteration {iteration}: {culprits}; the meta-batch "
             f"is the one drawn at iteration {iteration} from seed {self.seed}, metrics "
@@ -204,11 +210,14 @@ class Trainer:
         )
         if self.nonfinite == "skip":
             self.skipped_steps += 1
-            warnings.warn(f"{message} The step was skipped (nonfinite='skip').", RuntimeWarning,
-                          stacklevel=3)
+            warnings.warn(
+                f"{message} The step was skipped (nonfinite='skip').", RuntimeWarning, stacklevel=3
+            )
             return {"skipped": 1.0}
-        message += (" Lower the learning rates, clip gradients (grad_clip), or set "
-                    "nonfinite='skip' to drop such steps.")
+        message += (
+            " Lower the learning rates, clip gradients (grad_clip), or set "
+            "nonfinite='skip' to drop such steps."
+        )
         raise NonFiniteError(message, iteration, bad or ())
 
     def _bad_tasks(self, batch: TaskBatch, what: str) -> list[int] | None:
@@ -247,7 +256,9 @@ class Trainer:
         )
 
     # -- validation ----------------------------------------------------------------------
-    def evaluate_tasks(self, batches: Sequence[TaskBatch], steps: Sequence[int] | None = None) -> dict[str, float]:
+    def evaluate_tasks(
+        self, batches: Sequence[TaskBatch], steps: Sequence[int] | None = None
+    ) -> dict[str, float]:
         """Mean query metrics of the learner over fixed task batches."""
         self.learner.eval()
         sums: dict[str, float] = {}
@@ -346,31 +357,43 @@ class Trainer:
                 self._running.add(metrics)
                 record: dict[str, Any] | None = None
                 if self.iteration % log_every == 0 or self.iteration == iterations:
-                    record = {"iteration": self.iteration, "split": "train",
-                              **self._running.pop()}
-                if validation and (self.iteration % validate_every == 0 or self.iteration == iterations):
+                    record = {"iteration": self.iteration, "split": "train", **self._running.pop()}
+                if validation and (
+                    self.iteration % validate_every == 0 or self.iteration == iterations
+                ):
                     val = self.evaluate_tasks(validation, validation_steps)
                     value = val[metric_name]
-                    improved = math.isfinite(value) and (self.best_metric is None or (
-                        value > self.best_metric if maximize else value < self.best_metric
-                    ))
+                    improved = math.isfinite(value) and (
+                        self.best_metric is None
+                        or (value > self.best_metric if maximize else value < self.best_metric)
+                    )
                     if improved:
                         self.best_metric, self.best_iteration = value, self.iteration
                         self.bad_validations = 0
                         if write_path is not None:
                             atomic_save(
-                                {"learner": self.learner.state_dict(), "iteration": self.iteration,
-                                 "metric": {metric_name: value}, "config": config},
+                                {
+                                    "learner": self.learner.state_dict(),
+                                    "iteration": self.iteration,
+                                    "metric": {metric_name: value},
+                                    "config": config,
+                                },
                                 write_path / BEST,
                             )
                     else:
                         self.bad_validations += 1
-                    val_record = {"iteration": self.iteration, "split": "val",
-                                  **val, "best": self.best_metric}
+                    val_record = {
+                        "iteration": self.iteration,
+                        "split": "val",
+                        **val,
+                        "best": self.best_metric,
+                    }
                     history.append(val_record)
                     self._emit(val_record, log_file, writer)
-                    bar.set_postfix_str(f"loss {metrics.get('loss', float('nan')):.4g} "
-                                        f"val {metric_name} {value:.4g}")
+                    bar.set_postfix_str(
+                        f"loss {metrics.get('loss', float('nan')):.4g} "
+                        f"val {metric_name} {value:.4g}"
+                    )
                     if patience is not None and self.bad_validations >= patience:
                         stopped_early = True
                 if record is not None:
@@ -381,7 +404,8 @@ class Trainer:
                         bar.set_postfix_str(f"loss {record.get('loss', float('nan')):.4g}")
                 bar.update(1)
                 if write_path is not None and (
-                    self.iteration % checkpoint_every == 0 or self.iteration == iterations
+                    self.iteration % checkpoint_every == 0
+                    or self.iteration == iterations
                     or stopped_early
                 ):
                     if log_file is not None:
@@ -406,16 +430,23 @@ class Trainer:
                 writer.close()
         self.elapsed = time.perf_counter() - start
         return FitResult(
-            self.iteration, self.best_iteration, self.best_metric,
-            metric_name if validation else None, stopped_early, self.elapsed,
-            self.skipped_steps, history,
+            self.iteration,
+            self.best_iteration,
+            self.best_metric,
+            metric_name if validation else None,
+            stopped_early,
+            self.elapsed,
+            self.skipped_steps,
+            history,
         )
 
     def _validation_batches(self, family: TaskFamily | None, tasks: int) -> list[TaskBatch]:
         if family is None:
             return []
         g = torch.Generator().manual_seed(self.seed + 1_000_003)
-        sizes = [min(self.meta_batch_size, tasks - i) for i in range(0, tasks, self.meta_batch_size)]
+        sizes = [
+            min(self.meta_batch_size, tasks - i) for i in range(0, tasks, self.meta_batch_size)
+        ]
         return [family.sample(n, g) for n in sizes]
 
     def _emit(self, record: dict[str, Any], log_file, writer) -> None:
@@ -506,8 +537,12 @@ def _task_info(batch: TaskBatch, tasks: list[int], limit: int = 3) -> str:
     for i in tasks[:limit]:
         fields = []
         for k, v in (batch.info or {}).items():
-            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == len(batch) \
-                    and v[i].numel() <= 4:
+            if (
+                isinstance(v, torch.Tensor)
+                and v.dim() > 0
+                and v.shape[0] == len(batch)
+                and v[i].numel() <= 4
+            ):
                 values = v[i].flatten().tolist()
                 text = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in values)
                 fields.append(f"{k}={text}")
@@ -537,8 +572,14 @@ def _truncate_log(path: Path, iteration: int) -> None:
 def _progress(enabled: bool, initial: int, total: int):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True,
-                unit="it", desc="meta-train")
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        dynamic_ncols=True,
+        unit="it",
+        desc="meta-train",
+    )
 
 
 def _tensorboard(run_path: Path):
