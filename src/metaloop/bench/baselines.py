@@ -31,7 +31,18 @@ from metaloop.tasks.base import TaskBatch
 LOSSES = {"mse": F.mse_loss, "cross_entropy": F.cross_entropy}
 
 
-class PlainLoopMAML(nn.Module):
+class _PerTaskBaseline(nn.Module):
+    """``meta_loss = (1/T) sum_i task_loss(batch, i)``, the tasks one after another."""
+
+    def task_loss(self, batch: TaskBatch, i: int) -> Tensor:
+        raise NotImplementedError
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        loss = sum(self.task_loss(batch, i) for i in range(len(batch))) / len(batch)
+        return loss, {"loss": float(loss.detach())}
+
+
+class PlainLoopMAML(_PerTaskBaseline):
     """Per-task MAML / FOMAML with plain ``torch.autograd`` (see module doc).
 
     Args:
@@ -65,41 +76,32 @@ class PlainLoopMAML(nn.Module):
             fast = [p - self.inner_lr * g for p, g in zip(fast, grads)]
         return dict(zip(names, fast))
 
-    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
-        total = 0.0
-        tasks = len(batch)
-        for i in range(tasks):
-            fast = self.adapt_one(batch.support_x[i], batch.support_y[i])
-            prediction = functional_call(self.model, fast, (batch.query_x[i],))
-            total = total + self.loss_fn(prediction, batch.query_y[i])
-        loss = total / tasks
-        return loss, {"loss": float(loss.detach())}
+    def task_loss(self, batch: TaskBatch, i: int) -> Tensor:
+        fast = self.adapt_one(batch.support_x[i], batch.support_y[i])
+        return self.loss_fn(
+            functional_call(self.model, fast, (batch.query_x[i],)), batch.query_y[i]
+        )
 
 
-class PlainLoopProtoNet(nn.Module):
+class PlainLoopProtoNet(_PerTaskBaseline):
     """Per-task Prototypical Networks with squared Euclidean distance (see module doc)."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
 
-    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
-        total = 0.0
-        tasks = len(batch)
-        for i in range(tasks):
-            sy = batch.support_y[i]
-            ways = int(batch.ways if batch.ways is not None else sy.max() + 1)
-            z = self.encoder(torch.cat([batch.support_x[i], batch.query_x[i]])).flatten(1)
-            zs, zq = z[: sy.shape[0]], z[sy.shape[0] :]
-            one_hot = F.one_hot(sy, ways).to(z.dtype)
-            prototypes = (one_hot.T @ zs) / one_hot.sum(0).unsqueeze(1)
-            logits = -((zq.unsqueeze(1) - prototypes.unsqueeze(0)) ** 2).sum(-1)
-            total = total + F.cross_entropy(logits, batch.query_y[i])
-        loss = total / tasks
-        return loss, {"loss": float(loss.detach())}
+    def task_loss(self, batch: TaskBatch, i: int) -> Tensor:
+        sy = batch.support_y[i]
+        ways = int(batch.ways if batch.ways is not None else sy.max() + 1)
+        z = self.encoder(torch.cat([batch.support_x[i], batch.query_x[i]])).flatten(1)
+        zs, zq = z[: sy.shape[0]], z[sy.shape[0] :]
+        one_hot = F.one_hot(sy, ways).to(z.dtype)
+        prototypes = (one_hot.T @ zs) / one_hot.sum(0).unsqueeze(1)
+        logits = -((zq.unsqueeze(1) - prototypes.unsqueeze(0)) ** 2).sum(-1)
+        return F.cross_entropy(logits, batch.query_y[i])
 
 
-class HigherMAML(nn.Module):
+class HigherMAML(_PerTaskBaseline):
     """MAML with ``higher.innerloop_ctx`` (facebookresearch/higher), one task at a time."""
 
     def __init__(
@@ -120,25 +122,19 @@ class HigherMAML(nn.Module):
         self.loss_fn = LOSSES[loss]
         self.inner_opt = torch.optim.SGD(model.parameters(), lr=self.inner_lr)
 
-    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+    def task_loss(self, batch: TaskBatch, i: int) -> Tensor:
         import higher
 
-        total = 0.0
-        tasks = len(batch)
-        for i in range(tasks):
-            with higher.innerloop_ctx(self.model, self.inner_opt, copy_initial_weights=False) as (
-                fmodel,
-                diffopt,
-            ):
-                for _ in range(self.inner_steps):
-                    diffopt.step(self.loss_fn(fmodel(batch.support_x[i]), batch.support_y[i]))
-                query = self.loss_fn(fmodel(batch.query_x[i]), batch.query_y[i])
-                total = total + query
-        loss = total / tasks
-        return loss, {"loss": float(loss.detach())}
+        with higher.innerloop_ctx(self.model, self.inner_opt, copy_initial_weights=False) as (
+            fmodel,
+            diffopt,
+        ):
+            for _ in range(self.inner_steps):
+                diffopt.step(self.loss_fn(fmodel(batch.support_x[i]), batch.support_y[i]))
+            return self.loss_fn(fmodel(batch.query_x[i]), batch.query_y[i])
 
 
-class TorchOptMAML(nn.Module):
+class TorchOptMAML(_PerTaskBaseline):
     """MAML with ``torchopt.MetaSGD`` (metaopt/torchopt), one task at a time."""
 
     def __init__(
@@ -159,23 +155,18 @@ class TorchOptMAML(nn.Module):
         self.loss_fn = LOSSES[loss]
         self.inner_opt = torchopt.MetaSGD(model, lr=float(inner_lr))
 
-    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+    def task_loss(self, batch: TaskBatch, i: int) -> Tensor:
         import torchopt
 
-        total = 0.0
-        tasks = len(batch)
+        # MetaSGD updates the module in place: restore the meta-parameters after each task
         state = torchopt.extract_state_dict(self.model)
         optim_state = torchopt.extract_state_dict(self.inner_opt)
-        for i in range(tasks):
-            for _ in range(self.inner_steps):
-                self.inner_opt.step(
-                    self.loss_fn(self.model(batch.support_x[i]), batch.support_y[i])
-                )
-            total = total + self.loss_fn(self.model(batch.query_x[i]), batch.query_y[i])
-            torchopt.recover_state_dict(self.model, state)
-            torchopt.recover_state_dict(self.inner_opt, optim_state)
-        loss = total / tasks
-        return loss, {"loss": float(loss.detach())}
+        for _ in range(self.inner_steps):
+            self.inner_opt.step(self.loss_fn(self.model(batch.support_x[i]), batch.support_y[i]))
+        loss = self.loss_fn(self.model(batch.query_x[i]), batch.query_y[i])
+        torchopt.recover_state_dict(self.model, state)
+        torchopt.recover_state_dict(self.inner_opt, optim_state)
+        return loss
 
 
 def available_libraries() -> dict[str, bool]:
