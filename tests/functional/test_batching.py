@@ -4,6 +4,7 @@ gradient-based learner, and ``auto`` falls back to the loop where ``vmap`` canno
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -193,3 +194,26 @@ def test_loop_engine_updates_running_statistics_and_differentiates_correctly():
 def test_bad_vectorize_mode():
     with pytest.raises(ValueError, match="vectorize must be one of"):
         VectorizePolicy("threads")
+
+
+def test_auto_runs_convolutional_models_as_a_loop_on_cpu_and_mlps_under_vmap():
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    conv_auto = MAML(conv, inner_lr=0.1, loss="cross_entropy")
+    mlp_auto = MAML(MLP(1, 1, hidden=(8,)), inner_lr=0.1)
+    assert not conv_auto.policy.uses_vmap_on("cpu") and conv_auto.policy.uses_vmap_on("cuda")
+    assert mlp_auto.policy.uses_vmap_on("cpu")
+    # an explicit choice is kept on every device
+    forced = MAML(copy.deepcopy(conv), inner_lr=0.1, loss="cross_entropy", vectorize="vmap")
+    assert forced.policy.uses_vmap_on("cpu")
+    # the loop really runs: a function vmap cannot batch (``.item()``) passes without warning
+    policy = VectorizePolicy("auto", loop_on_cpu=True)
+
+    def not_vmappable(x):
+        return (x * float(x.sum().item()),)
+
+    x = torch.randn(3, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (out,) = map_tasks(not_vmappable, x, policy=policy)
+    torch.testing.assert_close(out, x * x.sum(1, keepdim=True))
+    assert policy.vmap_failed is None

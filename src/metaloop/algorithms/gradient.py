@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad
 
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
-from metaloop.functional.batching import VectorizePolicy, map_tasks
+from metaloop.functional.batching import VectorizePolicy, has_convolution, map_tasks
 from metaloop.functional.checkpoint import remat
 from metaloop.functional.inner import GradientMode, TaskLoss, inner_steps_iter
 from metaloop.functional.losses import LossFn, accuracy
@@ -79,7 +79,8 @@ class GradientMetaLearner(MetaLearner):
         adapt: which parameters the inner loop changes: ``None`` for all, a name prefix or a
             list of prefixes, or a predicate on names.
         eval_steps: inner steps at test time (default ``inner_steps``).
-        vectorize: ``"auto"``, ``"vmap"`` or ``"loop"`` (see ``functional.batching``).
+        vectorize: ``"auto"``, ``"vmap"`` or ``"loop"`` (see ``functional.batching``);
+            ``"auto"`` runs convolutional models as a loop on the CPU, where that is faster.
         chunk_size: at most this many tasks in one vectorized call (bounds memory: the
             meta-step's peak memory scales with it; ``1`` is the minimum-memory setting).
         compile: ``torch.compile`` the meta-step (``True`` or a dict of ``torch.compile``
@@ -129,7 +130,7 @@ class GradientMetaLearner(MetaLearner):
         self.inner_optimizer_kwargs = dict(inner_optimizer_kwargs or {})
         make_inner_optimizer(inner_optimizer, self.inner_lr, **self.inner_optimizer_kwargs)
         self.adapt_names = name_filter(model, adapt)
-        self.policy = VectorizePolicy(vectorize)
+        self.policy = VectorizePolicy(vectorize, loop_on_cpu=has_convolution(model))
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
         self.chunk_size = chunk_size
@@ -240,7 +241,7 @@ class GradientMetaLearner(MetaLearner):
         run = self.speed.wrap(self, f"query_loss/{mode}", type(self)._query_losses)
         return run(batch.support_x, batch.support_y, batch.query_x, batch.query_y, mode)
 
-    def _vmap_batch_norm_guard(self, mode: GradientMode) -> bool:
+    def _vmap_batch_norm_guard(self, mode: GradientMode, device: torch.device) -> bool:
         """Whether second-order steps must go through ``remat`` to be correct under vmap.
 
         PyTorch bug (functorch "batch_norm backward batching rule is incorrect"): when a
@@ -254,7 +255,7 @@ class GradientMetaLearner(MetaLearner):
         """
         return (
             mode == "second_order"
-            and self.policy.uses_vmap
+            and self.policy.uses_vmap_on(device)
             and torch.is_grad_enabled()
             and vmap_batch_norm_hazard(self.model)
         )
@@ -273,7 +274,7 @@ class GradientMetaLearner(MetaLearner):
             acc = accuracy(prediction, qy) if classification else torch.zeros_like(loss)
             return loss, acc
 
-        guard = self._vmap_batch_norm_guard(mode)
+        guard = self._vmap_batch_norm_guard(mode, sx.device)
         if guard and self.speed.autocast_dtype is not None:
             raise ValueError(
                 "autocast with second-order vmap through batch norm is not supported (mixed "
@@ -340,7 +341,7 @@ class GradientMetaLearner(MetaLearner):
         """``(1/T) sum_i L_query_i(theta_K^i)`` differentiated per ``gradient_mode``."""
         if self.speed.compile_options is not None and torch.is_grad_enabled():
             compiled = None
-            if self._vmap_batch_norm_guard(self.gradient_mode):
+            if self._vmap_batch_norm_guard(self.gradient_mode, batch.support_x.device):
                 self.speed.compile_skipped(
                     "meta_grad",
                     "second-order vmap through batch norm runs eagerly with "
