@@ -74,3 +74,27 @@ def test_builder_errors(omniglot_root, cache_dir) -> None:
         omniglot_family(omniglot_root, part="dev")
     with pytest.raises(TaskError, match=r"shots \+ queries = 10 \+ 15 = 25 exceeds .*at most 20"):
         omniglot_family(omniglot_root, shots=10, queries=15, cache_dir=cache_dir)
+
+
+def test_config_training_augmentation_and_within_alphabet_episodes(omniglot_root, cache_dir):
+    from metaloop.cli.build import build_family
+    from metaloop.cli.config import load_config
+
+    overrides = [
+        'task.family="omniglot"',
+        "task.ways=20",
+        "task.shots=1",
+        "task.queries=1",
+        'data.split="lake"',
+        f'data.root="{omniglot_root}"',
+        f'data.cache_dir="{cache_dir}"',
+        "data.shift=2",
+        'data.train_episodes="within-alphabet"',
+    ]
+    cfg = load_config(None, overrides)
+    train, val = build_family(cfg, "train"), build_family(cfg, "val")
+    assert repr(train.transform) == "RandomShift(max_shift=2)" and val.transform is None
+    assert train.class_groups == "alphabet" and val.class_groups is None
+    classes = train.sample(4, torch.Generator().manual_seed(0)).info["classes"]
+    for row in classes.tolist():
+        assert len({train.dataset.info(c)["alphabet"] for c in row}) == 1

@@ -163,7 +163,10 @@ def _image_family(
             # Vinyals: rotations are new classes in every part (the protocol's convention);
             # Lake and small: rotations only augment training, test stays Lake's characters.
             rotations=(None if split == "vinyals" else ["train"]) if d["rotations"] else False,
-            within_alphabet=within_alphabet,
+            # training episodes only: augmentation and the choice of classes
+            within_alphabet=within_alphabet
+            or (part == "train" and d["train_episodes"] == "within-alphabet"),
+            transform=data.RandomShift(d["shift"]) if part == "train" and d["shift"] else None,
             cache_dir=d["cache_dir"] or None,
             download=d["download"],
         )

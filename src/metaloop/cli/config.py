@@ -66,6 +66,8 @@ DATA_DEFAULTS: dict[str, Any] = {
     "rotations": True,
     "cache_dir": "",
     "download": False,
+    "shift": 0,
+    "train_episodes": "any",
 }
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("train", "optimizer"): ("adam", "sgd", "adamw"),
@@ -73,10 +75,11 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("train", "nonfinite"): ("stop", "skip"),
     ("eval", "protocol"): ("standard", "within-alphabet"),
     ("data", "split"): ("vinyals", "lake", "small1", "small2"),
+    ("data", "train_episodes"): ("any", "within-alphabet"),
 }
 NON_NEGATIVE = {
     ("train", k) for k in ("weight_decay", "grad_clip", "patience", "tasks_per_chunk", "threads")
-} | {("eval", k) for k in ("shots", "queries", "ways")}
+} | {("eval", k) for k in ("shots", "queries", "ways")} | {("data", "shift")}
 FIXED_SECTIONS = {"train": TRAIN_DEFAULTS, "eval": EVAL_DEFAULTS, "data": DATA_DEFAULTS}
 TOP_LEVEL = {"seed": 0, "device": "cpu", "name": ""}
 SECTIONS = ("task", "model", "algorithm", "data", "train", "eval")
