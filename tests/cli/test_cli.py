@@ -221,7 +221,7 @@ BAD_VALUES = [
     ("eval.steps=[1, -1]", "eval.steps must be a list of integers >= 0"),
     ("eval.episodes=0", "eval.episodes must be > 0, got 0"),
     ("data.shift=-1", "data.shift must be >= 0, got -1"),
-    ('data.train_episodes="same-alphabet"', "data.train_episodes must be one of any, within-alphabet"),
+    ('data.train_episodes="x"', "data.train_episodes must be one of any, within-alphabet"),
     ("seed=1e3", "seed must be an integer, got 1000.0"),
     ("seed=99999999999999999999", "seed must be an integer in -2**63..2**63-1"),
     ('device="tpu"', "device must be one of cpu, cuda, cuda:N or mps, got 'tpu'"),

@@ -77,9 +77,11 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("data", "split"): ("vinyals", "lake", "small1", "small2"),
     ("data", "train_episodes"): ("any", "within-alphabet"),
 }
-NON_NEGATIVE = {
-    ("train", k) for k in ("weight_decay", "grad_clip", "patience", "tasks_per_chunk", "threads")
-} | {("eval", k) for k in ("shots", "queries", "ways")} | {("data", "shift")}
+NON_NEGATIVE = (
+    {("train", k) for k in ("weight_decay", "grad_clip", "patience", "tasks_per_chunk", "threads")}
+    | {("eval", k) for k in ("shots", "queries", "ways")}
+    | {("data", "shift")}
+)
 FIXED_SECTIONS = {"train": TRAIN_DEFAULTS, "eval": EVAL_DEFAULTS, "data": DATA_DEFAULTS}
 TOP_LEVEL = {"seed": 0, "device": "cpu", "name": ""}
 SECTIONS = ("task", "model", "algorithm", "data", "train", "eval")
