@@ -8,7 +8,9 @@
   Hessian term;
 * one-step MAML trained to convergence against the closed-form minimiser of its objective
   (1-D quadratics and linear regression);
-* a short sinusoid run against the jointly trained, fine-tuned baseline.
+* a short sinusoid run against the jointly trained, fine-tuned baseline;
+* per-step batch norm (MAML++ "BNWB"): meta-gradient, evaluation curve and adapted
+  predictor against a hand-written per-task loop that selects the norm rows itself.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.func import functional_call
 
 import metaloop as ml
 from metaloop.algorithms import FOMAML, MAML, JointTraining
-from metaloop.models import MLP
-from metaloop.tasks import LinearRegression, Quadratic, Sinusoid
+from metaloop.models import MLP, Conv4, PerStepBatchNorm2d, set_norm_step
+from metaloop.tasks import LinearRegression, Quadratic, Sinusoid, TaskBatch
 
 torch.set_num_threads(1)
 
@@ -148,6 +151,123 @@ def test_fomaml_gradient_is_query_gradient_at_adapted_params(steps):
     # MAML(first_order=True) is the same learner
     loss2, _ = MAML(model, inner_lr=alpha, inner_steps=steps, first_order=True).meta_loss(batch)
     torch.testing.assert_close(flat_grad(loss2, params), got, rtol=0, atol=0)
+
+
+# -- per-step batch norm (MAML++ "BNWB") ------------------------------------------------------
+PER_STEP_K = 2  # inner steps; the model has K + 2 rows, so row K + 1 is never used
+
+
+def per_step_conv() -> nn.Module:
+    """Two conv blocks with per-step batch norm, float64.  The affine rows are made to
+    differ, so a forward with the wrong row changes the numbers."""
+    torch.manual_seed(3)
+    model = Conv4(
+        1, 3, hidden=3, image_size=8, blocks=2, norm="batch_per_step", steps=PER_STEP_K + 2
+    ).double()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, PerStepBatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.5)
+    return model
+
+
+def image_tasks(tasks: int = 2, ways: int = 3, shots: int = 2, queries: int = 2) -> TaskBatch:
+    g = torch.Generator().manual_seed(4)
+    sx = torch.randn(tasks, ways * shots, 1, 8, 8, generator=g, dtype=torch.float64)
+    qx = torch.randn(tasks, ways * queries, 1, 8, 8, generator=g, dtype=torch.float64)
+    sy = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).contiguous()
+    qy = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).contiguous()
+    return TaskBatch(sx, sy, qx, qy, ways=ways)
+
+
+def per_step_reference(model: nn.Module, batch: TaskBatch, alpha: float, steps: int):
+    """Second-order MAML by hand: a loop over tasks, plain SGD steps with
+    ``torch.autograd.grad(create_graph=True)``, the norm row set explicitly (row ``k`` for
+    the support forward of step ``k``, row ``t`` for the query forward after ``t`` steps).
+    Returns the meta-loss and the query losses ``[T, steps + 1]`` after ``0..steps`` steps."""
+    names = [n for n, _ in model.named_parameters()]
+    ce = nn.functional.cross_entropy
+    meta, curves = 0.0, []
+    for task in batch:
+        fast = list(model.parameters())
+        curve = []
+        for k in range(steps + 1):
+            set_norm_step(model, k)
+            params = dict(zip(names, fast))
+            curve.append(ce(functional_call(model, params, (task.query_x,)), task.query_y))
+            if k == steps:
+                break
+            support = ce(functional_call(model, params, (task.support_x,)), task.support_y)
+            grads = torch.autograd.grad(support, fast, create_graph=True)
+            fast = [f - alpha * g for f, g in zip(fast, grads)]
+        meta = meta + curve[-1] / len(batch)
+        curves.append(torch.stack(curve))
+    return meta, torch.stack(curves)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"vectorize": "loop"},
+        {"vectorize": "vmap"},
+        {"vectorize": "loop", "checkpoint": True},
+        {"vectorize": "vmap", "checkpoint": True},
+    ],
+)
+def test_maml_per_step_batch_norm_meta_gradient(options):
+    """Row k in the support forward of step k, row K in the query forward: the learner's
+    meta-gradient equals the hand-written loop's, rows 0..K get gradient, later rows none."""
+    alpha, batch = 0.3, image_tasks()
+    reference = per_step_conv()
+    ref_loss, _ = per_step_reference(reference, batch, alpha, PER_STEP_K)
+    expected = flat_grad(ref_loss, list(reference.parameters()))
+
+    model = per_step_conv()
+    learner = MAML(model, inner_lr=alpha, inner_steps=PER_STEP_K, loss="cross_entropy", **options)
+    assert learner.per_step_norm and not MAML(small_mlp()).per_step_norm
+    set_norm_step(model, 3)  # a stale row must not matter
+    loss, _ = learner.meta_loss(batch)
+    assert float(loss.detach()) == pytest.approx(float(ref_loss.detach()), rel=1e-12)
+    loss.backward()
+    got = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+    norms = [m for m in model.modules() if isinstance(m, PerStepBatchNorm2d)]
+    assert len(norms) == 2
+    for m in norms:
+        for p in (m.weight, m.bias):
+            per_row = p.grad.abs().sum(dim=1)
+            assert (per_row[: PER_STEP_K + 1] > 0).all(), per_row
+            assert (per_row[PER_STEP_K + 1 :] == 0).all(), per_row
+
+
+@pytest.mark.parametrize("vectorize", ["loop", "vmap"])
+def test_maml_per_step_batch_norm_evaluation_and_adapt(vectorize):
+    """``evaluate_batch`` at steps (0, 1, 2) uses rows 0, 1, 2 for the query (and row k for
+    each support step); ``adapt(steps=t)``'s predictor uses row t."""
+    alpha, batch = 0.3, image_tasks()
+    model = per_step_conv()
+    curves = per_step_reference(model, batch, alpha, PER_STEP_K)[1].detach()
+    learner = MAML(
+        model, inner_lr=alpha, inner_steps=PER_STEP_K, loss="cross_entropy", vectorize=vectorize
+    )
+    set_norm_step(model, 3)
+    metrics = learner.evaluate_batch(batch, steps=(0, 1, 2))
+    got = torch.stack([metrics[t]["loss"] for t in (0, 1, 2)], dim=1)
+    torch.testing.assert_close(got, curves, rtol=1e-10, atol=1e-12)
+    # discriminative: the rows differ, so the query loss at theta_0 depends on the row
+    with torch.no_grad():
+        set_norm_step(model, 1)
+        wrong = nn.functional.cross_entropy(model(batch.query_x[0]), batch.query_y[0])
+    assert float(wrong) != pytest.approx(float(curves[0, 0]), rel=1e-3)
+
+    for i, task in enumerate(batch):
+        for t in (1, 2):
+            predict = learner.adapt(task, steps=t)
+            set_norm_step(model, 0)  # changed between adapt() and the prediction
+            loss = nn.functional.cross_entropy(predict(task.query_x), task.query_y)
+            assert float(loss) == pytest.approx(float(curves[i, t]), rel=1e-10)
 
 
 # -- quadratics: second order minus first order ----------------------------------------------

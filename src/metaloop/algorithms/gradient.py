@@ -8,8 +8,8 @@ how the adapted parameters become a meta-loss (MAML: query loss; Reptile: a surr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +28,10 @@ from metaloop.functional.speed import (
     updates_running_stats,
     vmap_batch_norm_hazard,
 )
+from metaloop.models.norm import PerStepBatchNorm2d, set_norm_step
 from metaloop.tasks.base import Task, TaskBatch
+
+_Item = TypeVar("_Item")
 
 
 def _meta_objective(
@@ -94,6 +97,15 @@ class GradientMetaLearner(MetaLearner):
             support forward of the next step as one call (``"auto"``: only for models
             without batch-statistics normalization).
         See ``metaloop.functional.speed`` and ``docs/performance.md`` for these options.
+
+    Per-step normalization (``norm="batch_per_step"``, MAML++ "BNWB").  When the model holds
+    a ``PerStepBatchNorm2d`` the learner selects its affine row automatically, in every
+    path (``meta_loss`` with either vectorization, ``checkpoint=True``, ``evaluate_batch``,
+    ``adapt``): row ``k`` for the support forward of inner step ``k`` (``k = 0 .. K-1``)
+    and row ``K`` for the query forward after ``K`` steps (rows past the last one clamp
+    to it).  The row is a Python attribute of the layers, hence the same for all tasks of a
+    batch; the learner sets it right before each forward (rematerialized steps set their
+    own row when recomputed).  Models without such a layer run unchanged.
     """
 
     gradient_mode: GradientMode = "second_order"
@@ -141,6 +153,27 @@ class GradientMetaLearner(MetaLearner):
             channels_last=channels_last,
             fuse_forward=fuse_forward,
         )
+        #: whether the model has per-step batch norm, whose row the learner selects
+        self.per_step_norm = any(isinstance(m, PerStepBatchNorm2d) for m in model.modules())
+
+    # -- per-step normalization ----------------------------------------------------------
+    def set_norm_row(self, step: int) -> None:
+        """Select affine row ``step`` of the model's per-step batch norm (no-op without)."""
+        if self.per_step_norm:
+            set_norm_step(self.model, step)
+
+    def _norm_rows(self, inner: Iterator[_Item]) -> Iterator[_Item]:
+        """``inner`` (an ``inner_steps_iter``) with the norm row of each forward selected.
+
+        The generator runs the support forward of step ``t`` inside its ``next()`` after
+        yielding ``theta_t``: so row ``0`` is set before the first ``next()``, and row ``t``
+        right after ``theta_t`` arrives, which also serves a query forward at ``theta_t``
+        made by the consumer before it asks for the next step.
+        """
+        set_norm_step(self.model, 0)
+        for t, item in enumerate(inner, start=1):
+            set_norm_step(self.model, t)
+            yield item
 
     # -- pieces subclasses may override ------------------------------------------------
     def inner_learning_rates(self) -> LearningRate:
@@ -187,7 +220,7 @@ class GradientMetaLearner(MetaLearner):
         ):
             return self._adapt_checkpointed(params, buffers, x, y, steps)
         adapted = params
-        for adapted, _ in inner_steps_iter(  # noqa: B007 - the last value is the result
+        inner = inner_steps_iter(
             self.task_loss(buffers),
             params,
             x,
@@ -197,7 +230,10 @@ class GradientMetaLearner(MetaLearner):
             mode or self.gradient_mode,
             self.adapt_names,
             buffers=buffers,
-        ):
+        )
+        if self.per_step_norm:  # leaves row ``steps`` selected, for the query forward
+            inner = self._norm_rows(inner)
+        for adapted, _ in inner:  # noqa: B007 - the last value is the result
             pass
         return adapted
 
@@ -208,7 +244,9 @@ class GradientMetaLearner(MetaLearner):
 
         Same numbers as ``inner_steps_iter``; each step is a pure function of the adapted
         parameters, the optimizer state, the fixed parameters and the learning rates (all
-        passed to ``remat`` so they all receive their meta-gradient).
+        passed to ``remat`` so they all receive their meta-gradient).  With per-step batch
+        norm the step's index is passed too (a static leaf): the recomputation in the
+        backward pass selects its own norm row, whatever the layers hold by then.
         """
         if updates_running_stats(self.model):
             raise RuntimeError(self._BUFFER_MESSAGE)
@@ -220,14 +258,29 @@ class GradientMetaLearner(MetaLearner):
         task_loss = self.task_loss(buffers)
         versions = [b._version for b in buffers.values()]
 
-        def step(fast: Params, state: Any, fixed: Params, lrs: Any, x: Tensor, y: Tensor):
+        def step(
+            fast: Params,
+            state: Any,
+            fixed: Params,
+            lrs: Any,
+            x: Tensor,
+            y: Tensor,
+            row: int | None = None,
+        ):
+            if row is not None:
+                set_norm_step(self.model, row)
             grads = grad(lambda f: task_loss({**fixed, **f}, x, y))(fast)
             return self.optimizer_for(lrs).update(grads, state, fast)
 
-        for _ in range(steps):
-            fast, state = remat(step, fast, state, fixed, lrs, x, y)
+        per_step = self.per_step_norm
+        for k in range(steps):
+            if per_step:
+                fast, state = remat(step, fast, state, fixed, lrs, x, y, k)
+            else:
+                fast, state = remat(step, fast, state, fixed, lrs, x, y)
         if [b._version for b in buffers.values()] != versions:
             raise RuntimeError(self._BUFFER_MESSAGE)
+        self.set_norm_row(steps)  # for the query forward
         return {**fixed, **fast}
 
     _BUFFER_MESSAGE = (
@@ -269,6 +322,7 @@ class GradientMetaLearner(MetaLearner):
 
         def per_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
             adapted = self.adapt_params(params, buffers, sx, sy, steps, mode)
+            self.set_norm_row(steps)
             prediction = call(model, adapted, buffers, qx)
             loss = loss_fn(prediction, qy)
             acc = accuracy(prediction, qy) if classification else torch.zeros_like(loss)
@@ -363,6 +417,7 @@ class GradientMetaLearner(MetaLearner):
         model = self.model
 
         def predict(inputs: Tensor) -> Tensor:
+            self.set_norm_row(steps)
             return call(model, adapted, buffers, inputs)
 
         return predict
@@ -399,10 +454,12 @@ class GradientMetaLearner(MetaLearner):
                 return loss_fn(out[:n_support], sy), out[n_support:]
 
             for t in range(max(steps)):
+                self.set_norm_row(t)  # query at theta_t and support of step t: both row t
                 grads, query_out = grad(support_loss, has_aux=True)(fast, t in wanted)
                 if t in wanted:
                     record(query_out)
                 fast, state = optimizer.update(grads, state, fast)
+            self.set_norm_row(max(steps))
             record(call(model, {**fixed, **fast}, buffers, qx))
             return torch.stack(losses), torch.stack(accs)
 
@@ -416,6 +473,7 @@ class GradientMetaLearner(MetaLearner):
 
             if fuse:
                 return fused(sx, sy, qx, qy)
+            self.set_norm_row(0)
             if 0 in wanted:
                 record(params)
             inner = inner_steps_iter(
@@ -429,6 +487,8 @@ class GradientMetaLearner(MetaLearner):
                 self.adapt_names,
                 buffers=buffers,
             )
+            if self.per_step_norm:  # row t for the query at theta_t and the support of step t
+                inner = self._norm_rows(inner)
             for t, (adapted, _) in enumerate(inner, start=1):
                 if t in wanted:
                     record(adapted)

@@ -15,7 +15,8 @@ policy            statistics                                                  ``
                   place during training and used in ``eval()`` mode.
 ``batch_per_step`` ``batch_episode`` statistics with a separate affine          yes
                   (weight, bias) per inner-loop step (MAML++ "BNWB"); the
-                  step is chosen with ``set_norm_step(model, k)``.
+                  step is chosen with ``set_norm_step(model, k)``, which
+                  the gradient-based learners call for you.
 ``layer``         per image over (C, H, W); ``GroupNorm(1, C)``.              yes
 ``instance``      per image and channel over (H, W); ``GroupNorm(C, C)``.     yes
 ``group``         per image over groups of channels; ``GroupNorm(g, C)``.     yes
@@ -38,8 +39,11 @@ removing per-image contrast/scale information (instance norm the most).
 ``batch_running`` in training mode updates ``running_mean``/``running_var`` in place,
 which ``vmap`` forbids (one buffer, many tasks); the engine then falls back to a loop
 over tasks (``vectorize="auto"``).  In ``eval()`` mode it only reads the buffers and
-vectorizes.  ``batch_per_step`` reads its step from a Python attribute, so it must be set
-before the mapped call, not inside it per task.
+vectorizes.  ``batch_per_step`` reads its step from a Python attribute, so the step is the
+same for every task of a mapped call; setting it inside the per-task function, right before
+each forward, is fine (under ``vmap`` that Python code runs once per call, in step order).
+``GradientMetaLearner`` (``metaloop.algorithms``) does exactly that in all its paths; the
+engine (``metaloop.functional``) knows nothing about it.
 """
 
 from __future__ import annotations
@@ -67,7 +71,10 @@ class PerStepBatchNorm2d(nn.Module):
     MAML++ (Antoniou et al. 2019, "BNWB") learns a separate batch-norm weight and bias for
     every inner-loop step.  ``weight`` and ``bias`` have shape ``[steps, C]``; the row used
     is ``self.step`` (set with ``set_norm_step``; clamped to ``steps - 1``, so evaluating
-    with more steps than trained reuses the last row).  Statistics are those of the
+    with more steps than trained reuses the last row).  ``GradientMetaLearner`` selects row
+    ``k`` for the support forward of inner step ``k`` and row ``K`` for the query forward
+    after ``K`` steps, so ``steps = K + 1`` rows cover meta-training; outside a learner the
+    attribute keeps whatever row was selected last.  Statistics are those of the
     current batch, as in MAML++'s reference code, which normalises with batch statistics
     at every step; per-step *running* statistics ("BNRS") are not implemented.
     """
@@ -94,6 +101,7 @@ def set_norm_step(module: nn.Module, step: int) -> None:
 
     The inner loop must call this before the forward pass of step ``k`` (``k = 0`` for the
     first support pass, ``k = K`` for the query pass after ``K`` steps).
+    ``GradientMetaLearner`` does so automatically when its model holds such a layer.
     """
     for m in module.modules():
         if isinstance(m, PerStepBatchNorm2d):
