@@ -1,4 +1,9 @@
-"""``python -m metaloop.bench WORKLOAD [--json] [--repeats N] [--engines a,b] ...``"""
+"""``python -m metaloop.bench WORKLOAD [--json] [--repeats N] [--engines a,b] ...``
+
+``python -m metaloop.bench sampler [--data-root DIR] [--workers 0,1,2] [--repeats N]``
+measures the data path (``metaloop.bench.sampler``): ``--repeats`` is then the number of
+timed batches per loader.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import json
 import sys
 
 from metaloop.bench.runner import format_table, profile_engine, run_benchmark
+from metaloop.bench.sampler import NAME as SAMPLER
+from metaloop.bench.sampler import run_sampler_benchmark
 from metaloop.bench.workloads import WORKLOADS
 
 
@@ -15,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m metaloop.bench",
         description="meta-training throughput and peak memory against a plain per-task loop",
     )
-    parser.add_argument("workload", choices=sorted(WORKLOADS))
+    parser.add_argument("workload", choices=[*sorted(WORKLOADS), SAMPLER])
     parser.add_argument("--repeats", type=int, default=None, help="timed meta-steps per engine")
     parser.add_argument("--warmup", type=int, default=None, help="untimed meta-steps first")
     parser.add_argument(
@@ -37,7 +44,43 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ENGINE",
         help="print a torch.profiler table of this engine instead",
     )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="sampler: directory with the Omniglot archives (default $METALOOP_DATA, "
+        "else ../shared/data/omniglot next to the repository)",
+    )
+    parser.add_argument(
+        "--workers", default="0,1,2", help="sampler: comma-separated DataLoader worker counts"
+    )
     args = parser.parse_args(argv)
+    log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+
+    def split(s: str) -> list[str]:
+        return [x for x in s.split(",") if x]
+
+    if args.workload == SAMPLER:
+        if args.profile or args.engines or args.device != "cpu":
+            parser.error("the sampler workload takes no --profile, --engines or --device")
+        try:
+            workers = [int(w) for w in split(args.workers)]
+        except ValueError:
+            parser.error(f"--workers must be comma-separated integers, got {args.workers!r}")
+        try:
+            result = run_sampler_benchmark(
+                args.data_root,
+                workers=workers,
+                batches=args.repeats,
+                warmup=args.warmup,
+                cases=split(args.cases) if args.cases else None,
+                threads=args.threads,
+                seed=args.seed,
+                log=log,
+            )
+        except ValueError as err:  # OmniglotError (missing archives) is a ValueError
+            print(f"python -m metaloop.bench sampler: {err}", file=sys.stderr)
+            return 2
+        return _emit(result, args.json, args.out)
     if args.profile:
         case = args.cases.split(",")[0] if args.cases else None
         print(
@@ -52,9 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    def split(s: str) -> list[str]:
-        return [x for x in s.split(",") if x]
-
     result = run_benchmark(
         args.workload,
         repeats=args.repeats,
@@ -65,12 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         memory=not args.no_memory,
         seed=args.seed,
-        log=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
+        log=log,
     )
-    if args.out:
-        with open(args.out, "w") as f:
+    return _emit(result, args.json, args.out)
+
+
+def _emit(result: dict, as_json: bool, out: str | None) -> int:
+    if out:
+        with open(out, "w") as f:
             json.dump(result, f, indent=2)
-    print(json.dumps(result) if args.json else format_table(result))
+    print(json.dumps(result) if as_json else format_table(result))
     return 0
 
 

@@ -87,6 +87,8 @@ from metaloop.bench.baselines import (
     TorchOptMAML,
     available_libraries,
 )
+from metaloop.bench.sampler import NAME as SAMPLER
+from metaloop.bench.sampler import format_sampler_table
 from metaloop.bench.workloads import Case, get_workload
 from metaloop.functional.speed import num_threads
 from metaloop.tasks.base import TaskBatch
@@ -565,7 +567,10 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """Plain-text tables (one per case) of a ``run_benchmark`` result."""
+    """Plain-text tables (one per case) of a ``run_benchmark`` result (or of a
+    ``run_sampler_benchmark`` result: ``metaloop.bench.sampler.format_sampler_table``)."""
+    if result.get("workload") == SAMPLER:
+        return format_sampler_table(result)
     load = result.get("load_avg_start")
     lines = [
         f"{result['workload']}: {result['description']}",

@@ -18,6 +18,9 @@ protonet   Conv4-64 (max-pool, batch norm, no head) on 1x28x28, 60-way 5-shot 5-
            episode per meta-batch
 =========  ==================================================================================
 
+The data-path workload ``sampler`` (episode batches/s of the Omniglot sampler, in-process
+and with ``DataLoader`` workers) is not a meta-step and lives in ``metaloop.bench.sampler``.
+
 Batch norm is the ``batch_episode`` policy (batch statistics, no running statistics, the
 MAML convention), which ``vmap`` can vectorize.
 """
@@ -221,6 +224,14 @@ WORKLOADS: dict[str, Callable[[], Workload]] = {
 
 
 def get_workload(name: str) -> Workload:
+    if name == "sampler":
+        raise ValueError(
+            "'sampler' is the data-path workload: run it with "
+            "metaloop.bench.sampler.run_sampler_benchmark (python -m metaloop.bench sampler)"
+        )
     if name not in WORKLOADS:
-        raise ValueError(f"unknown workload {name!r}; choose one of {', '.join(WORKLOADS)}")
+        raise ValueError(
+            f"unknown workload {name!r}; choose one of {', '.join(WORKLOADS)} "
+            "(or sampler, the data path)"
+        )
     return WORKLOADS[name]()

@@ -4,6 +4,7 @@
     metaloop train runs/sine                       # resume
     metaloop eval runs/sine --episodes 600 --steps 1,5,10 --shots 5 [--json]
     metaloop bench sinusoid [--json]
+    metaloop bench sampler [--data-root DIR] [--workers 0,1,2] [--json]
     metaloop plot runs/sine [--out curve.png]
     metaloop diagnose runs/sine [--json]
     metaloop lake-runs runs/omni --runs all_runs.zip [--json]
@@ -101,8 +102,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object (docs/cli.md)")
 
     b = sub.add_parser("bench", help="meta-training throughput against a plain per-task loop")
-    b.add_argument("workload", help="sinusoid, omniglot, memory or protonet")
-    b.add_argument("--repeats", type=_positive, default=None)
+    b.add_argument(
+        "workload",
+        help="sinusoid, omniglot, memory or protonet (meta-steps), or sampler (the data path: "
+        "Omniglot episode batches/s)",
+    )
+    b.add_argument(
+        "--repeats", type=_positive, default=None, help="timed steps (sampler: timed batches)"
+    )
     b.add_argument("--device", default="cpu")
     b.add_argument(
         "--threads",
@@ -110,6 +117,15 @@ def parser() -> argparse.ArgumentParser:
         default=1,
         help="torch threads (default 1: on a shared 2-core machine more threads "
         "slow small models down; docs/performance.md)",
+    )
+    b.add_argument(
+        "--data-root",
+        default=None,
+        help="sampler: directory with the Omniglot archives (default $METALOOP_DATA, else "
+        "../shared/data/omniglot next to the repository)",
+    )
+    b.add_argument(
+        "--workers", default="0,1,2", help="sampler: comma-separated DataLoader worker counts"
     )
     b.add_argument("--json", action="store_true")
 
@@ -470,11 +486,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from metaloop.bench import format_table, run_benchmark
     except ImportError as err:  # pragma: no cover
         raise ConfigError(f"benchmarks are not available: {err}") from err
-    kwargs: dict[str, Any] = {"device": args.device, "threads": args.threads}
-    if args.repeats:
-        kwargs["repeats"] = args.repeats
+    kwargs: dict[str, Any] = {"threads": args.threads}
     try:
-        result = run_benchmark(args.workload, **kwargs)
+        if args.workload == "sampler":
+            from metaloop.bench.sampler import run_sampler_benchmark
+
+            try:
+                workers = [int(w) for w in args.workers.split(",") if w]
+            except ValueError:
+                raise ConfigError(
+                    f"--workers must be comma-separated integers, got {args.workers!r}"
+                ) from None
+            result = run_sampler_benchmark(
+                args.data_root, workers=workers, batches=args.repeats, **kwargs
+            )
+        else:
+            if args.repeats:
+                kwargs["repeats"] = args.repeats
+            result = run_benchmark(args.workload, device=args.device, **kwargs)
     except (KeyError, ValueError) as err:
         raise ConfigError(str(err).strip("'\"")) from err
     print(json.dumps(result) if args.json else format_table(result))
