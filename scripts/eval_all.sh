@@ -8,9 +8,19 @@ ev() { local run=$1 name=$2; shift 2; [ -d "$run" ] || return 0
 for a in maml fomaml metasgd reptile joint; do ev runs/sinusoid-$a 5shot --shots 5 --steps 1,5,10; done
 ev runs/omniglot-5w1s-maml 5w1s
 ev runs/omniglot-5w1s-fomaml 5w1s
+ev runs/omniglot-20w1s-maml 20w1s
+ev runs/omniglot-20w1s-fomaml 20w1s
+for m in matching relation siamese finetune; do
+  ev runs/omniglot-$m 5w1s --ways 5 --shots 1 --queries 15
+  ev runs/omniglot-$m 20w1s --ways 20 --shots 1 --queries 15
+  ev runs/omniglot-$m 5w5s --ways 5 --shots 5 --queries 15
+  ev runs/omniglot-$m 20w5s --ways 20 --shots 5 --queries 15
+done
 ev runs/omniglot-protonet-1shot 5w1s --ways 5 --shots 1
 ev runs/omniglot-protonet-1shot 20w1s --ways 20 --shots 1
 ev runs/omniglot-protonet-1shot 5w5s --ways 5 --shots 5
 ev runs/omniglot-protonet-1shot 20w5s --ways 20 --shots 5
 ev runs/omniglot-lake-protonet within-alphabet --protocol within-alphabet
 ev runs/omniglot-lake-20w1s-maml within-alphabet --protocol within-alphabet
+ev runs/omniglot-small1-protonet within-alphabet --protocol within-alphabet
+ev runs/omniglot-small2-protonet within-alphabet --protocol within-alphabet
