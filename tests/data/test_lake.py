@@ -134,3 +134,77 @@ def test_within_alphabet_family_on_evaluation(evaluation) -> None:
     assert batch.support_x.shape == (8, 20, 1, 28, 28) and batch.query_x.shape == (8, 20, 1, 28, 28)
     for row in batch.info["classes"].tolist():
         assert len({evaluation.info(c)["alphabet"] for c in row}) == 1
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    from metaloop.cli.main import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _tiny_protonet_run(capsys, tmp_path: Path, omniglot_root: Path, cache_dir, split: str) -> Path:
+    config = tmp_path / f"{split}.toml"
+    config.write_text(
+        f"""
+[task]
+family = "omniglot"
+ways = 5
+shots = 1
+queries = 1
+[data]
+split = "{split}"
+root = "{omniglot_root}"
+cache_dir = "{cache_dir}"
+[model]
+name = "conv4"
+hidden = 8
+[algorithm]
+name = "protonet"
+[train]
+iterations = 2
+meta_batch_size = 1
+validate_every = 2
+validation_tasks = 2
+progress = false
+"""
+    )
+    run_dir = tmp_path / f"run-{split}"
+    code, _, err = _cli(capsys, "train", str(config), "--run-dir", str(run_dir))
+    assert code == 0, err
+    return run_dir
+
+
+def test_cli_lake_protocols_end_to_end(tmp_path, omniglot_root, cache_dir, runs_zip, capsys):
+    """``eval --protocol within-alphabet`` and ``lake-runs`` on a background-only run; both
+    refuse a Vinyals-split run, whose training characters cover most evaluation alphabets."""
+    import json
+
+    lake_run = _tiny_protonet_run(capsys, tmp_path, omniglot_root, cache_dir, "lake")
+    code, out, err = _cli(
+        capsys,
+        "eval",
+        str(lake_run),
+        "--protocol",
+        "within-alphabet",
+        "--episodes",
+        "4",
+        "--json",
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["protocol"] == "within-alphabet" and report["episode"]["ways"] == 20
+    code, out, err = _cli(capsys, "lake-runs", str(lake_run), "--runs", str(runs_zip), "--json")
+    assert code == 0, err
+    score = json.loads(out)
+    assert score["runs"] == 20 and 0.0 <= score["mean_error"] <= 100.0  # percent
+
+    vinyals_run = _tiny_protonet_run(capsys, tmp_path, omniglot_root, cache_dir, "vinyals")
+    for argv in (
+        ["eval", str(vinyals_run), "--protocol", "within-alphabet"],
+        ["lake-runs", str(vinyals_run), "--runs", str(runs_zip)],
+    ):
+        code, _, err = _cli(capsys, *argv)
+        assert code == 2
+        assert "trained on the 'vinyals' split" in err and 'data.split = "lake"' in err

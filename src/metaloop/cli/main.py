@@ -569,9 +569,11 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_lake(args: argparse.Namespace) -> int:
+    from metaloop.cli.build import check_background_only
     from metaloop.data import lake
 
     cfg, learner, state = load_run(args.run_dir, args.checkpoint)
+    check_background_only(cfg, "Lake's 20-run benchmark")
     _threads(cfg)
     runs = lake.load_runs(args.runs, image_size=cfg["data"]["image_size"])
     steps = args.steps
