@@ -136,17 +136,19 @@ class EpisodePlan:
             group = torch.randint(len(self.pools), (tasks,), generator=g)
         else:
             group = torch.zeros(tasks, dtype=torch.long)
-        # Random keys, padding pushed last, then the first `ways` of each row's sort order:
-        # one uniformly random subset in random order per task, fully vectorised.
+        # Random keys, padding pushed last, then the `ways` smallest of each row in order:
+        # one uniformly random subset in random order per task, fully vectorised.  (``topk``
+        # picks what a full sort would, as float64 keys do not tie, at a fraction of the cost:
+        # sorting 4,400 keys per task was 80% of the sampler's time.)
         keys = torch.rand(tasks, self.pools.shape[1], generator=g, dtype=torch.float64)
         keys = keys.masked_fill(self.pool_pad[group], 2.0)
-        pick = keys.argsort(dim=1, stable=True)[:, : self.ways]
+        pick = keys.topk(self.ways, dim=1, largest=False, sorted=True).indices
         classes = self.pools[group].gather(1, pick)
         table, sizes = self.dataset.class_items, self.dataset.class_sizes
         keys = torch.rand(tasks, self.ways, table.shape[1], generator=g, dtype=torch.float64)
         position = torch.arange(table.shape[1])
         keys = keys.masked_fill(position >= sizes[classes].unsqueeze(-1), 2.0)
-        chosen = keys.argsort(dim=-1, stable=True)[..., : self.per_class]
+        chosen = keys.topk(self.per_class, dim=-1, largest=False, sorted=True).indices
         items = table[classes.unsqueeze(-1), chosen]
         return classes, items
 
