@@ -52,6 +52,8 @@ ALGORITHMS: dict[str, str] = {
 MODELS: dict[str, str] = {
     "mlp": "metaloop.models.mlp:MLP",
     "conv4": "metaloop.models.conv:Conv4",
+    # the Relation Network paper's embedding (feature maps, not vectors)
+    "relation_embedding": "metaloop.algorithms.relation:relation_embedding",
 }
 # learners whose model is an embedding (no classification head)
 EMBEDDING_LEARNERS = {"protonet", "matching", "siamese", "relation", "finetune"}
