@@ -104,3 +104,22 @@ def test_validation_normalises_numbers_and_keeps_python_types():
     validate(cfg)
     assert cfg["train"]["outer_lr"] == 1.0 and isinstance(cfg["train"]["outer_lr"], float)
     assert cfg["task"]["dtype"] == "float64"  # the file keeps the name; the builder gets a dtype
+
+
+@pytest.mark.parametrize(
+    "preset", [p for p in PRESETS if "omniglot" in p.stem], ids=lambda p: p.stem
+)
+def test_omniglot_presets_build_their_model_and_learner(preset):
+    """The image presets' model and learner sections build (no data needed for these two)."""
+    import torch
+
+    from metaloop.cli.build import build_learner, build_model
+
+    cfg = load_config(preset)
+    if cfg["algorithm"]["name"] == "finetune":
+        cfg["algorithm"]["num_classes"] = 10  # normally read from the training classes
+    model = build_model(cfg)
+    build_learner(cfg, model)
+    with torch.no_grad():
+        out = model.eval()(torch.zeros(2, 1, 28, 28))
+    assert out.shape[0] == 2
