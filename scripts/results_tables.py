@@ -67,20 +67,34 @@ def omniglot():
 
 
 PUBLISHED = {  # 5w1s, 20w1s, 5w5s, 20w5s (BENCHMARKS.md)
-    "matching": ("98.1%", "93.8%", "98.9%", "98.5%"),
-    "relation": ("99.6%", "97.6%", "99.8%", "99.1%"),
-    "siamese": ("97.3%", "88.2%", "98.4%", "97.0%"),
-    "finetune": ("", "", "", ""),
+    "matching": ("Matching Networks", ("98.1", "93.8", "98.9", "98.5")),
+    "relation": ("Relation Network", ("99.6", "97.6", "99.8", "99.1")),
+    "siamese": ("Siamese network (triplet)", ("97.3", "88.2", "98.4", "97.0")),
+    "finetune": ("fine-tuning baseline (head)", None),
 }
 
 
 def metric():
-    """One model per method, tested at the four shapes."""
-    print("| method | episodes | accuracy (600) | error | published | iterations (best ckpt) | training time |")
+    """One model per method, tested at the four shapes: measured (published) per cell."""
+    shapes = ("5w1s", "20w1s", "5w5s", "20w5s")
+    print("| method | 5-way 1-shot | 20-way 1-shot | 5-way 5-shot | 20-way 5-shot | iterations (best ckpt) | training time |")
     print("|---|---|---|---|---|---|---|")
-    for method, published in PUBLISHED.items():
-        for name, pub in zip(("5w1s", "20w1s", "5w5s", "20w5s"), published):
-            accuracy_row(method, f"omniglot-{method}", name, pub)
+    for method, (label, published) in PUBLISHED.items():
+        cells, best = [], None
+        for j, name in enumerate(shapes):
+            d = load(f"omniglot-{method}", name)
+            if d is None:
+                cells.append("")
+                continue
+            (_, m), = d["steps"].items()
+            a = m["accuracy"]
+            pub = f" ({published[j]})" if published else ""
+            cells.append(f"{100 * a['mean']:.2f} +- {100 * a['ci95']:.2f}{pub}")
+            best = d["checkpoint_iteration"]
+        if best is None:
+            continue
+        done, secs = iters(f"omniglot-{method}")
+        print(f"| {label} | " + " | ".join(cells) + f" | {done:,} ({best:,}) | {secs / 60:.1f} min |")
 
 
 {"sinusoid": sinusoid, "omniglot": omniglot, "metric": metric}[sys.argv[1]]()
