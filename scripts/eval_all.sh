@@ -10,7 +10,11 @@ ev runs/omniglot-5w1s-maml 5w1s
 ev runs/omniglot-5w1s-fomaml 5w1s
 ev runs/omniglot-20w1s-maml 20w1s
 ev runs/omniglot-20w1s-fomaml 20w1s
-for m in matching relation siamese finetune; do
+# relation: evaluated with the preset's mean aggregation (its run dir may predate that key)
+for s in "5 1" "20 1" "5 5" "20 5"; do set -- $s
+  ev runs/omniglot-relation "$1w$2s-mean" --ways $1 --shots $2 --queries 15 --set 'algorithm.aggregate="mean"'
+done
+for m in matching siamese finetune; do
   ev runs/omniglot-$m 5w1s --ways 5 --shots 1 --queries 15
   ev runs/omniglot-$m 20w1s --ways 20 --shots 1 --queries 15
   ev runs/omniglot-$m 5w5s --ways 5 --shots 5 --queries 15

@@ -7,7 +7,8 @@ from pathlib import Path
 
 def load(run, name):
     p = Path("runs") / run / f"eval-{name}.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    text = p.read_text() if p.exists() else ""
+    return json.loads(text) if text.strip() else None  # absent, or still being written
 
 
 def iters(run):
@@ -82,7 +83,8 @@ def metric():
     for method, (label, published) in PUBLISHED.items():
         cells, best = [], None
         for j, name in enumerate(shapes):
-            d = load(f"omniglot-{method}", name)
+            # relation: the evaluations with mean aggregation (the preset's), where present
+            d = load(f"omniglot-{method}", f"{name}-mean") or load(f"omniglot-{method}", name)
             if d is None:
                 cells.append("")
                 continue
