@@ -272,12 +272,9 @@ class GradientMetaLearner(MetaLearner):
             grads = grad(lambda f: task_loss({**fixed, **f}, x, y))(fast)
             return self.optimizer_for(lrs).update(grads, state, fast)
 
-        per_step = self.per_step_norm
         for k in range(steps):
-            if per_step:
-                fast, state = remat(step, fast, state, fixed, lrs, x, y, k)
-            else:
-                fast, state = remat(step, fast, state, fixed, lrs, x, y)
+            row = (k,) if self.per_step_norm else ()
+            fast, state = remat(step, fast, state, fixed, lrs, x, y, *row)
         if [b._version for b in buffers.values()] != versions:
             raise RuntimeError(self._BUFFER_MESSAGE)
         self.set_norm_row(steps)  # for the query forward

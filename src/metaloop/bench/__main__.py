@@ -13,7 +13,7 @@ import sys
 
 from metaloop.bench.runner import format_table, profile_engine, run_benchmark
 from metaloop.bench.sampler import NAME as SAMPLER
-from metaloop.bench.sampler import run_sampler_benchmark
+from metaloop.bench.sampler import add_sampler_arguments, run_sampler_benchmark
 from metaloop.bench.workloads import WORKLOADS
 
 
@@ -44,15 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ENGINE",
         help="print a torch.profiler table of this engine instead",
     )
-    parser.add_argument(
-        "--data-root",
-        default=None,
-        help="sampler: directory with the Omniglot archives (default $METALOOP_DATA, "
-        "else ../shared/data/omniglot next to the repository)",
-    )
-    parser.add_argument(
-        "--workers", default="0,1,2", help="sampler: comma-separated DataLoader worker counts"
-    )
+    add_sampler_arguments(parser)
     args = parser.parse_args(argv)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
 

@@ -69,7 +69,6 @@ import ctypes
 import datetime
 import gc
 import os
-import platform
 import statistics
 import threading
 import time
@@ -87,6 +86,7 @@ from metaloop.bench.baselines import (
     TorchOptMAML,
     available_libraries,
 )
+from metaloop.bench.report import fmt, load_average, load_text, machine_facts
 from metaloop.bench.sampler import NAME as SAMPLER
 from metaloop.bench.sampler import format_sampler_table
 from metaloop.bench.workloads import Case, get_workload
@@ -470,7 +470,7 @@ def run_benchmark(
             + ", ".join(c.label for c in spec.cases)
         )
     started = datetime.datetime.now(datetime.timezone.utc)
-    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    load_start = load_average()
     t0 = time.perf_counter()
     out_cases = []
     with _maybe_threads(threads):
@@ -483,12 +483,10 @@ def run_benchmark(
         "workload": spec.name,
         "description": spec.description,
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
         "threads": used_threads,
-        "cpu_count": os.cpu_count(),
+        **machine_facts(),
         "load_avg_start": load_start,
-        "load_avg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_avg_end": load_average(),
         "repeats": repeats,
         "warmup": warmup,
         "memory_method": (MEMORY_METHOD_CUDA if device.type == "cuda" else MEMORY_METHOD_CPU)
@@ -562,21 +560,15 @@ def profile_engine(
     )
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def format_table(result: dict[str, Any]) -> str:
     """Plain-text tables (one per case) of a ``run_benchmark`` result (or of a
     ``run_sampler_benchmark`` result: ``metaloop.bench.sampler.format_sampler_table``)."""
     if result.get("workload") == SAMPLER:
         return format_sampler_table(result)
-    load = result.get("load_avg_start")
     lines = [
         f"{result['workload']}: {result['description']}",
         f"device {result['device']}, torch {result['torch']}, {result['threads']} threads, "
-        f"{result['repeats']} repeats (median), load avg "
-        + ("-" if load is None else f"{load[0]:.2f} -> {result['load_avg_end'][0]:.2f}"),
+        f"{result['repeats']} repeats (median), load avg " + load_text(result),
     ]
     header = (
         f"{'engine':<42}{'tasks/s':>10}{'ms/step':>10}{'x plain':>9}{'x floor':>9}"
@@ -603,12 +595,12 @@ def format_table(result: dict[str, Any]) -> str:
                 continue
             mem = e["peak_memory_bytes"]
             lines.append(
-                f"{e['engine']:<42}{_fmt(e['tasks_per_s'], '.1f'):>10}"
-                f"{_fmt(e['seconds'] and e['seconds'] * 1e3, '.2f'):>10}"
-                f"{_fmt(e['ratio_to_plain'], '.2f'):>9}{_fmt(e['x_floor'], '.2f'):>9}"
-                f"{_fmt(mem and mem / 2**20, '.1f'):>10}{_fmt(e['grad_rel_diff'], '.1e'):>11}"
-                f"{_fmt(e['first_step_seconds'], '.2f'):>11}"
-                f"{_fmt(e.get('tasks_per_cpu_s'), '.1f'):>12}"
-                f"{_fmt(e.get('ratio_to_plain_cpu'), '.2f'):>12}"
+                f"{e['engine']:<42}{fmt(e['tasks_per_s'], '.1f'):>10}"
+                f"{fmt(e['seconds'] and e['seconds'] * 1e3, '.2f'):>10}"
+                f"{fmt(e['ratio_to_plain'], '.2f'):>9}{fmt(e['x_floor'], '.2f'):>9}"
+                f"{fmt(mem and mem / 2**20, '.1f'):>10}{fmt(e['grad_rel_diff'], '.1e'):>11}"
+                f"{fmt(e['first_step_seconds'], '.2f'):>11}"
+                f"{fmt(e.get('tasks_per_cpu_s'), '.1f'):>12}"
+                f"{fmt(e.get('ratio_to_plain_cpu'), '.2f'):>12}"
             )
     return "\n".join(lines)

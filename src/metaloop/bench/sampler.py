@@ -42,9 +42,9 @@ else runs, the result records the load averages.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
-import platform
 import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +54,7 @@ from typing import Any
 
 import torch
 
+from metaloop.bench.report import fmt, load_average, load_text, machine_facts
 from metaloop.data.dataset import ClassDataset
 from metaloop.data.episodes import EpisodeSampler, EpisodicFamily
 from metaloop.data.omniglot import ARCHIVES, OmniglotError
@@ -103,6 +104,20 @@ CASES: tuple[SamplerCase, ...] = (
 
 
 # -- data ------------------------------------------------------------------------------------
+def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampler workload's command-line options (``metaloop bench`` and
+    ``python -m metaloop.bench`` share them)."""
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="sampler: directory with the Omniglot archives (default $METALOOP_DATA, else "
+        "../shared/data/omniglot next to the repository)",
+    )
+    parser.add_argument(
+        "--workers", default="0,1,2", help="sampler: comma-separated DataLoader worker counts"
+    )
+
+
 def default_data_roots() -> list[Path]:
     """Where the archives are looked for without ``data_root``: ``$METALOOP_DATA`` if set,
     else ``<repo>/../shared/data/omniglot`` (as the tests do) and
@@ -323,7 +338,7 @@ def run_sampler_benchmark(
         source = str(find_data_root(data_root))
         dataset = load_train_dataset(source)
     started = datetime.datetime.now(datetime.timezone.utc)
-    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    load_start = load_average()
     t0 = time.perf_counter()
     out = []
     with num_threads(threads):
@@ -342,12 +357,10 @@ def run_sampler_benchmark(
             "image_shape": list(dataset.image_shape),
         },
         "device": "cpu",
-        "torch": torch.__version__,
-        "python": platform.python_version(),
         "threads": used_threads,
-        "cpu_count": os.cpu_count(),
+        **machine_facts(),
         "load_avg_start": load_start,
-        "load_avg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_avg_end": load_average(),
         "batches": batches,
         "warmup": warmup,
         "workers": workers,
@@ -357,19 +370,14 @@ def run_sampler_benchmark(
     }
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def format_sampler_table(result: dict[str, Any]) -> str:
     """Plain-text tables (one per case) of a ``run_sampler_benchmark`` result."""
-    load = result.get("load_avg_start")
     ds = result["dataset"]
     lines = [
         f"{result['workload']}: {result['description']}",
         f"{ds['name']} ({ds['classes']} classes), torch {result['torch']}, "
         f"{result['threads']} threads, {result['batches']} timed batches, load avg "
-        + ("-" if load is None else f"{load[0]:.2f} -> {result['load_avg_end'][0]:.2f}"),
+        + load_text(result),
     ]
     header = (
         f"{'loader':<16}{'batches/s':>11}{'episodes/s':>12}{'ms/batch':>10}"
@@ -395,6 +403,6 @@ def format_sampler_table(result: dict[str, Any]) -> str:
                 f"{e['loader']:<16}{e['batches_per_s']:>11.1f}{e['episodes_per_s']:>12.1f}"
                 f"{e['seconds_per_batch'] * 1e3:>10.2f}{e['headroom']:>10.1f}"
                 f"{e['main_cpu_seconds'] * 1e3:>9.2f}{e['main_share_of_step'] * 100:>10.1f}%"
-                f"{_fmt(wcpu and wcpu * 1e3, '.2f'):>11}{e['first_batch_seconds']:>8.2f}"
+                f"{fmt(wcpu and wcpu * 1e3, '.2f'):>11}{e['first_batch_seconds']:>8.2f}"
             )
     return "\n".join(lines)

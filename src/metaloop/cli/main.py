@@ -72,6 +72,8 @@ def _positive(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from metaloop.bench.sampler import add_sampler_arguments
+
     p = argparse.ArgumentParser(prog="metaloop", description="Meta-learning on PyTorch.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -118,15 +120,7 @@ def parser() -> argparse.ArgumentParser:
         help="torch threads (default 1: on a shared 2-core machine more threads "
         "slow small models down; docs/performance.md)",
     )
-    b.add_argument(
-        "--data-root",
-        default=None,
-        help="sampler: directory with the Omniglot archives (default $METALOOP_DATA, else "
-        "../shared/data/omniglot next to the repository)",
-    )
-    b.add_argument(
-        "--workers", default="0,1,2", help="sampler: comma-separated DataLoader worker counts"
-    )
+    add_sampler_arguments(b)
     b.add_argument("--json", action="store_true")
 
     pl = sub.add_parser("plot", help="learning curves of a run directory as a PNG")
