@@ -151,3 +151,44 @@ def test_learns_to_ignore_noise_dimensions():
         opt.step()
     after = float(learner.evaluate_batch(test)[0]["accuracy"].mean())
     assert after > 0.85 and after > before + 0.2, (before, after)
+
+
+def test_test_time_shift_averages_embeddings_of_translated_views():
+    """Hand computation: every image embedded at the 9 one-pixel translations (zeros shifted
+    in), embeddings averaged, then ProtoNet as usual; ``adapt`` agrees."""
+    torch.manual_seed(2)
+    encoder = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten()).double()
+    g = torch.Generator().manual_seed(0)
+    sx = torch.randn(2, 3, 1, 6, 6, generator=g, dtype=torch.float64)
+    qx = torch.randn(2, 6, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.arange(3)
+    batch = TaskBatch(sx, y.expand(2, -1), qx, y.repeat(2).expand(2, -1), ways=3)
+    learner = ProtoNet(encoder)
+    plain = learner.evaluate_batch(batch)[0]["loss"]
+    learner.test_time_shift = 1
+
+    def shifted(x, dx, dy):  # out[i, j] = in[i - dy, j - dx], zero border
+        out = torch.zeros_like(x)
+        h, w = x.shape[-2:]
+        out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+            ..., max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+        ]
+        return out
+
+    offsets = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
+
+    def averaged(x):
+        return torch.stack([encoder(shifted(x, dx, dy)) for dx, dy in offsets]).mean(0)
+
+    got = learner.evaluate_batch(batch)[0]["loss"]
+    for t in range(2):
+        zs, zq = averaged(sx[t]), averaged(qx[t])
+        logits = -((zq[:, None] - zs[None]) ** 2).sum(-1)  # one shot: prototypes = zs
+        expected = F.cross_entropy(logits, batch.query_y[t])
+        torch.testing.assert_close(got[t], expected, rtol=1e-10, atol=1e-12)
+        predicted = learner.adapt((sx[t], batch.support_y[t]))(qx[t])
+        torch.testing.assert_close(F.cross_entropy(predicted, batch.query_y[t]), expected)
+    assert not torch.allclose(got, plain)
+    vectors = gaussian_episodes(1, 2, 1, 1)
+    with pytest.raises(TaskError, match=r"examples must be \[C, H, W\], got shape \(8,\)"):
+        learner.evaluate_batch(vectors)

@@ -114,6 +114,7 @@ def test_train_eval_plot_resume(tmp_path, config, capsys):
         "checkpoint",
         "checkpoint_iteration",
         "protocol",
+        "tta_shift",
         "task",
         "episode",
         "algorithm",
@@ -353,3 +354,64 @@ def test_a_run_being_trained_is_not_trained_twice(tmp_path):
         sleeper.wait()
     assert main(args) == 0  # the owner is gone: the lock is stale
     assert (run / "latest.pt").exists()
+
+
+def test_init_from_warm_starts_a_new_run_and_reports_bad_sources(tmp_path, config, capsys):
+    from metaloop.train.checkpoint import load_checkpoint
+
+    source = tmp_path / "source"
+    assert run(capsys, "train", str(config), "--run-dir", str(source))[0] == 0
+    best = load_checkpoint(source / "best.pt")["learner"]
+    target = tmp_path / "target"
+    code, _, err = run(
+        capsys,
+        "train",
+        str(config),
+        "--run-dir",
+        str(target),
+        "--set",
+        f'train.init_from="{source}"',
+        "--set",
+        "train.iterations=1",
+        "--set",
+        "algorithm.inner_lr=1e-12",  # the single step barely moves the weights
+        "--set",
+        "train.outer_lr=1e-12",
+    )
+    assert code == 0 and f"init_from {source}: 4 tensors loaded" in err
+    warm = load_checkpoint(target / "latest.pt")["learner"]
+    for k, v in best.items():
+        torch.testing.assert_close(warm[k], v, rtol=1e-6, atol=1e-9)
+    line = user_error(
+        capsys,
+        "train",
+        str(config),
+        "--run-dir",
+        str(tmp_path / "a"),
+        "--set",
+        f'train.init_from="{tmp_path / "missing"}"',
+    )
+    assert "[train] init_from = " in line and "no such run directory or checkpoint file" in line
+    line = user_error(
+        capsys,
+        "train",
+        str(config),
+        "--run-dir",
+        str(tmp_path / "b"),
+        "--set",
+        f'train.init_from="{source}"',
+        "--set",
+        "model.hidden=[3, 3]",
+    )
+    assert "init_from: layers.0.weight has shape (8, 1)" in line and "(3, 1) in this model" in line
+    assert not (tmp_path / "b" / "latest.pt").exists()
+
+
+def test_tta_shift_is_refused_for_gradient_learners(tmp_path, config, capsys):
+    run_dir = tmp_path / "run"
+    assert run(capsys, "train", str(config), "--run-dir", str(run_dir))[0] == 0
+    line = user_error(capsys, "eval", str(run_dir), "--tta-shift", "1")
+    assert "applies to the metric learners" in line and "not to 'maml'" in line
+    assert "must be an integer >= 0, got -1" in user_error(
+        capsys, "eval", str(run_dir), "--tta-shift", "-1"
+    )

@@ -97,3 +97,27 @@ def test_random_shift_moves_content_reproducibly() -> None:
     assert torch.equal(both(images, None), images * 2)
     with pytest.raises(TaskError, match="max_shift"):
         RandomShift(-1)
+
+
+def test_translate_moves_pixels_and_fills_the_border() -> None:
+    from metaloop.data.transforms import shift_views, translate
+
+    x = torch.arange(1.0, 17.0).reshape(1, 1, 4, 4)
+    right_down = translate(x, 1, 2, fill=-1.0)
+    # out[i, j] = in[i - dy, j - dx]
+    assert torch.equal(right_down[0, 0, 2:, 1:], x[0, 0, :2, :3])
+    assert (right_down[0, 0, :2] == -1).all() and (right_down[0, 0, :, 0] == -1).all()
+    left_up = translate(x, -1, -1)
+    assert torch.equal(left_up[0, 0, :3, :3], x[0, 0, 1:, 1:])
+    assert translate(x, 0, 0) is x
+    five_d = torch.randn(2, 3, 1, 4, 4)
+    assert torch.equal(translate(five_d, 1, 0)[1, 2], translate(five_d[1, 2], 1, 0))
+    views = shift_views(1)
+    assert views[0] == (0, 0) and len(views) == len(set(views)) == 9
+    assert shift_views(0) == [(0, 0)]
+    with pytest.raises(TaskError, match="integer >= 0"):
+        shift_views(-1)
+    with pytest.raises(TaskError, match="leaves nothing"):
+        translate(x, 4, 0)
+    with pytest.raises(TaskError, match="needs images"):
+        translate(torch.randn(5, 3), 1, 0)

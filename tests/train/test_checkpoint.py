@@ -143,3 +143,28 @@ def test_trainer_resumes_from_previous_when_latest_is_corrupt_and_matches_a_clea
         return [{k: v for k, v in r.items() if k != "seconds"} for r in out]
 
     assert records(tmp_path / "run") == records(tmp_path / "ref")
+
+
+def test_warm_start_maps_an_encoder_onto_a_model_with_a_head(tmp_path):
+    """A ProtoNet's ``encoder.*`` tensors start a Conv4 with a head (Proto-MAML's body)."""
+    from metaloop.algorithms import ProtoNet
+    from metaloop.models import Conv4
+    from metaloop.train.checkpoint import warm_start
+
+    torch.manual_seed(0)
+    encoder = Conv4(in_channels=1, ways=None, hidden=4, image_size=28)
+    save_checkpoint({"iteration": 5, "learner": ProtoNet(encoder).state_dict()}, tmp_path)
+    model = Conv4(in_channels=1, ways=5, hidden=4, image_size=28)
+    head_before = model.head.weight.detach().clone()
+    names = warm_start(model, tmp_path)  # a run directory without best.pt: its latest.pt
+    assert names == [k for k in encoder.state_dict()]
+    for k, v in encoder.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+    assert torch.equal(model.head.weight, head_before)
+    with pytest.raises(CheckpointError, match=r"features.0.conv.weight has shape \(4, 1, 3, 3\)"):
+        warm_start(Conv4(in_channels=1, ways=5, hidden=6, image_size=28), tmp_path)
+    with pytest.raises(CheckpointError, match="no tensor of"):
+        warm_start(MLP(1, 1, hidden=(3,)), tmp_path / "latest.pt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        warm_start(model, tmp_path / "empty")

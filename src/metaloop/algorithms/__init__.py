@@ -11,6 +11,7 @@ from metaloop.algorithms.matching import MatchingNet
 from metaloop.algorithms.metasgd import MetaSGD
 from metaloop.algorithms.metric import MetricMetaLearner
 from metaloop.algorithms.pretrain import JointTraining
+from metaloop.algorithms.protomaml import ProtoMAML
 from metaloop.algorithms.protonet import ProtoNet
 from metaloop.algorithms.relation import RelationNet
 from metaloop.algorithms.reptile import Reptile
@@ -30,6 +31,7 @@ __all__ = [
     "MetaLearner",
     "MetaSGD",
     "MetricMetaLearner",
+    "ProtoMAML",
     "ProtoNet",
     "RelationNet",
     "Reptile",

@@ -92,7 +92,8 @@ class GradientMetaLearner(MetaLearner):
             storing its activations (memory grows much slower with ``inner_steps``).
         autocast: ``"bfloat16"`` (or ``"float16"`` on CUDA) to run the meta-step under
             ``torch.autocast``; parameters and gradients keep their dtype.
-        channels_last: lay 4-D per-task inputs out channels-last (CPU/GPU convolutions).
+        channels_last: run the query forward channels-last (query images and adapted 4-D
+            weights restrided; CPU/GPU convolutions).
         fuse_forward: in ``evaluate_batch``, run the query forward at ``theta_t`` and the
             support forward of the next step as one call (``"auto"``: only for models
             without batch-statistics normalization).
@@ -192,6 +193,15 @@ class GradientMetaLearner(MetaLearner):
     def default_eval_steps(self) -> tuple[int, ...]:  # type: ignore[override]
         return (self.eval_steps,)
 
+    def task_init(self, params: Params, buffers: Params, sx: Tensor, sy: Tensor) -> Params:
+        """``theta_0`` of one task's inner loop; the meta-parameters by default.
+
+        Proto-MAML overrides it to initialise the output layer from the task's support
+        prototypes.  It must stay differentiable in ``params`` (the meta-gradient flows
+        through it) and is called in every path: ``meta_loss``, ``evaluate_batch``, ``adapt``.
+        """
+        return params
+
     # -- functional core -----------------------------------------------------------------
     def task_loss(self, buffers: Params) -> TaskLoss:
         """``(params, x, y) -> L(f_params(x), y)`` for this learner's model."""
@@ -230,6 +240,7 @@ class GradientMetaLearner(MetaLearner):
             mode or self.gradient_mode,
             self.adapt_names,
             buffers=buffers,
+            backend=self.__dict__.get("_inner_backend", "func"),
         )
         if self.per_step_norm:  # leaves row ``steps`` selected, for the query forward
             inner = self._norm_rows(inner)
@@ -318,8 +329,10 @@ class GradientMetaLearner(MetaLearner):
         classification = self.classification
 
         def per_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
-            adapted = self.adapt_params(params, buffers, sx, sy, steps, mode)
+            start = self.task_init(params, buffers, sx, sy)
+            adapted = self.adapt_params(start, buffers, sx, sy, steps, mode)
             self.set_norm_row(steps)
+            adapted, qx = self.speed.query_layout(adapted, qx)
             prediction = call(model, adapted, buffers, qx)
             loss = loss_fn(prediction, qy)
             acc = accuracy(prediction, qy) if classification else torch.zeros_like(loss)
@@ -334,13 +347,23 @@ class GradientMetaLearner(MetaLearner):
             )
         if guard:
             self.__dict__["_remat_inner"] = True
+        # A task run on its own, outside any torch.func transform, takes its inner gradients
+        # with torch.autograd (same numbers, less overhead); vmap and compile need torch.func.
+        # Only from the plain theta_0: autograd.grad would also follow paths *between* the
+        # inputs (Proto-MAML's head is a function of the body), torch.func.grad does not.
+        if (
+            not self.policy.uses_vmap_on(sx.device)
+            and not self.__dict__.get("_in_transform")
+            and type(self).task_init is GradientMetaLearner.task_init
+        ):
+            self.__dict__["_inner_backend"] = "autograd"
         try:
             return map_tasks(
                 per_task, sx, sy, qx, qy, policy=self.policy, chunk_size=self.chunk_size
             )
         finally:
-            if guard:
-                self.__dict__.pop("_remat_inner", None)
+            self.__dict__.pop("_remat_inner", None)
+            self.__dict__.pop("_inner_backend", None)
 
     def metrics(
         self, loss: Tensor, per_task_loss: Tensor, per_task_acc: Tensor
@@ -374,7 +397,8 @@ class GradientMetaLearner(MetaLearner):
         trainable = {n: p.detach() for n, p in named if p.requires_grad}
         frozen = {n: p.detach() for n, p in named if not p.requires_grad}
         buffers = dict(self.named_buffers())
-        args = self.speed.inputs(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        self.__dict__["_in_transform"] = True
         try:
             with torch.no_grad(), self.speed.context(*args):
                 grads, (loss, losses, accs) = fn(
@@ -383,6 +407,8 @@ class GradientMetaLearner(MetaLearner):
         except Exception as err:
             self.speed.compile_failed(key, err)
             return None
+        finally:
+            self.__dict__.pop("_in_transform", None)
         params = tuple(p for _, p in named if p.requires_grad)
         loss = attach_gradient(loss, params, tuple(grads[n] for n in trainable))
         return loss, self.metrics(loss, losses, accs)
@@ -410,7 +436,8 @@ class GradientMetaLearner(MetaLearner):
         x, y = as_support(support)
         steps = self.eval_steps if steps is None else steps
         params, buffers = split_module(self.model)
-        adapted = detach(self.adapt_params(params, buffers, x, y, steps, "first_order"))
+        start = self.task_init(params, buffers, x, y)
+        adapted = detach(self.adapt_params(start, buffers, x, y, steps, "first_order"))
         model = self.model
 
         def predict(inputs: Tensor) -> Tensor:
@@ -436,8 +463,9 @@ class GradientMetaLearner(MetaLearner):
 
         def fused(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
             # query forward at theta_t and support forward of step t+1 in one call
-            fast = {k: params[k] for k in names}
-            fixed = {k: v for k, v in params.items() if k not in fast}
+            start = self.task_init(params, buffers, sx, sy)
+            fast = {k: start[k] for k in names}
+            fixed = {k: v for k, v in start.items() if k not in fast}
             state = optimizer.init(fast)
             n_support, both = sx.shape[0], torch.cat([sx, qx])
             losses, accs = [], []
@@ -471,11 +499,12 @@ class GradientMetaLearner(MetaLearner):
             if fuse:
                 return fused(sx, sy, qx, qy)
             self.set_norm_row(0)
+            start = self.task_init(params, buffers, sx, sy)
             if 0 in wanted:
-                record(params)
+                record(start)
             inner = inner_steps_iter(
                 task_loss,
-                params,
+                start,
                 sx,
                 sy,
                 optimizer,

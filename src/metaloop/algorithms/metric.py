@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
+from metaloop.data.transforms import shift_views, translate
 from metaloop.functional.losses import LossFn
 from metaloop.tasks.base import Task, TaskBatch, TaskError
 
@@ -127,8 +128,21 @@ def class_sums(z: Tensor, labels: Tensor, ways: int, mean: bool = False) -> Tens
 # -- embedding ---------------------------------------------------------------------------
 
 
-def embed(encoder: nn.Module, x: Tensor) -> Tensor:
-    """``encoder(x)`` with a clear error when the output does not have one row per input."""
+def _check_images(example_shape: torch.Size) -> None:
+    if len(example_shape) != 3:
+        raise TaskError(
+            "test-time shift translates images: examples must be [C, H, W], got shape "
+            f"{tuple(example_shape)}"
+        )
+
+
+def embed(encoder: nn.Module, x: Tensor, test_time_shift: int = 0) -> Tensor:
+    """``encoder(x)`` with a clear error when the output does not have one row per input;
+    with ``test_time_shift`` the mean over translated views (see ``embed_batch``)."""
+    if test_time_shift:
+        _check_images(x.shape[1:])
+        views = shift_views(test_time_shift)
+        return torch.stack([embed(encoder, translate(x, dx, dy)) for dx, dy in views]).mean(0)
     z = encoder(x)
     if not isinstance(z, Tensor) or z.dim() < 2 or z.shape[0] != x.shape[0]:
         shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
@@ -139,12 +153,36 @@ def embed(encoder: nn.Module, x: Tensor) -> Tensor:
     return z
 
 
-def embed_batch(encoder: nn.Module, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+def embed_batch(
+    encoder: nn.Module, batch: TaskBatch, test_time_shift: int = 0
+) -> tuple[Tensor, Tensor]:
     """Embed all support and query examples of a batch in one forward pass.
 
     Returns ``z_support [T, S, *E]`` and ``z_query [T, Q, *E]`` where ``E`` is the
     encoder's output shape per example (a vector or a feature map).
+
+    ``test_time_shift = s > 0`` (images only) averages the embeddings of the
+    ``(2s + 1)^2`` translations of every image by up to ``s`` pixels per axis,
+    ``z(x) = mean_{(dx, dy)} f(translate(x, dx, dy))``, one forward pass per translation
+    (test-time augmentation; the border is filled with 0, Omniglot's background).
     """
+    if test_time_shift:
+        _check_images(batch.support_x.shape[2:])
+        views = shift_views(test_time_shift)
+        parts = [
+            embed_batch(
+                encoder,
+                TaskBatch(
+                    translate(batch.support_x, dx, dy),
+                    batch.support_y,
+                    translate(batch.query_x, dx, dy),
+                    batch.query_y,
+                    batch.ways,
+                ),
+            )
+            for dx, dy in views
+        ]
+        return tuple(torch.stack(p).mean(0) for p in zip(*parts))  # type: ignore[return-value]
     sx, qx = batch.support_x, batch.query_x
     t, s, q = sx.shape[0], sx.shape[1], qx.shape[1]
     if sx.shape[2:] != qx.shape[2:]:
@@ -168,6 +206,9 @@ class MetricMetaLearner(MetaLearner):
     """
 
     default_eval_steps: tuple[int, ...] = (0,)
+    #: test-time augmentation in ``evaluate_batch`` and ``adapt``: embeddings averaged over
+    #: translations by up to this many pixels per axis (0: off; see ``embed_batch``)
+    test_time_shift: int = 0
 
     def __init__(self, encoder: nn.Module, loss: str | LossFn = "cross_entropy") -> None:
         super().__init__(loss)
@@ -180,11 +221,12 @@ class MetricMetaLearner(MetaLearner):
         """Class scores ``[T, Q, ways]`` of each query (higher is more likely)."""
         raise NotImplementedError
 
-    def episode_scores(self, batch: TaskBatch) -> tuple[Tensor, int]:
-        """Scores ``[T, Q, ways]`` for every query of a batch (one encoder forward)."""
+    def episode_scores(self, batch: TaskBatch, test_time_shift: int = 0) -> tuple[Tensor, int]:
+        """Scores ``[T, Q, ways]`` for every query of a batch (one encoder forward, or one
+        per translated view with ``test_time_shift``)."""
         ways = infer_ways(batch.support_y, batch.ways)
         check_labels(batch.support_y, batch.query_y, ways)
-        z_s, z_q = embed_batch(self.encoder, batch)
+        z_s, z_q = embed_batch(self.encoder, batch, test_time_shift)
         return self.scores(z_s, batch.support_y, z_q, ways), ways
 
     def per_task_metrics(self, scores: Tensor, query_y: Tensor) -> dict[str, Tensor]:
@@ -212,10 +254,11 @@ class MetricMetaLearner(MetaLearner):
         ways = infer_ways(y)
         y = y.unsqueeze(0)
         check_labels(y, None, ways)
-        z_s = embed(self.encoder, x).detach().unsqueeze(0)
+        shift = self.test_time_shift
+        z_s = embed(self.encoder, x, shift).detach().unsqueeze(0)
 
         def predict(inputs: Tensor) -> Tensor:
-            z_q = embed(self.encoder, inputs).unsqueeze(0)
+            z_q = embed(self.encoder, inputs, shift).unsqueeze(0)
             return self.scores(z_s, y, z_q, ways)[0]
 
         return predict
@@ -227,6 +270,6 @@ class MetricMetaLearner(MetaLearner):
         steps = tuple(steps) if steps is not None else self.default_eval_steps
         if any(s < 0 for s in steps):
             raise ValueError(f"evaluation step counts must be >= 0, got {steps}")
-        scores, _ = self.episode_scores(batch)
+        scores, _ = self.episode_scores(batch, self.test_time_shift)
         metrics = self.per_task_metrics(scores, batch.query_y)
         return {s: dict(metrics) for s in steps}

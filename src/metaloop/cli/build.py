@@ -41,6 +41,7 @@ ALGORITHMS: dict[str, str] = {
     "metasgd": "metaloop.algorithms.metasgd:MetaSGD",
     "joint": "metaloop.algorithms.pretrain:JointTraining",
     "anil": "metaloop.algorithms.anil:ANIL",
+    "protomaml": "metaloop.algorithms.protomaml:ProtoMAML",
     "cavia": "metaloop.algorithms.cavia:CAVIA",
     "imaml": "metaloop.algorithms.imaml:IMAML",
     "protonet": "metaloop.algorithms.protonet:ProtoNet",

@@ -46,6 +46,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "threads": 0,
     "progress": True,
     "tensorboard": False,
+    # a run directory or checkpoint whose matching weights start the model (warm start)
+    "init_from": "",
 }
 EVAL_DEFAULTS: dict[str, Any] = {
     "episodes": 600,
@@ -56,6 +58,8 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "seed": 12345,
     "batch_size": 25,
     "protocol": "standard",
+    # metric learners: average embeddings over translations by up to this many pixels
+    "tta_shift": 0,
     "reference_name": "",
     "reference": {},
 }
@@ -79,7 +83,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 }
 NON_NEGATIVE = (
     {("train", k) for k in ("weight_decay", "grad_clip", "patience", "tasks_per_chunk", "threads")}
-    | {("eval", k) for k in ("shots", "queries", "ways")}
+    | {("eval", k) for k in ("shots", "queries", "ways", "tta_shift")}
     | {("data", "shift")}
 )
 FIXED_SECTIONS = {"train": TRAIN_DEFAULTS, "eval": EVAL_DEFAULTS, "data": DATA_DEFAULTS}

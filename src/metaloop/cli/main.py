@@ -100,6 +100,13 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=None)
     e.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     e.add_argument("--protocol", choices=("standard", "within-alphabet"), default=None)
+    e.add_argument(
+        "--tta-shift",
+        type=int,
+        default=None,
+        metavar="S",
+        help="metric learners: average embeddings over translations by up to S pixels",
+    )
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     e.add_argument("--json", action="store_true", help="print one JSON object (docs/cli.md)")
 
@@ -140,6 +147,13 @@ def parser() -> argparse.ArgumentParser:
     lk.add_argument("--runs", required=True, help="all_runs.zip or its extracted folder")
     lk.add_argument("--steps", type=int, default=None)
     lk.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    lk.add_argument(
+        "--tta-shift",
+        type=int,
+        default=None,
+        metavar="S",
+        help="metric learners: average embeddings over translations by up to S pixels",
+    )
     lk.add_argument("--json", action="store_true")
     return p
 
@@ -291,6 +305,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         validate,
     )
     from metaloop.train import Trainer
+    from metaloop.train.checkpoint import LATEST
 
     cfg, run_dir = _resolve_train_config(args)
     if args.no_progress:
@@ -303,6 +318,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     family = build_family(cfg, "train")
     val_family = build_family(cfg, "val")
     model = build_model(cfg)
+    if cfg["train"]["init_from"] and not (run_dir / LATEST).exists():  # not when resuming
+        _warm_start(model, cfg["train"]["init_from"])
     learner = build_learner(cfg, model)
     optimizer, scheduler = build_optimizer(cfg, learner)
     trainer_cls = Trainer
@@ -328,6 +345,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     finally:
         release_lock()
+
+
+def _warm_start(model, source: str) -> None:
+    from metaloop.train.checkpoint import CheckpointError, warm_start
+
+    if not Path(source).exists():
+        raise ConfigError(
+            f"[train] init_from = {source!r}: no such run directory or checkpoint file"
+        )
+    try:
+        names = warm_start(model, source)
+    except CheckpointError as err:
+        raise ConfigError(f"[train] {err}") from err
+    print(f"init_from {source}: {len(names)} tensors loaded", file=sys.stderr)
 
 
 def _train(
@@ -429,6 +460,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         family = build_family(cfg, "test", **sizes)
     seed = args.seed if args.seed is not None else ev["seed"]
+    tta_shift = args.tta_shift if args.tta_shift is not None else ev["tta_shift"]
+    _set_test_time_shift(learner, cfg, tta_shift)
     result = evaluate(
         learner,
         family,
@@ -446,6 +479,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "checkpoint": args.checkpoint,
             "checkpoint_iteration": state.get("iteration"),
             "protocol": protocol,
+            "tta_shift": tta_shift,
             "task": {k: v for k, v in cfg["task"].items()},
             "episode": {
                 "ways": getattr(family, "ways", None),
@@ -466,12 +500,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"at iteration {state.get('iteration')}), {protocol} protocol, "
         f"{getattr(family, 'ways', None) or ''}{'-way ' if getattr(family, 'ways', None) else ''}"
         f"{family.shots}-shot, {family.queries} queries"
+        + (f", test-time shift {tta_shift}" if tta_shift else "")
     )
     print(result)
     if reference:
         name = ev.get("reference_name") or "reference"
         print(f"  {name}: " + ", ".join(f"{k} steps {v}" for k, v in reference.items()))
     return 0
+
+
+def _set_test_time_shift(learner: Any, cfg: dict[str, Any], shift: int) -> None:
+    if shift < 0:
+        raise ConfigError(f"--tta-shift must be an integer >= 0, got {shift}")
+    if not shift:
+        return
+    if not hasattr(learner, "test_time_shift"):
+        raise ConfigError(
+            f"test-time shift averages embeddings, so it applies to the metric learners "
+            f"(protonet, matching, relation, siamese), not to {cfg['algorithm'].get('name')!r}"
+        )
+    learner.test_time_shift = shift
 
 
 # -- bench, plot, lake ---------------------------------------------------------------------
@@ -569,6 +617,8 @@ def cmd_lake(args: argparse.Namespace) -> int:
     cfg, learner, state = load_run(args.run_dir, args.checkpoint)
     check_background_only(cfg, "Lake's 20-run benchmark")
     _threads(cfg)
+    tta_shift = args.tta_shift if args.tta_shift is not None else cfg["eval"]["tta_shift"]
+    _set_test_time_shift(learner, cfg, tta_shift)
     runs = lake.load_runs(args.runs, image_size=cfg["data"]["image_size"])
     steps = args.steps
 
@@ -588,6 +638,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
         "runs": len(score.errors),
         "run_dir": str(args.run_dir),
         "checkpoint_iteration": state.get("iteration"),
+        "tta_shift": tta_shift,
     }
     if args.json:
         print(json.dumps(report))

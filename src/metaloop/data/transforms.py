@@ -100,6 +100,32 @@ class RandomShift:
         return f"RandomShift(max_shift={self.max_shift})"
 
 
+def translate(images: Tensor, dx: int, dy: int, fill: float = 0.0) -> Tensor:
+    """``images [..., H, W]`` moved ``dx`` pixels right and ``dy`` down (integers, either
+    sign), the uncovered border filled with ``fill``: ``out[..., i, j] = in[..., i-dy, j-dx]``."""
+    if images.dim() < 3:
+        raise TaskError(
+            f"translation needs images [..., C, H, W], got inputs of shape {tuple(images.shape)}"
+        )
+    if dx == 0 and dy == 0:
+        return images
+    h, w = images.shape[-2:]
+    if abs(dx) >= w or abs(dy) >= h:
+        raise TaskError(f"a shift of ({dx}, {dy}) pixels leaves nothing of a {h}x{w} image")
+    padded = F.pad(images, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), value=fill)
+    top, left = max(-dy, 0), max(-dx, 0)
+    return padded[..., top : top + h, left : left + w]
+
+
+def shift_views(max_shift: int) -> list[tuple[int, int]]:
+    """Every integer offset ``(dx, dy)`` in ``[-max_shift, max_shift]^2`` (``(0, 0)`` first):
+    the views of test-time augmentation by translation."""
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+        raise TaskError(f"the test-time shift must be an integer >= 0, got {max_shift!r}")
+    r = range(-max_shift, max_shift + 1)
+    return [(0, 0)] + [(dx, dy) for dy in r for dx in r if (dx, dy) != (0, 0)]
+
+
 class Compose:
     """Apply image transforms in order, passing the same generator to each."""
 

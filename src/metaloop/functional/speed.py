@@ -22,8 +22,12 @@ effects are in ``docs/performance.md``.
 * ``autocast``: ``torch.autocast`` with the given dtype (``"bfloat16"``, or ``"float16"``
   on CUDA) around the meta-step; parameters and meta-gradients stay in their own dtype.
   Results are close, not identical.  On CPUs without native bf16 (AVX2 only) it is slower.
-* ``channels_last``: 4-D per-task inputs ``[N, C, H, W]`` are laid out channels-last (the
-  format oneDNN's CPU convolutions prefer); identical numbers, model untouched.
+* ``channels_last``: the *query* forward (and so its backward) runs channels-last: the
+  query images and the adapted 4-D weights are restrided to ``[N, H, W, C]`` memory order,
+  the format oneDNN's CPU convolutions prefer (a stride-2 convolution's input gradient is
+  ~4x faster there).  The support pass keeps the default layout: differentiating through
+  its gradient (second order) is slower channels-last on this backend.  Identical numbers
+  (a restriding copy), model untouched.
 * ``fuse_forward``: evaluation at several step counts runs the query forward at
   ``theta_t`` together with the support forward of step ``t + 1`` (same parameters) as
   one call on ``cat(support, query)``.  Only valid for models that treat examples
@@ -129,10 +133,10 @@ def num_threads(n: int | None) -> Iterator[None]:
 
 
 def _to_channels_last(t: Tensor) -> Tensor:
+    """A 4-D float tensor restrided channels-last (``clone``, so that the strides are set
+    even where they are ambiguous, e.g. one input channel); anything else unchanged."""
     if t.dim() == 4 and t.is_floating_point():
-        return t.contiguous(memory_format=torch.channels_last)
-    if t.dim() == 5 and t.is_floating_point():  # [T, N, C, H, W]: per task channels-last
-        return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        return t.clone(memory_format=torch.channels_last)
     return t
 
 
@@ -224,24 +228,32 @@ class SpeedOptions:
         device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
         return torch.autocast(device, dtype=self.autocast_dtype)
 
-    def inputs(self, *args: Any) -> tuple[Any, ...]:
-        """``args`` with 4-D/5-D float tensors channels-last when that option is on."""
+    def query_layout(
+        self, params: dict[str, Tensor], x: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """``(params, x)`` for the query forward: 4-D ones channels-last when that option is
+        on.  Under ``vmap`` (which refuses a channels-last ``clone``; its batched
+        convolution picks its own layout) they are returned unchanged."""
         if not self.channels_last:
-            return args
-        return tuple(_to_channels_last(a) if isinstance(a, Tensor) else a for a in args)
+            return params, x
+        try:
+            return {k: _to_channels_last(v) for k, v in params.items()}, _to_channels_last(x)
+        except RuntimeError as err:
+            if "inside vmap" not in str(err):
+                raise
+            return params, x
 
     def wrap(self, owner: Any, key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn`` with the options applied: inputs channels-last, autocast, compiled.
+        """``fn`` with the options applied: autocast, compiled.
 
         ``fn`` must be an *unbound* function called as ``fn(owner, *args)`` (so that the
         cached compiled function never keeps ``owner`` alive).  Compilation here goes
         through AOTAutograd: the result is differentiated by ordinary ``.backward()``.
         """
-        if self.compile_options is None and self.autocast_dtype is None and not self.channels_last:
+        if self.compile_options is None and self.autocast_dtype is None:
             return lambda *args: fn(owner, *args)
 
         def run(*args: Any) -> Any:
-            args = self.inputs(*args)
             with self.context(*args):
                 compiled = self.compiled(owner, key, fn)
                 if compiled is not None:

@@ -194,3 +194,49 @@ def load_latest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
             )
         return state
     raise CheckpointError("no readable checkpoint in " + str(run_dir) + ": " + "; ".join(errors))
+
+
+def warm_start(model: torch.nn.Module, source: str | os.PathLike) -> list[str]:
+    """Copy into ``model`` the weights it shares with another run's model; return their names.
+
+    ``source`` is a run directory (its ``best.pt``, else its latest checkpoint) or a
+    checkpoint file.  A learner's state names its model's tensors under one attribute
+    (``model.`` for MAML and its relatives, ``encoder.`` for the metric learners), so a
+    tensor ``k`` of ``model`` is taken from ``<prefix>.k``, with the prefix that matches the
+    most names.  This is how a body trained by one algorithm starts another (a ProtoNet
+    encoder under Proto-MAML, say); tensors without a counterpart keep their values.
+
+    Raises ``CheckpointError`` when nothing matches or a matched tensor has another shape.
+    """
+    path = Path(source)
+    if path.is_dir():
+        state = load_checkpoint(path / BEST) if (path / BEST).exists() else load_latest(path)
+        if state is None:
+            raise CheckpointError(f"init_from: run directory {path} holds no checkpoint")
+    else:
+        state = load_checkpoint(path)
+    saved = state.get("learner", {})
+    own = model.state_dict()
+    prefixes: dict[str, list[str]] = {}
+    for key in saved:
+        head, _, rest = key.partition(".")
+        if rest in own:
+            prefixes.setdefault(head, []).append(rest)
+    if not prefixes:
+        raise CheckpointError(
+            f"init_from: no tensor of {path} matches this model's "
+            f"({', '.join(list(own)[:4])}, ...); the checkpoint holds "
+            f"{', '.join(list(saved)[:4])}, ..."
+        )
+    prefix = max(prefixes, key=lambda p: len(prefixes[p]))
+    names = prefixes[prefix]
+    for k in names:
+        if saved[f"{prefix}.{k}"].shape != own[k].shape:
+            raise CheckpointError(
+                f"init_from: {k} has shape {tuple(saved[f'{prefix}.{k}'].shape)} in {path} but "
+                f"{tuple(own[k].shape)} in this model (same architecture and sizes needed)"
+            )
+    with torch.no_grad():
+        for k in names:
+            own[k].copy_(saved[f"{prefix}.{k}"])
+    return names
