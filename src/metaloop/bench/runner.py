@@ -254,16 +254,24 @@ def _timed2(fn: Callable[[], None], device: torch.device) -> tuple[float, float]
 
 
 def _floor_step(
-    model: nn.Module, batch: TaskBatch, loss: str, per_task: bool = False
+    model: nn.Module,
+    batch: TaskBatch,
+    loss: str,
+    per_task: bool = False,
+    channels_last: bool = False,
 ) -> Callable[[], None]:
     """Forward + backward of the query loss with the shared parameters: all query examples
-    in one call, or (``per_task``) one call per task."""
+    in one call, or (``per_task``) one call per task; ``channels_last``: model and images
+    restrided channels-last (pass a copy of the model)."""
     loss_fn = F.mse_loss if loss == "mse" else F.cross_entropy
     params = list(model.parameters())
     if per_task:
         chunks = [(batch.query_x[i], batch.query_y[i]) for i in range(len(batch))]
     else:
         chunks = [(batch.query_x.flatten(0, 1), batch.query_y.flatten(0, 1))]
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        chunks = [(x.clone(memory_format=torch.channels_last), y) for x, y in chunks]
 
     def step() -> None:
         for p in params:
@@ -307,21 +315,30 @@ def run_case(
     torch.manual_seed(seed)
     base_model = case.make_model().to(device)
 
-    floor_model = copy.deepcopy(base_model)
     floors: dict[str, tuple[float, float]] = {}
-    for layout in ("batched", "per_task"):
-        if layout == "per_task" and len(batch) == 1:
+    layouts = ["batched", "per_task"]
+    if batch.query_x.dim() == 5:  # images: the channels-last layout as well
+        layouts += ["batched_channels_last", "per_task_channels_last"]
+    for layout in layouts:
+        if layout.startswith("per_task") and len(batch) == 1:
             continue
-        floor_fn = _floor_step(floor_model, batch, case.loss, per_task=layout == "per_task")
+        floor_fn = _floor_step(
+            copy.deepcopy(base_model),
+            batch,
+            case.loss,
+            per_task=layout.startswith("per_task"),
+            channels_last=layout.endswith("channels_last"),
+        )
         floor_fn()
         floor_both = [_timed2(floor_fn, device) for _ in range(repeats)]
         floors[layout] = (
             statistics.median(w for w, _ in floor_both),
             statistics.median(c for _, c in floor_both),
         )
-    # the floor is the cheaper way: one big batch is not always faster (CPU caches)
-    floor_s, floor_cpu = min(floors.values())
-    del floor_model
+    # the floor is the cheapest way: one big batch is not always faster (CPU caches), and
+    # the memory layout matters for convolutions
+    floor_layout = min(floors, key=lambda k: floors[k])
+    floor_s, floor_cpu = floors[floor_layout]
 
     results: list[dict[str, Any]] = []
     reference: list[Tensor | None] | None = None
@@ -412,6 +429,7 @@ def run_case(
             "seconds": floor_s,
             "tasks_per_s": case.meta_batch / floor_s,
             "cpu_seconds": floor_cpu,
+            "layout": floor_layout,
             **{f"{k}_seconds": v[0] for k, v in floors.items()},
             **{f"{k}_cpu_seconds": v[1] for k, v in floors.items()},
         },
@@ -579,8 +597,9 @@ def format_table(result: dict[str, Any]) -> str:
         floor = case["floor"]
         lines += [
             "",
-            f"[{case['case']}] meta-batch {case['meta_batch']}; floor (query fwd+bwd only): "
-            f"{floor['seconds'] * 1e3:.2f} ms = {floor['tasks_per_s']:.1f} tasks/s"
+            f"[{case['case']}] meta-batch {case['meta_batch']}; floor (query fwd+bwd only"
+            + (f", {floor['layout'].replace('_', ' ')}" if floor.get("layout") else "")
+            + f"): {floor['seconds'] * 1e3:.2f} ms = {floor['tasks_per_s']:.1f} tasks/s"
             + (
                 f" ({case['meta_batch'] / floor['cpu_seconds']:.1f} tasks/cpu-s)"
                 if floor.get("cpu_seconds")
