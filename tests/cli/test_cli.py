@@ -199,7 +199,7 @@ def test_resume_refuses_overrides_the_checkpoint_would_contradict(tmp_path, conf
 UNKNOWN_KEYS = [
     ("train.foo=1", "[train] unknown key 'foo'; valid keys are checkpoint_every, "),
     ("eval.foo=1", "[eval] unknown key 'foo'; valid keys are batch_size, "),
-    ("data.foo=1", "[data] unknown key 'foo'; valid keys are cache_dir, "),
+    ("data.foo=1", "[data] unknown key 'foo'; valid keys are affine, cache_dir, "),
     ("task.foo=1", "[task] unknown key 'foo' for Sinusoid; valid keys are amplitude, dtype, "),
     ("model.foo=1", "[model] unknown key 'foo' for MLP; valid keys are activation, bias, "),
     ("algorithm.foo=1", "[algorithm] unknown key 'foo' for MAML; valid keys are adapt, "),
@@ -247,6 +247,7 @@ BAD_VALUES = [
     ('algorithm.vectorize="jit"', "vectorize must be one of auto, vmap, loop, got 'jit'"),
     ('algorithm.loss="hinge"', "unknown loss 'hinge'; choose one of mse, cross_entropy"),
     ('algorithm.first_order="yes"', "algorithm.first_order must be a boolean, got 'yes'"),
+    ('data.affine="yes"', "data.affine must be a boolean, got 'yes'"),
     # caught on the first batch, before the first step: the model does not fit the task
     (
         "model.out_features=3",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -121,3 +123,47 @@ def test_translate_moves_pixels_and_fills_the_border() -> None:
         translate(x, 4, 0)
     with pytest.raises(TaskError, match="needs images"):
         translate(torch.randn(5, 3), 1, 0)
+
+
+def test_affine_warp_matches_exact_translations_and_rotations() -> None:
+    from metaloop.data.transforms import affine_warp, translate
+
+    x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    eye = torch.eye(2).expand(3, 2, 2)
+    torch.testing.assert_close(affine_warp(x, eye, torch.zeros(3, 2)), x)
+    shift = torch.tensor([[1.0, 0.0]] * 3)
+    torch.testing.assert_close(affine_warp(x, eye, shift), translate(x, 1, 0))
+    torch.testing.assert_close(affine_warp(x, eye, -2 * shift.flip(-1)), translate(x, 0, -2))
+    # u -> R u with R = [[0, -1], [1, 0]]: x-axis onto y (down), a clockwise quarter turn
+    quarter = torch.tensor([[0.0, -1.0], [1.0, 0.0]]).expand(3, 2, 2)
+    torch.testing.assert_close(
+        affine_warp(x, quarter, torch.zeros(3, 2)), torch.rot90(x, -1, (-2, -1))
+    )
+    # scaling by 2 about the centre: the centre pixels spread, the border fills
+    doubled = affine_warp(x, 2 * eye, torch.zeros(3, 2), fill=0.5)
+    assert doubled.shape == x.shape and torch.isfinite(doubled).all()
+
+
+def test_random_affine_is_seeded_bounded_and_validated() -> None:
+    from metaloop.data import RandomAffine
+
+    x = torch.zeros(8, 1, 12, 12)
+    x[:, :, 4:8, 4:8] = 1.0
+    aug = RandomAffine()
+    a = aug(x, torch.Generator().manual_seed(1))
+    b = aug(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    assert a.min() >= 0 and a.max() <= 1  # bilinear: a convex combination of 0s and 1s
+    # mass is roughly kept (scale within 0.8..1.2 per axis, the square stays inside)
+    assert ((a.sum((1, 2, 3)) / 16) - 1).abs().max() < 0.6
+    identity = RandomAffine(rotation=0, shear=0, scale=0, translate=0)
+    torch.testing.assert_close(identity(x, torch.Generator().manual_seed(0)), x)
+    never = RandomAffine(p=0.0)
+    torch.testing.assert_close(never(x, torch.Generator().manual_seed(0)), x)
+    for kwargs, fragment in (
+        ({"rotation": -1}, "rotation must be a finite number >= 0"),
+        ({"scale": 1.0}, "scale must be < 1"),
+        ({"p": 2}, "p must be in [0, 1]"),
+    ):
+        with pytest.raises(TaskError, match=re.escape(fragment)):
+            RandomAffine(**kwargs)

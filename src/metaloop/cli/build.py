@@ -128,6 +128,16 @@ def build_family(
     )
 
 
+def _train_transform(d: dict[str, Any]) -> Any:
+    """The training-image augmentation of ``[data]``: ``affine`` then ``shift``."""
+    from metaloop import data
+
+    parts = ([data.RandomAffine()] if d["affine"] else []) + (
+        [data.RandomShift(d["shift"])] if d["shift"] else []
+    )
+    return data.Compose(*parts) if len(parts) > 1 else (parts[0] if parts else None)
+
+
 def _image_family(
     cfg,
     family: str,
@@ -166,7 +176,7 @@ def _image_family(
             # training episodes only: augmentation and the choice of classes
             within_alphabet=within_alphabet
             or (part == "train" and d["train_episodes"] == "within-alphabet"),
-            transform=data.RandomShift(d["shift"]) if part == "train" and d["shift"] else None,
+            transform=_train_transform(d) if part == "train" else None,
             cache_dir=d["cache_dir"] or None,
             download=d["download"],
         )

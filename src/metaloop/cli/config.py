@@ -71,6 +71,8 @@ DATA_DEFAULTS: dict[str, Any] = {
     "cache_dir": "",
     "download": False,
     "shift": 0,
+    # training images: Koch et al.'s random affine distortions (rotation, shear, scale, shift)
+    "affine": False,
     "train_episodes": "any",
 }
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {

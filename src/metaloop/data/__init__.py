@@ -47,7 +47,13 @@ from metaloop.data.omniglot import (
     resolve_root,
 )
 from metaloop.data.splits import ClassSplit, check_disjoint, lake_split, vinyals_split
-from metaloop.data.transforms import Compose, RandomShift, augment_rotations, permute_labels
+from metaloop.data.transforms import (
+    Compose,
+    RandomAffine,
+    RandomShift,
+    augment_rotations,
+    permute_labels,
+)
 
 SPLITS = ("vinyals", "lake", "small1", "small2")
 
@@ -157,6 +163,7 @@ __all__ = [
     "LakeRun",
     "LakeScore",
     "OmniglotError",
+    "RandomAffine",
     "RandomShift",
     "augment_rotations",
     "check_disjoint",

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -124,6 +125,87 @@ def shift_views(max_shift: int) -> list[tuple[int, int]]:
         raise TaskError(f"the test-time shift must be an integer >= 0, got {max_shift!r}")
     r = range(-max_shift, max_shift + 1)
     return [(0, 0)] + [(dx, dy) for dy in r for dx in r if (dx, dy) != (0, 0)]
+
+
+def affine_warp(images: Tensor, matrix: Tensor, translation: Tensor, fill: float = 0.0) -> Tensor:
+    """``out(u) = in(A^-1 (u - t))``: each image ``[B, C, H, W]`` moved by the affine map
+    ``u -> A u + t`` of pixel coordinates ``u = (x, y)`` (x right, y down) centred on the
+    image; ``matrix`` is ``A [B, 2, 2]``, ``translation`` is ``t [B, 2]`` in pixels.  Bilinear
+    sampling, ``fill`` outside the image."""
+    b, c, h, w = images.shape
+    dtype = images.dtype if images.is_floating_point() else torch.float32
+    inverse = torch.linalg.inv(matrix.to(dtype))
+    # grid_sample reads output -> input in normalized coordinates x_n = N u, N = diag(2/W, 2/H)
+    norm = torch.tensor([2.0 / w, 2.0 / h], dtype=dtype)
+    theta = torch.zeros(b, 2, 3, dtype=dtype)
+    theta[:, :, :2] = norm[:, None] * inverse / norm[None, :]
+    theta[:, :, 2:] = -(theta[:, :, :2] @ (translation.to(dtype) * norm).unsqueeze(-1))
+    grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
+    out = F.grid_sample(
+        images.to(dtype) - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    return (out + fill).to(images.dtype)
+
+
+class RandomAffine:
+    """Random affine distortion of each image (Koch, Zemel and Salakhutdinov, 2015):
+    rotation ``theta ~ U[-rotation, rotation]`` degrees, shear ``rho_x, rho_y ~
+    U[-shear, shear]``, scale ``s_x, s_y ~ U[1 - scale, 1 + scale]`` and translation
+    ``t_x, t_y ~ U[-translate, translate]`` pixels, each component applied with probability
+    ``p`` (Koch: 0.5).  The map ``A = R(theta) Sh(rho) S(s)`` acts on pixel coordinates
+    centred on the image; sampling is bilinear with ``fill`` outside the image (0 =
+    background for inverted Omniglot strokes).  Defaults are Koch's ranges.
+    """
+
+    def __init__(
+        self,
+        rotation: float = 10.0,
+        shear: float = 0.3,
+        scale: float = 0.2,
+        translate: float = 2.0,
+        p: float = 0.5,
+        fill: float = 0.0,
+    ) -> None:
+        for name, value in (
+            ("rotation", rotation),
+            ("shear", shear),
+            ("scale", scale),
+            ("translate", translate),
+        ):
+            if not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise TaskError(f"RandomAffine {name} must be a finite number >= 0, got {value!r}")
+        if scale >= 1:
+            raise TaskError(f"RandomAffine scale must be < 1 (factors 1 +- scale), got {scale}")
+        if not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise TaskError(f"RandomAffine p must be in [0, 1], got {p!r}")
+        self.rotation, self.shear, self.scale = float(rotation), float(shear), float(scale)
+        self.translate, self.p, self.fill = float(translate), float(p), float(fill)
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        b = images.shape[0]
+        dtype = images.dtype if images.is_floating_point() else torch.float32
+
+        def draw(bound: float, count: int = 1) -> Tensor:
+            value = (2 * torch.rand(count, b, generator=generator, dtype=dtype) - 1) * bound
+            keep = torch.rand(count, b, generator=generator, dtype=dtype) < self.p
+            return value * keep
+
+        theta = draw(self.rotation)[0] * (math.pi / 180)
+        rho = draw(self.shear, 2)
+        s = 1 + draw(self.scale, 2)
+        t = draw(self.translate, 2)
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+        one = torch.ones_like(theta)
+        shear = torch.stack([torch.stack([one, rho[0]], -1), torch.stack([rho[1], one], -1)], -2)
+        matrix = rotation @ shear @ torch.diag_embed(s.T)  # [B, 2, 2]
+        return affine_warp(images, matrix, t.T, self.fill)
+
+    def __repr__(self) -> str:
+        return (
+            f"RandomAffine(rotation={self.rotation}, shear={self.shear}, scale={self.scale}, "
+            f"translate={self.translate}, p={self.p})"
+        )
 
 
 class Compose:
