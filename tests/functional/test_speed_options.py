@@ -319,6 +319,41 @@ def test_channels_last_matches_default(vectorize):
     assert_close(got, ref)
 
 
+def test_channels_last_lays_out_the_query_pass_only():
+    """Query images (one channel: ambiguous strides) and adapted weights reach the
+    convolutions channels-last; the support pass keeps the default layout."""
+    batch = image_batch(tasks=2, ways=3, shots=1, queries=2)
+    model = tiny_conv()
+    seen: list[tuple[int, bool, bool]] = []
+    conv = model.features[1].conv
+
+    def record(module, args):
+        x = args[0]
+        cl = torch.channels_last
+        seen.append(
+            (
+                x.shape[0],
+                x.is_contiguous(memory_format=cl) and x.stride(1) == 1,
+                module.weight.stride(1) == 1,
+            )
+        )
+
+    conv.register_forward_pre_hook(record)
+    learner = MAML(
+        model,
+        inner_lr=0.1,
+        inner_steps=1,
+        loss="cross_entropy",
+        vectorize="loop",
+        channels_last=True,
+    )
+    learner.meta_loss(batch)
+    support = [s for s in seen if s[0] == 3]
+    query = [s for s in seen if s[0] == 6]
+    assert support and all(not cl for _, cl, _ in support)
+    assert query and all(cl and w for _, cl, w in query)
+
+
 @pytest.mark.parametrize(
     "make, batch_fn, loss, vectorize",
     [
