@@ -192,3 +192,26 @@ def test_test_time_shift_averages_embeddings_of_translated_views():
     vectors = gaussian_episodes(1, 2, 1, 1)
     with pytest.raises(TaskError, match=r"examples must be \[C, H, W\], got shape \(8,\)"):
         learner.evaluate_batch(vectors)
+
+
+def test_channels_last_encoder_gives_the_same_loss_and_gradient():
+    from metaloop.models import Conv4
+
+    g = torch.Generator().manual_seed(3)
+    sx = torch.randn(2, 6, 1, 28, 28, generator=g, dtype=torch.float64)
+    qx = torch.randn(2, 9, 1, 28, 28, generator=g, dtype=torch.float64)
+    y = torch.arange(3)
+    batch = TaskBatch(sx, y.repeat(2).expand(2, -1), qx, y.repeat(3).expand(2, -1), ways=3)
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        encoder = Conv4(1, None, hidden=8, image_size=28, norm="batch_episode").double()
+        learner = ProtoNet(encoder, channels_last=channels_last)
+        conv = encoder.features[1].conv.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+        loss, _ = learner.meta_loss(batch)
+        results.append((loss, torch.autograd.grad(loss, list(encoder.parameters()))))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-12, atol=0)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)

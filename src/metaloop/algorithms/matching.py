@@ -108,8 +108,9 @@ class MatchingNet(MetricMetaLearner):
         embedding_dim: int | None = None,
         fce_steps: int = 5,
         temperature: float = 1.0,
+        channels_last: bool = False,
     ) -> None:
-        super().__init__(encoder, nll)
+        super().__init__(encoder, nll, channels_last)
         self.loss_name = "nll"
         if not isinstance(temperature, (int, float)) or temperature <= 0:
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")

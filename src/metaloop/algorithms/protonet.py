@@ -48,6 +48,8 @@ class ProtoNet(MetricMetaLearner):
             ``"cosine"`` (logits ``cos(f(x), c_k) / tau``).
         temperature: ``tau``; default 1 for squared Euclidean and 0.1 for cosine.
         learn_temperature: make ``log(1/tau)`` a learned parameter (meta-trained with phi).
+        channels_last: lay the encoder's convolution weights out channels-last (faster on
+            the CPU; see ``MetricMetaLearner``).
     """
 
     def __init__(
@@ -56,8 +58,9 @@ class ProtoNet(MetricMetaLearner):
         distance: Distance = "squared_euclidean",
         temperature: float | None = None,
         learn_temperature: bool = False,
+        channels_last: bool = False,
     ) -> None:
-        super().__init__(encoder, "cross_entropy")
+        super().__init__(encoder, "cross_entropy", channels_last)
         if distance not in DISTANCES:
             raise ValueError(f"unknown distance {distance!r}; choose one of {', '.join(DISTANCES)}")
         if temperature is None:

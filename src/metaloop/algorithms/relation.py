@@ -186,12 +186,13 @@ class RelationNet(MetricMetaLearner):
         input_shape: Sequence[int] | None = None,
         hidden: int = 64,
         fc_hidden: int = 8,
+        channels_last: bool = False,
     ) -> None:
         if loss not in ("mse", "cross_entropy"):
             raise ValueError(f"RelationNet loss must be 'mse' or 'cross_entropy', got {loss!r}")
         if aggregate not in ("sum", "mean"):
             raise ValueError(f"aggregate must be 'sum' or 'mean', got {aggregate!r}")
-        super().__init__(encoder, relation_mse if loss == "mse" else "cross_entropy")
+        super().__init__(encoder, relation_mse if loss == "mse" else "cross_entropy", channels_last)
         self.loss_name = loss
         if relation_module is None:
             relation_module = default_relation_module(encoder, input_shape, hidden, fc_hidden)

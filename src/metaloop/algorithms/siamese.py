@@ -135,8 +135,9 @@ class SiameseNet(MetricMetaLearner):
         balanced: bool = True,
         samples: int | None = None,
         generator: torch.Generator | None = None,
+        channels_last: bool = False,
     ) -> None:
-        super().__init__(encoder, "cross_entropy")
+        super().__init__(encoder, "cross_entropy", channels_last)
         if loss not in ("contrastive", "triplet"):
             raise ValueError(f"SiameseNet loss must be 'contrastive' or 'triplet', got {loss!r}")
         if mining not in ("all", "hard"):

@@ -179,19 +179,21 @@ def parse_engine(name: str) -> tuple[str, dict[str, Any]]:
     return base, kwargs
 
 
-def build_engine(name: str, case: Case, model: nn.Module) -> tuple[nn.Module, bool]:
-    """``(engine, channels_last_inputs)`` for an engine name and a case."""
+def build_engine(name: str, case: Case, model: nn.Module) -> nn.Module:
+    """The engine (a ``meta_loss`` learner) for an engine name and a case."""
     base, kwargs = parse_engine(name)
     if case.kind == "protonet":
         channels_last = bool(kwargs.pop("channels_last", False))
         if kwargs:
             raise ValueError(f"ProtoNet engines take only +channels_last, got {name!r}")
         if base == "plain":
-            return PlainLoopProtoNet(model), channels_last
+            if channels_last:  # what a user of the plain loop would do: restride the model
+                model.to(memory_format=torch.channels_last)
+            return PlainLoopProtoNet(model)
         if base == "protonet":
             from metaloop.algorithms.protonet import ProtoNet
 
-            return ProtoNet(model), channels_last
+            return ProtoNet(model, channels_last=channels_last)
         raise ValueError(f"unknown ProtoNet engine {name!r}; use plain or protonet")
     common = dict(
         inner_lr=case.inner_lr,
@@ -203,11 +205,11 @@ def build_engine(name: str, case: Case, model: nn.Module) -> tuple[nn.Module, bo
         if kwargs:
             raise ValueError(f"the {base} engine takes no options, got {name!r}")
         cls = {"plain": PlainLoopMAML, "higher": HigherMAML, "torchopt": TorchOptMAML}[base]
-        return cls(model, **common), False
+        return cls(model, **common)
     if base in ("loop", "vmap"):
         from metaloop.algorithms.maml import MAML
 
-        return MAML(model, vectorize=base, **common, **kwargs), False
+        return MAML(model, vectorize=base, **common, **kwargs)
     raise ValueError(f"unknown engine {name!r}; bases: plain, loop, vmap, higher, torchopt")
 
 
@@ -216,22 +218,6 @@ def default_engines(case: Case) -> tuple[str, ...]:
     if case.kind == "maml" and not case.first_order:
         engines += [lib for lib, ok in available_libraries().items() if ok]
     return tuple(engines)
-
-
-def _to_channels_last(batch: TaskBatch) -> TaskBatch:
-    def cl(t: Tensor) -> Tensor:
-        if t.dim() == 5 and t.is_floating_point():
-            return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-        return t
-
-    return TaskBatch(
-        cl(batch.support_x),
-        batch.support_y,
-        cl(batch.query_x),
-        batch.query_y,
-        batch.ways,
-        batch.info,
-    )
 
 
 # -- timing ----------------------------------------------------------------------------------
@@ -365,14 +351,13 @@ def run_case(
             log(f"  {case.label}: {name} ...")
         try:
             model = copy.deepcopy(base_model)
-            engine, channels_last = build_engine(name, case, model)
+            engine = build_engine(name, case, model)
             engine.to(device)
-            step_batch = _to_channels_last(batch) if channels_last else batch
             params = list(model.parameters())
 
             def step(
                 engine: nn.Module = engine,
-                step_batch: TaskBatch = step_batch,
+                step_batch: TaskBatch = batch,
                 params: list[Tensor] = params,
             ) -> None:
                 for p in params:
@@ -542,10 +527,8 @@ def profile_engine(
         batch = c.make_batch(torch.Generator().manual_seed(seed)).to(device)
         torch.manual_seed(seed)
         model = c.make_model().to(device)
-        learner, channels_last = build_engine(engine, c, model)
+        learner = build_engine(engine, c, model)
         learner.to(device)
-        if channels_last:
-            batch = _to_channels_last(batch)
 
         def step() -> None:
             for p in model.parameters():
