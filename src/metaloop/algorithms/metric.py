@@ -166,23 +166,6 @@ def embed_batch(
     ``z(x) = mean_{(dx, dy)} f(translate(x, dx, dy))``, one forward pass per translation
     (test-time augmentation; the border is filled with 0, Omniglot's background).
     """
-    if test_time_shift:
-        _check_images(batch.support_x.shape[2:])
-        views = shift_views(test_time_shift)
-        parts = [
-            embed_batch(
-                encoder,
-                TaskBatch(
-                    translate(batch.support_x, dx, dy),
-                    batch.support_y,
-                    translate(batch.query_x, dx, dy),
-                    batch.query_y,
-                    batch.ways,
-                ),
-            )
-            for dx, dy in views
-        ]
-        return tuple(torch.stack(p).mean(0) for p in zip(*parts))  # type: ignore[return-value]
     sx, qx = batch.support_x, batch.query_x
     t, s, q = sx.shape[0], sx.shape[1], qx.shape[1]
     if sx.shape[2:] != qx.shape[2:]:
@@ -191,7 +174,7 @@ def embed_batch(
             f"{tuple(qx.shape[2:])}"
         )
     x = torch.cat([sx.reshape(t * s, *sx.shape[2:]), qx.reshape(t * q, *qx.shape[2:])])
-    z = embed(encoder, x)
+    z = embed(encoder, x, test_time_shift)
     return z[: t * s].reshape(t, s, *z.shape[1:]), z[t * s :].reshape(t, q, *z.shape[1:])
 
 
@@ -222,7 +205,6 @@ class MetricMetaLearner(MetaLearner):
             # 4-D weights restrided channels-last: convolutions then run (and return) that
             # layout whatever the input's, oneDNN's fast path on the CPU (1.3x here)
             encoder.to(memory_format=torch.channels_last)
-        self.channels_last = bool(channels_last)
         self.encoder = encoder
         self.classification = True
 

@@ -29,7 +29,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from metaloop.algorithms.maml import MAML
-from metaloop.algorithms.metric import class_means
+from metaloop.algorithms.metric import class_means, infer_ways
 from metaloop.functional.params import Params, call
 
 
@@ -56,7 +56,7 @@ class ProtoMAML(MAML):
             raise ValueError("ProtoMAML's head needs a bias (b_k = -||c_k||^2 / tau)")
         if not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
             raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-        if kwargs.setdefault("vectorize", "loop") == "vmap":
+        if kwargs.get("vectorize") == "vmap":
             raise ValueError(
                 "ProtoMAML reads the number of ways from each task's labels (a data-dependent "
                 "shape), which vmap cannot batch: use vectorize='loop' (the default) or 'auto'"
@@ -69,12 +69,8 @@ class ProtoMAML(MAML):
 
     def task_init(self, params: Params, buffers: Params, sx: Tensor, sy: Tensor) -> Params:
         """``theta_0`` with ``head.weight = 2 c / tau`` and ``head.bias = -||c||^2 / tau``."""
-        body = {k[len("features.") :]: v for k, v in params.items() if k.startswith("features.")}
-        body_buffers = {
-            k[len("features.") :]: v for k, v in buffers.items() if k.startswith("features.")
-        }
-        z = call(self.model.features, body, body_buffers, sx).flatten(1)
-        ways = int(sy.max()) + 1
+        z = call(self.model.features, _body(params), _body(buffers), sx).flatten(1)
+        ways = infer_ways(sy)
         prototypes = class_means(z.unsqueeze(0), sy.unsqueeze(0), ways)[0]  # [ways, D]
         return {
             **params,
@@ -84,6 +80,11 @@ class ProtoMAML(MAML):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, " + super().extra_repr()
+
+
+def _body(tensors: Params) -> Params:
+    """The ``features.*`` entries, named as inside ``model.features``."""
+    return {k.removeprefix("features."): v for k, v in tensors.items() if k.startswith("features.")}
 
 
 __all__ = ["ProtoMAML"]

@@ -71,6 +71,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _add_tta_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--tta-shift",
+        type=int,
+        default=None,
+        metavar="S",
+        help="metric learners: average embeddings over translations by up to S pixels",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     from metaloop.bench.sampler import add_sampler_arguments
 
@@ -100,13 +110,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=None)
     e.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     e.add_argument("--protocol", choices=("standard", "within-alphabet"), default=None)
-    e.add_argument(
-        "--tta-shift",
-        type=int,
-        default=None,
-        metavar="S",
-        help="metric learners: average embeddings over translations by up to S pixels",
-    )
+    _add_tta_argument(e)
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     e.add_argument("--json", action="store_true", help="print one JSON object (docs/cli.md)")
 
@@ -147,13 +151,7 @@ def parser() -> argparse.ArgumentParser:
     lk.add_argument("--runs", required=True, help="all_runs.zip or its extracted folder")
     lk.add_argument("--steps", type=int, default=None)
     lk.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-    lk.add_argument(
-        "--tta-shift",
-        type=int,
-        default=None,
-        metavar="S",
-        help="metric learners: average embeddings over translations by up to S pixels",
-    )
+    _add_tta_argument(lk)
     lk.add_argument("--json", action="store_true")
     return p
 
@@ -411,7 +409,7 @@ def _train(
 def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str] | None = None):
     """Config and learner of a run directory, weights from its best or latest checkpoint."""
     from metaloop.cli.build import build_learner, build_model, validate
-    from metaloop.train.checkpoint import BEST, load_checkpoint, load_latest
+    from metaloop.train.checkpoint import load_best, load_latest
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_NAME).exists():
@@ -420,11 +418,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     validate(cfg)
     model = build_model(cfg)
     learner = build_learner(cfg, model)
-    state = None
-    if checkpoint == "best" and (run_dir / BEST).exists():
-        state = load_checkpoint(run_dir / BEST)
-    else:
-        state = load_latest(run_dir)
+    state = load_best(run_dir) if checkpoint == "best" else load_latest(run_dir)
     if state is None:
         raise ConfigError(f"{run_dir} has no checkpoint yet (train it first)")
     try:
@@ -460,8 +454,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         family = build_family(cfg, "test", **sizes)
     seed = args.seed if args.seed is not None else ev["seed"]
-    tta_shift = args.tta_shift if args.tta_shift is not None else ev["tta_shift"]
-    _set_test_time_shift(learner, cfg, tta_shift)
+    tta_shift = _set_test_time_shift(learner, cfg, args.tta_shift)
     result = evaluate(
         learner,
         family,
@@ -509,17 +502,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _set_test_time_shift(learner: Any, cfg: dict[str, Any], shift: int) -> None:
+def _set_test_time_shift(learner: Any, cfg: dict[str, Any], option: int | None) -> int:
+    """Apply ``--tta-shift`` (else ``[eval] tta_shift``) to a metric learner; return it."""
+    shift = option if option is not None else cfg["eval"]["tta_shift"]
     if shift < 0:
         raise ConfigError(f"--tta-shift must be an integer >= 0, got {shift}")
     if not shift:
-        return
+        return 0
     if not hasattr(learner, "test_time_shift"):
         raise ConfigError(
             f"test-time shift averages embeddings, so it applies to the metric learners "
             f"(protonet, matching, relation, siamese), not to {cfg['algorithm'].get('name')!r}"
         )
     learner.test_time_shift = shift
+    return shift
 
 
 # -- bench, plot, lake ---------------------------------------------------------------------
@@ -617,8 +613,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
     cfg, learner, state = load_run(args.run_dir, args.checkpoint)
     check_background_only(cfg, "Lake's 20-run benchmark")
     _threads(cfg)
-    tta_shift = args.tta_shift if args.tta_shift is not None else cfg["eval"]["tta_shift"]
-    _set_test_time_shift(learner, cfg, tta_shift)
+    tta_shift = _set_test_time_shift(learner, cfg, args.tta_shift)
     runs = lake.load_runs(args.runs, image_size=cfg["data"]["image_size"])
     steps = args.steps
 

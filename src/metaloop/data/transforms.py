@@ -136,8 +136,8 @@ def affine_warp(images: Tensor, matrix: Tensor, translation: Tensor, fill: float
     dtype = images.dtype if images.is_floating_point() else torch.float32
     inverse = torch.linalg.inv(matrix.to(dtype))
     # grid_sample reads output -> input in normalized coordinates x_n = N u, N = diag(2/W, 2/H)
-    norm = torch.tensor([2.0 / w, 2.0 / h], dtype=dtype)
-    theta = torch.zeros(b, 2, 3, dtype=dtype)
+    norm = torch.tensor([2.0 / w, 2.0 / h], dtype=dtype, device=images.device)
+    theta = torch.zeros(b, 2, 3, dtype=dtype, device=images.device)
     theta[:, :, :2] = norm[:, None] * inverse / norm[None, :]
     theta[:, :, 2:] = -(theta[:, :, :2] @ (translation.to(dtype) * norm).unsqueeze(-1))
     grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)

@@ -196,6 +196,13 @@ def load_latest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     raise CheckpointError("no readable checkpoint in " + str(run_dir) + ": " + "; ".join(errors))
 
 
+def load_best(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """A run's ``best.pt`` when it has one, else its newest readable checkpoint
+    (``load_latest``), else ``None``."""
+    run_dir = Path(run_dir)
+    return load_checkpoint(run_dir / BEST) if (run_dir / BEST).exists() else load_latest(run_dir)
+
+
 def warm_start(model: torch.nn.Module, source: str | os.PathLike) -> list[str]:
     """Copy into ``model`` the weights it shares with another run's model; return their names.
 
@@ -210,7 +217,7 @@ def warm_start(model: torch.nn.Module, source: str | os.PathLike) -> list[str]:
     """
     path = Path(source)
     if path.is_dir():
-        state = load_checkpoint(path / BEST) if (path / BEST).exists() else load_latest(path)
+        state = load_best(path)
         if state is None:
             raise CheckpointError(f"init_from: run directory {path} holds no checkpoint")
     else:
