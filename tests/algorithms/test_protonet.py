@@ -215,3 +215,63 @@ def test_channels_last_encoder_gives_the_same_loss_and_gradient():
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-12, atol=0)
     for a, b in zip(grads_a, grads_b):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+def hand_refined_logits(encoder, batch, steps, scale=1.0):
+    """Soft k-means written per task and per class with Python loops."""
+    out = []
+    for t in range(len(batch)):
+        zs, zq, ys = encoder(batch.support_x[t]), encoder(batch.query_x[t]), batch.support_y[t]
+        ways = int(ys.max()) + 1
+        protos = [zs[ys == k].mean(0) for k in range(ways)]
+        for _ in range(steps):
+            d = torch.stack([torch.stack([((q - c) ** 2).sum() for c in protos]) for q in zq])
+            w = (-d * scale).softmax(-1)
+            protos = [
+                (zs[ys == k].sum(0) + (w[:, k : k + 1] * zq).sum(0))
+                / ((ys == k).sum() + w[:, k].sum())
+                for k in range(ways)
+            ]
+        out.append(torch.stack([torch.stack([-((q - c) ** 2).sum() for c in protos]) for q in zq]))
+    return torch.stack(out) * scale
+
+
+def test_transductive_refinement_is_soft_k_means_over_the_queries():
+    torch.manual_seed(2)
+    encoder = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+    batch = gaussian_episodes(3, 4, 2, 3, dtype=torch.float64)
+    inductive = ProtoNet(encoder, temperature=0.5)
+    for steps in (0, 1, 3):
+        learner = ProtoNet(encoder, temperature=0.5, transductive_steps=steps)
+        scores, _ = learner.episode_scores(batch)
+        torch.testing.assert_close(scores, hand_refined_logits(encoder, batch, steps, 2.0))
+    assert torch.equal(
+        ProtoNet(encoder, transductive_steps=0).episode_scores(batch)[0],
+        ProtoNet(encoder).episode_scores(batch)[0],
+    )
+    assert not torch.allclose(scores, inductive.episode_scores(batch)[0])
+    # a query's scores depend on the other queries of its task, not on other tasks
+    task = batch[0]
+    alone = learner.adapt(task)(task.query_x)
+    torch.testing.assert_close(alone, scores[0])
+    assert not torch.allclose(learner.adapt(task)(task.query_x[:2]), scores[0, :2])
+
+
+def test_transductive_refinement_gradient_matches_finite_differences():
+    torch.manual_seed(3)
+    batch = gaussian_episodes(2, 3, 2, 2, dim=4, dtype=torch.float64)
+    learner = ProtoNet(nn.Identity(), temperature=2.0, transductive_steps=2)
+
+    def loss(zs, zq):
+        scores = learner.scores(zs, batch.support_y, zq, 3)
+        return F.cross_entropy(scores.flatten(0, 1), batch.query_y.flatten())
+
+    zs = batch.support_x.clone().requires_grad_()
+    zq = batch.query_x.clone().requires_grad_()
+    assert torch.autograd.gradcheck(loss, (zs, zq), eps=1e-6, atol=1e-7)
+
+
+def test_transductive_steps_must_be_a_count():
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="transductive_steps must be an integer >= 0"):
+            ProtoNet(nn.Linear(8, 4), transductive_steps=bad)

@@ -113,6 +113,7 @@ def test_train_eval_plot_resume(tmp_path, config, capsys):
         "run_dir",
         "checkpoint",
         "checkpoint_iteration",
+        "ensemble",
         "protocol",
         "tta_shift",
         "task",

@@ -144,10 +144,13 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def _tiny_protonet_run(capsys, tmp_path: Path, omniglot_root: Path, cache_dir, split: str) -> Path:
+def _tiny_protonet_run(
+    capsys, tmp_path: Path, omniglot_root: Path, cache_dir, split: str, seed: int = 0
+) -> Path:
     config = tmp_path / f"{split}.toml"
     config.write_text(
         f"""
+seed = {seed}
 [task]
 family = "omniglot"
 ways = 5
@@ -170,7 +173,7 @@ validation_tasks = 2
 progress = false
 """
     )
-    run_dir = tmp_path / f"run-{split}"
+    run_dir = tmp_path / f"run-{split}-{seed}"
     code, _, err = _cli(capsys, "train", str(config), "--run-dir", str(run_dir))
     assert code == 0, err
     return run_dir
@@ -208,3 +211,46 @@ def test_cli_lake_protocols_end_to_end(tmp_path, omniglot_root, cache_dir, runs_
         code, _, err = _cli(capsys, *argv)
         assert code == 2
         assert "trained on the 'vinyals' split" in err and 'data.split = "lake"' in err
+
+
+def test_cli_ensembles_several_runs(tmp_path, omniglot_root, cache_dir, runs_zip, capsys):
+    """``eval RUN RUN ...`` and ``lake-runs RUN RUN ...`` score the members' ensemble; a run
+    twice scores as the run alone; members must take the same inputs and, for Lake's
+    protocols, be trained on background alphabets only."""
+    import json
+    import shutil
+
+    first = _tiny_protonet_run(capsys, tmp_path, omniglot_root, cache_dir, "lake", seed=0)
+    second = _tiny_protonet_run(capsys, tmp_path, omniglot_root, cache_dir, "lake", seed=1)
+    within = ["--protocol", "within-alphabet", "--episodes", "4", "--json"]
+
+    def evaluate(*runs: Path) -> dict:
+        code, out, err = _cli(capsys, "eval", *map(str, runs), *within)
+        assert code == 0, err
+        return json.loads(out)
+
+    alone, twice, both = evaluate(first), evaluate(first, first), evaluate(first, second)
+    assert alone["ensemble"] is None
+    assert twice["steps"]["0"]["accuracy"]["mean"] == pytest.approx(
+        alone["steps"]["0"]["accuracy"]["mean"]
+    )
+    assert [m["run_dir"] for m in both["ensemble"]] == [str(first), str(second)]
+    assert both["ensemble"][1]["algorithm"] == "protonet" and both["tta_shift"] == 0
+    assert evaluate(first, second)["steps"] == both["steps"]  # same episodes, same numbers
+    code, out, err = _cli(
+        capsys, "lake-runs", str(first), str(second), "--runs", str(runs_zip), "--json"
+    )
+    assert code == 0, err
+    score = json.loads(out)
+    assert score["runs"] == 20 and len(score["ensemble"]) == 2
+
+    resized = tmp_path / "resized"
+    shutil.copytree(second, resized)
+    config = resized / "config.toml"
+    config.write_text(config.read_text().replace("image_size = 28", "image_size = 32"))
+    code, _, err = _cli(capsys, "eval", str(first), str(resized), *within)
+    assert code == 2
+    assert f"{resized} has data.image_size = 32, the first run 28" in err
+    vinyals = _tiny_protonet_run(capsys, tmp_path, omniglot_root, cache_dir, "vinyals")
+    code, _, err = _cli(capsys, "eval", str(first), str(vinyals), *within)
+    assert code == 2 and f"({vinyals})" in err and "trained on the 'vinyals' split" in err

@@ -39,6 +39,37 @@ def test_literature_sizes() -> None:
     assert n_params == (9 * 64 + 64 + 2 * 64) + 3 * (9 * 64 * 64 + 64 + 2 * 64) + (64 * 5 + 5)
 
 
+@pytest.mark.parametrize(
+    ("strided", "pool_blocks", "side", "pools"),
+    [
+        (False, 3, 3, 3),  # 28 -> 14 -> 7 -> 3 -> 3 (the last block keeps its map)
+        (False, 2, 7, 2),
+        (False, 0, 28, 0),
+        (True, 3, 4, 0),  # strided: 28 -> 14 -> 7 -> 4 -> 4, stride 1 in the last block
+    ],
+)
+def test_pool_blocks_keep_the_spatial_size_of_the_later_blocks(
+    strided, pool_blocks, side, pools
+) -> None:
+    model = Conv4(
+        1, ways=None, hidden=4, strided=strided, global_pool=False, pool_blocks=pool_blocks
+    )
+    assert model.embedding_dim == 4 * side * side
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 4 * side * side)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == pools
+    strides = [m.stride[0] for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert strides == ([2] * pool_blocks + [1] * (4 - pool_blocks) if strided else [1] * 4)
+    # the same parameters as the fully pooled model: a checkpoint of one loads into the other
+    assert model.state_dict().keys() == Conv4(1, ways=None, hidden=4).state_dict().keys()
+    # with pooling the embedding is the pooled map: the first 3 blocks agree
+    full = Conv4(1, ways=None, hidden=4, global_pool=False)
+    if not strided and pool_blocks == 3:
+        full.load_state_dict(model.state_dict())
+        x = torch.rand(3, 1, 28, 28)
+        kept = model(x).reshape(3, 4, 3, 3)
+        assert torch.allclose(full(x), kept[..., :2, :2].amax((-1, -2)))
+
+
 def test_embedding_without_head_and_named_submodules() -> None:
     embed = Conv4(3, ways=None, hidden=8, image_size=84)
     assert embed.head is None and embed.out_features == 200
@@ -59,6 +90,9 @@ def test_invalid_arguments() -> None:
         Conv4(hidden=0)
     with pytest.raises(ValueError, match="unknown normalization policy 'batch'"):
         Conv4(norm="batch")
+    for bad in (5, -1, True, 2.0):
+        with pytest.raises(ValueError, match=r"pool_blocks must be an integer from 0 to blocks=4"):
+            Conv4(pool_blocks=bad)
 
 
 def test_sgd_steps_fit_an_episode() -> None:

@@ -14,6 +14,17 @@ linear in ``f_phi(x)``) or, with ``distance="cosine"``, the logit ``cos(f_phi(x)
 (scaled cosine similarity; ``tau = 0.1`` by default, i.e. a scale of 10).  The meta-loss
 is the query cross-entropy ``-(1/N) sum log p(y_q | x_q)``, minimised over ``phi``.
 
+Transductive refinement (``transductive_steps = n > 0``; the soft k-means step of Ren et
+al., 2018, with the queries as the unlabelled set): the queries of a task, scored together,
+move the prototypes ``n`` times,
+
+    w_jk = p(y = k | x_j)  (under the current prototypes),
+    c_k <- (sum_{i: y_i = k} f_phi(x_i) + sum_j w_jk f_phi(x_j)) / (|S_k| + sum_j w_jk),
+
+before the final scores.  A query's prediction then depends on the other queries of its
+task (all queries of an episode, or all inputs given to one ``adapt`` predictor call), so
+report such numbers as transductive.
+
 Support and query of the whole meta-batch go through the encoder in one forward pass.
 Nothing here fixes the number of ways: it is read per batch, so the paper's recipe of
 training with more ways (60) than testing (5 or 20) works as is.
@@ -30,7 +41,9 @@ from torch import Tensor, nn
 from metaloop.algorithms.metric import (
     MetricMetaLearner,
     class_means,
+    class_sums,
     cosine_similarity,
+    one_hot,
     squared_euclidean,
 )
 
@@ -50,6 +63,8 @@ class ProtoNet(MetricMetaLearner):
         learn_temperature: make ``log(1/tau)`` a learned parameter (meta-trained with phi).
         channels_last: lay the encoder's convolution weights out channels-last (faster on
             the CPU; see ``MetricMetaLearner``).
+        transductive_steps: soft k-means refinements of the prototypes by the task's
+            queries (module docstring); 0 (default) is the paper's inductive classifier.
     """
 
     def __init__(
@@ -59,8 +74,18 @@ class ProtoNet(MetricMetaLearner):
         temperature: float | None = None,
         learn_temperature: bool = False,
         channels_last: bool = False,
+        transductive_steps: int = 0,
     ) -> None:
         super().__init__(encoder, "cross_entropy", channels_last)
+        if (
+            isinstance(transductive_steps, bool)
+            or not isinstance(transductive_steps, int)
+            or transductive_steps < 0
+        ):
+            raise ValueError(
+                f"transductive_steps must be an integer >= 0, got {transductive_steps!r}"
+            )
+        self.transductive_steps = transductive_steps
         if distance not in DISTANCES:
             raise ValueError(f"unknown distance {distance!r}; choose one of {', '.join(DISTANCES)}")
         if temperature is None:
@@ -96,11 +121,27 @@ class ProtoNet(MetricMetaLearner):
             return -squared_euclidean(z_query, prototypes) * scale
         return cosine_similarity(z_query, prototypes) * scale
 
+    def refine(
+        self, prototypes: Tensor, z_support: Tensor, y_support: Tensor, z_query: Tensor
+    ) -> Tensor:
+        """One soft k-means step: ``c_k`` moved towards the queries it claims (module
+        docstring); ``[T, ways, D]`` -> ``[T, ways, D]``."""
+        ways = prototypes.shape[1]
+        z_support, z_query = z_support.flatten(2), z_query.flatten(2)
+        w = self.logits(z_query, prototypes).softmax(-1)  # [T, Q, ways]
+        total = class_sums(z_support, y_support, ways) + w.transpose(1, 2) @ z_query
+        count = one_hot(y_support, ways, w.dtype).sum(1) + w.sum(1)  # [T, ways]
+        return total / count.unsqueeze(-1)
+
     def scores(self, z_support: Tensor, y_support: Tensor, z_query: Tensor, ways: int) -> Tensor:
-        return self.logits(z_query, self.prototypes(z_support, y_support, ways))
+        prototypes = self.prototypes(z_support, y_support, ways)
+        for _ in range(self.transductive_steps):
+            prototypes = self.refine(prototypes, z_support, y_support, z_query)
+        return self.logits(z_query, prototypes)
 
     def extra_repr(self) -> str:
         return (
             f"distance={self.distance}, temperature={self.temperature:.4g}, "
             f"learn_temperature={self.learn_temperature}"
+            + (f", transductive_steps={self.transductive_steps}" if self.transductive_steps else "")
         )

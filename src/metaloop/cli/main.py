@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="evaluate a run: mean +- 95%% CI per inner step count")
-    e.add_argument("run_dir")
+    e.add_argument(
+        "run_dir",
+        nargs="+",
+        help="a run directory; several evaluate their ensemble (mean log-probability) on the "
+        "first run's test episodes",
+    )
     e.add_argument("--episodes", type=_positive, default=None)
     e.add_argument("--steps", type=_steps, default=None, help="e.g. 1,5,10")
     e.add_argument("--shots", type=_positive, default=None)
@@ -147,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
     dg.add_argument("--json", action="store_true")
 
     lk = sub.add_parser("lake-runs", help="Lake et al.'s 20-run one-shot benchmark")
-    lk.add_argument("run_dir")
+    lk.add_argument("run_dir", nargs="+", help="a run directory; several score their ensemble")
     lk.add_argument("--runs", required=True, help="all_runs.zip or its extracted folder")
     lk.add_argument("--steps", type=int, default=None)
     lk.add_argument("--checkpoint", choices=("best", "latest"), default="best")
@@ -436,7 +442,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from metaloop.cli.build import build_family
     from metaloop.evaluation import evaluate
 
-    cfg, learner, state = load_run(args.run_dir, args.checkpoint, args.overrides)
+    learner, members = _load_members(args, args.overrides)
+    cfg, state = members[0].cfg, members[0].state
     _threads(cfg)
     ev = cfg["eval"]
     episodes = args.episodes or ev["episodes"]
@@ -447,14 +454,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "shots": args.shots or ev["shots"] or None,
         "queries": args.queries or ev["queries"] or None,
     }
-    if protocol == "within-alphabet":
-        from metaloop.cli.build import build_within_alphabet
+    from metaloop.cli.build import build_within_alphabet, check_background_only
 
+    if protocol == "within-alphabet":
         family = build_within_alphabet(cfg, **sizes)
     else:
         family = build_family(cfg, "test", **sizes)
+    if protocol == "within-alphabet":
+        for member in members[1:]:
+            check_background_only(member.cfg, f"the within-alphabet protocol ({member.path})")
     seed = args.seed if args.seed is not None else ev["seed"]
-    tta_shift = _set_test_time_shift(learner, cfg, args.tta_shift)
+    tta_shift = _set_members_test_time_shift(members, args.tta_shift)
     result = evaluate(
         learner,
         family,
@@ -468,9 +478,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = result.to_dict()
     out.update(
         {
-            "run_dir": str(args.run_dir),
+            "run_dir": str(members[0].path),
             "checkpoint": args.checkpoint,
             "checkpoint_iteration": state.get("iteration"),
+            "ensemble": _describe_members(members) if len(members) > 1 else None,
             "protocol": protocol,
             "tta_shift": tta_shift,
             "task": {k: v for k, v in cfg["task"].items()},
@@ -489,8 +500,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(out))
         return 0
     print(
-        f"{args.run_dir} ({cfg['algorithm'].get('name')}, checkpoint {args.checkpoint} "
-        f"at iteration {state.get('iteration')}), {protocol} protocol, "
+        " + ".join(
+            f"{m.path} ({m.cfg['algorithm'].get('name')}, checkpoint {args.checkpoint} "
+            f"at iteration {m.state.get('iteration')})"
+            for m in members
+        )
+        + (f" (ensemble of {len(members)})" if len(members) > 1 else "")
+        + f", {protocol} protocol, "
         f"{getattr(family, 'ways', None) or ''}{'-way ' if getattr(family, 'ways', None) else ''}"
         f"{family.shots}-shot, {family.queries} queries"
         + (f", test-time shift {tta_shift}" if tta_shift else "")
@@ -519,6 +535,70 @@ def _set_test_time_shift(learner: Any, cfg: dict[str, Any], option: int | None) 
 
 
 # -- bench, plot, lake ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Member:
+    """One run directory loaded for evaluation."""
+
+    path: str
+    cfg: dict[str, Any]
+    learner: Any
+    state: dict[str, Any]
+
+
+def _load_members(
+    args: argparse.Namespace, overrides: list[str] | None = None
+) -> tuple[Any, list[_Member]]:
+    """The learner to evaluate and the loaded runs: one run's learner, or with several run
+    directories their ``Ensemble`` (the members must take the same inputs as the first run,
+    whose test episodes they share)."""
+    members = [_Member(path, *load_run(path, args.checkpoint, overrides)) for path in args.run_dir]
+    first = members[0]
+    for member in members[1:]:
+        for section, key in (("task", "family"), ("data", "image_size")):
+            mine, theirs = first.cfg[section].get(key), member.cfg[section].get(key)
+            if mine != theirs:
+                raise ConfigError(
+                    f"ensemble members must take the same inputs as the first run "
+                    f"{first.path}: {member.path} has {section}.{key} = {theirs!r}, the first "
+                    f"run {mine!r}"
+                )
+    if len(members) == 1:
+        return first.learner, members
+    from metaloop.evaluation import Ensemble
+
+    try:
+        return Ensemble([m.learner for m in members]), members
+    except ValueError as err:
+        raise ConfigError(f"cannot ensemble {', '.join(args.run_dir)}: {err}") from err
+
+
+def _describe_members(members: list[_Member]) -> list[dict[str, Any]]:
+    return [
+        {
+            "run_dir": str(m.path),
+            "algorithm": m.cfg["algorithm"].get("name"),
+            "checkpoint_iteration": m.state.get("iteration"),
+        }
+        for m in members
+    ]
+
+
+def _set_members_test_time_shift(members: list[_Member], option: int | None) -> int:
+    """``_set_test_time_shift`` for one run.  In an ensemble ``--tta-shift`` applies to the
+    metric members (gradient-based ones are left alone; at least one must be metric) and
+    each member's ``[eval] tta_shift`` otherwise.  Returns the first metric member's shift."""
+    if len(members) == 1:
+        return _set_test_time_shift(members[0].learner, members[0].cfg, option)
+    metric = [m for m in members if hasattr(m.learner, "test_time_shift")]
+    if option and not metric:
+        raise ConfigError(
+            "test-time shift averages embeddings, so it applies to the metric learners "
+            "(protonet, matching, relation, siamese); no member of this ensemble is one"
+        )
+    shifts = [_set_test_time_shift(m.learner, m.cfg, option) for m in metric]
+    return shifts[0] if shifts else 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     try:
         from metaloop.bench import format_table, run_benchmark
@@ -610,10 +690,12 @@ def cmd_lake(args: argparse.Namespace) -> int:
     from metaloop.cli.build import check_background_only
     from metaloop.data import lake
 
-    cfg, learner, state = load_run(args.run_dir, args.checkpoint)
-    check_background_only(cfg, "Lake's 20-run benchmark")
+    learner, members = _load_members(args)
+    cfg, state = members[0].cfg, members[0].state
+    for member in members:
+        check_background_only(member.cfg, f"Lake's 20-run benchmark ({member.path})")
     _threads(cfg)
-    tta_shift = _set_test_time_shift(learner, cfg, args.tta_shift)
+    tta_shift = _set_members_test_time_shift(members, args.tta_shift)
     runs = lake.load_runs(args.runs, image_size=cfg["data"]["image_size"])
     steps = args.steps
 
@@ -631,8 +713,9 @@ def cmd_lake(args: argparse.Namespace) -> int:
         "errors": list(score.errors),
         "mean_error": score.mean_error,
         "runs": len(score.errors),
-        "run_dir": str(args.run_dir),
+        "run_dir": str(members[0].path),
         "checkpoint_iteration": state.get("iteration"),
+        "ensemble": _describe_members(members) if len(members) > 1 else None,
         "tta_shift": tta_shift,
     }
     if args.json:

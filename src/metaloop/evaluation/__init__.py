@@ -1,5 +1,6 @@
-"""Evaluation: many test episodes, mean and 95% confidence interval."""
+"""Evaluation: many test episodes, mean and 95% confidence interval; ensembles."""
 
+from metaloop.evaluation.ensemble import Ensemble
 from metaloop.evaluation.evaluate import Estimate, EvalResult, estimate, evaluate
 
-__all__ = ["Estimate", "EvalResult", "estimate", "evaluate"]
+__all__ = ["Ensemble", "Estimate", "EvalResult", "estimate", "evaluate"]

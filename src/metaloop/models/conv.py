@@ -20,16 +20,24 @@ from metaloop.models.norm import make_norm
 
 
 class ConvBlock(nn.Module):
-    """``conv3x3 -> norm -> ReLU -> maxpool2`` (or ``conv3x3 stride 2 -> norm -> ReLU``)."""
+    """``conv3x3 -> norm -> ReLU -> maxpool2`` (or ``conv3x3 stride 2 -> norm -> ReLU``);
+    ``downsample=False`` keeps the spatial size (no pooling, stride 1)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, norm: str, strided: bool, **norm_kwargs: Any
+        self,
+        in_channels: int,
+        out_channels: int,
+        norm: str,
+        strided: bool,
+        downsample: bool = True,
+        **norm_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2 if strided else 1, padding=1)
+        stride = 2 if strided and downsample else 1
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
         self.norm = make_norm(norm, out_channels, **norm_kwargs)
         self.act = nn.ReLU()
-        self.pool = nn.Identity() if strided else nn.MaxPool2d(2)
+        self.pool = nn.MaxPool2d(2) if downsample and not strided else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.act(self.norm(self.conv(x))))
@@ -55,6 +63,10 @@ class Conv4(nn.Module):
             features).  ``None``: ``True`` when ``strided`` (as MAML), else ``False``
             (flatten, as ProtoNet).
         blocks: number of blocks (4).
+        pool_blocks: how many of the leading blocks halve the spatial size (max-pool or
+            stride 2); the others keep it.  ``None``: all.  ``pool_blocks=3`` at 28x28
+            keeps a 3x3 map (576 features at 64 channels instead of 64): a larger
+            embedding for metric learners at the same convolution cost.
         norm_kwargs: passed to ``make_norm`` (``groups``, ``steps``, ``momentum``, ...).
 
     Submodules: ``features`` (blocks and flattening; ANIL keeps it fixed in the inner
@@ -72,6 +84,7 @@ class Conv4(nn.Module):
         strided: bool = False,
         global_pool: bool | None = None,
         blocks: int = 4,
+        pool_blocks: int | None = None,
         **norm_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -85,17 +98,33 @@ class Conv4(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if ways is not None and (isinstance(ways, bool) or not isinstance(ways, int) or ways < 1):
             raise ValueError(f"ways must be a positive integer or None (no head), got {ways!r}")
+        pool_blocks = blocks if pool_blocks is None else pool_blocks
+        if (
+            isinstance(pool_blocks, bool)
+            or not isinstance(pool_blocks, int)
+            or not (0 <= pool_blocks <= blocks)
+        ):
+            raise ValueError(
+                f"pool_blocks must be an integer from 0 to blocks={blocks}, got {pool_blocks!r}"
+            )
         global_pool = strided if global_pool is None else global_pool
         size = image_size
-        for _ in range(blocks):
+        for _ in range(pool_blocks):
             size = (size + 1) // 2 if strided else size // 2
             if size < 1:  # only pooling can shrink a map to nothing
                 raise ValueError(
-                    f"image_size={image_size} is too small for {blocks} pooling blocks; use "
-                    f"image_size >= {2**blocks} (or strided=True)"
+                    f"image_size={image_size} is too small for {pool_blocks} pooling blocks; "
+                    f"use image_size >= {2**pool_blocks} (or strided=True)"
                 )
         layers: list[nn.Module] = [
-            ConvBlock(in_channels if i == 0 else hidden, hidden, norm, strided, **norm_kwargs)
+            ConvBlock(
+                in_channels if i == 0 else hidden,
+                hidden,
+                norm,
+                strided,
+                downsample=i < pool_blocks,
+                **norm_kwargs,
+            )
             for i in range(blocks)
         ]
         if global_pool:

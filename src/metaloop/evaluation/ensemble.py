@@ -1,0 +1,111 @@
+"""Ensembles of trained meta-learners, for evaluation.
+
+An ensemble of ``M`` classifiers adapts every member to the same support set and scores a
+query ``x`` by the mean of the members' log-probabilities,
+
+    log p(y | x) = (1/M) sum_m log softmax(f_m(x))_y    (up to a normalising constant),
+
+the normalised geometric mean of the members' predictive distributions.  Members may mix
+families (a ProtoNet with a Proto-MAML): metric learners score a whole task batch with one
+encoder pass (``episode_scores``, the numbers their own ``evaluate_batch`` reports),
+gradient-based learners adapt per task with the requested number of inner steps.
+
+Ensembling trades compute at test time (``M`` adaptations) for accuracy: models trained from
+different starts make partly independent errors.  It is an evaluation construct, so
+``meta_loss`` is refused: train the members separately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
+from metaloop.tasks.base import Task, TaskBatch
+
+
+class Ensemble(MetaLearner):
+    """Mean log-probability of several trained classifiers (see the module docstring).
+
+    Args:
+        members: two or more ``MetaLearner``s trained on classification; they must accept
+            the same inputs (image size, channels).
+    """
+
+    def __init__(self, members: Sequence[MetaLearner]) -> None:
+        super().__init__("cross_entropy")
+        members = list(members)
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least two members, got {len(members)}")
+        for i, member in enumerate(members):
+            if not isinstance(member, MetaLearner):
+                raise TypeError(f"member {i} is a {type(member).__name__}, not a MetaLearner")
+            if not member.classification:
+                raise ValueError(
+                    f"member {i} ({type(member).__name__}) is trained with the "
+                    f"{member.loss_name!r} loss; ensembles average class probabilities, so "
+                    "every member must be a classifier"
+                )
+        self.members = nn.ModuleList(members)
+        gradient = [m for m in members if not hasattr(m, "episode_scores")]
+        # metric members take no steps; gradient members report at their own default
+        self.default_eval_steps = tuple(gradient[0].default_eval_steps) if gradient else (0,)
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError(
+            "an Ensemble is for evaluation: meta-train its members separately"
+        )
+
+    def adapt(self, support: Task | tuple[Tensor, Tensor], steps: int | None = None) -> Predictor:
+        """Adapt every member; the predictor returns the mean log-probabilities ``[Q, ways]``."""
+        support = as_support(support)
+        predictors = [member.adapt(support, steps) for member in self.members]
+
+        def predict(x: Tensor) -> Tensor:
+            return torch.stack([F.log_softmax(p(x), -1) for p in predictors]).mean(0)
+
+        return predict
+
+    def _log_probs(self, member: MetaLearner, batch: TaskBatch, steps: int) -> Tensor:
+        """``[T, Q, ways]`` log-probabilities of one member on every query of the batch."""
+        if hasattr(member, "episode_scores"):
+            scores, _ = member.episode_scores(batch, getattr(member, "test_time_shift", 0))
+            return F.log_softmax(scores, -1)
+        rows = []
+        for task in batch:
+            with torch.enable_grad():
+                predictor = member.adapt(task.support, steps=steps)
+            rows.append(F.log_softmax(predictor(task.query_x).detach(), -1))
+        return torch.stack(rows)
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:
+        """Per-task query loss (negative log of the ensemble's normalised probability) and
+        accuracy for every step count in ``steps``."""
+        steps = tuple(steps) if steps is not None else self.default_eval_steps
+        if any(s < 0 for s in steps):
+            raise ValueError(f"evaluation step counts must be >= 0, got {steps}")
+        cached: dict[int, Tensor] = {}  # metric members: the same scores at every step
+        out: StepMetrics = {}
+        for s in steps:
+            logps = []
+            for i, member in enumerate(self.members):
+                metric = hasattr(member, "episode_scores")
+                if not (metric and i in cached):
+                    lp = self._log_probs(member, batch, s)
+                    if metric:
+                        cached[i] = lp
+                logps.append(cached[i] if metric else lp)
+            mean = torch.stack(logps).mean(0)
+            log_p = F.log_softmax(mean, -1)  # renormalise the geometric mean
+            y = batch.query_y
+            loss = -log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1)
+            acc = (log_p.argmax(-1) == y).to(log_p.dtype).mean(-1)
+            out[s] = {"loss": loss, "accuracy": acc}
+        return out
+
+    def extra_repr(self) -> str:
+        return f"members={len(self.members)}"
