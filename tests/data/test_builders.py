@@ -98,3 +98,32 @@ def test_config_training_augmentation_and_within_alphabet_episodes(omniglot_root
     classes = train.sample(4, torch.Generator().manual_seed(0)).info["classes"]
     for row in classes.tolist():
         assert len({train.dataset.info(c)["alphabet"] for c in row}) == 1
+
+
+def test_config_val_alphabets_zero_trains_on_every_background_alphabet(omniglot_root, cache_dir):
+    from metaloop.cli.build import build_family, has_validation, validate
+    from metaloop.cli.config import ConfigError, load_config
+
+    base = [
+        'task.family="omniglot"',
+        "task.ways=5",
+        "task.shots=1",
+        "task.queries=1",
+        f'data.root="{omniglot_root}"',
+        f'data.cache_dir="{cache_dir}"',
+        "data.rotations=false",
+    ]
+    held_out = load_config(None, [*base, 'data.split="lake"'])
+    every = load_config(None, [*base, 'data.split="lake"', "data.val_alphabets=0"])
+    assert has_validation(held_out) and not has_validation(every)
+    train_5, train_0 = build_family(held_out, "train"), build_family(every, "train")
+    alphabets = set(train_0.dataset.values("alphabet"))
+    assert len(alphabets) == 30 and len(set(train_5.dataset.values("alphabet"))) == 25
+    assert train_0.num_classes == 964  # all background characters (no rotations)
+    with pytest.raises(ConfigError, match="val_alphabets = 0 leaves no meta-validation"):
+        build_family(every, "val")
+    vinyals = load_config(None, [*base, 'data.split="vinyals"', "data.val_alphabets=2"])
+    with pytest.raises(ConfigError, match="val_alphabets applies to Lake's splits"):
+        build_family(vinyals, "train")
+    with pytest.raises(ConfigError, match="val_alphabets"):
+        validate(load_config(None, [*base, "data.val_alphabets=-1"]))

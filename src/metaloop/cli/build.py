@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metaloop.cli.config import ConfigError, constructor_kwargs, validate_fixed
+from metaloop.cli.config import DATA_DEFAULTS, ConfigError, constructor_kwargs, validate_fixed
 from metaloop.tasks import (
     BernoulliBandit,
     GaussianMean,
@@ -128,6 +128,14 @@ def build_family(
     )
 
 
+def has_validation(cfg: dict[str, Any]) -> bool:
+    """Whether the run has a meta-validation set: not for Lake's splits with
+    ``data.val_alphabets = 0`` (every background alphabet trains)."""
+    family, _ = _task_options(cfg)
+    d = cfg["data"]
+    return not (family in IMAGE_FAMILIES and d["split"] != "vinyals" and d["val_alphabets"] == 0)
+
+
 def _train_transform(d: dict[str, Any]) -> Any:
     """The training-image augmentation of ``[data]``: ``affine`` then ``shift``."""
     from metaloop import data
@@ -161,6 +169,16 @@ def _image_family(
             raise ConfigError(f"[task] omniglot needs {k} as a positive integer, got {value!r}")
     d = cfg["data"]
     split = d["split"]
+    if split == "vinyals" and d["val_alphabets"] != DATA_DEFAULTS["val_alphabets"]:
+        raise ConfigError(
+            "data.val_alphabets applies to Lake's splits (lake, small1, small2); the vinyals "
+            "split holds out validation characters, not alphabets"
+        )
+    if part == "val" and not has_validation(cfg):
+        raise ConfigError(
+            "data.val_alphabets = 0 leaves no meta-validation alphabets; the trainer runs "
+            "without validation"
+        )
     try:
         return data.omniglot_family(
             root=d["root"] or None,
@@ -179,6 +197,7 @@ def _image_family(
             transform=_train_transform(d) if part == "train" else None,
             cache_dir=d["cache_dir"] or None,
             download=d["download"],
+            **({} if split == "vinyals" else {"val_alphabets": d["val_alphabets"]}),
         )
     except (ValueError, FileNotFoundError, OSError) as err:
         raise ConfigError(f"[data]/[task] {err}") from err

@@ -74,6 +74,9 @@ DATA_DEFAULTS: dict[str, Any] = {
     # training images: Koch et al.'s random affine distortions (rotation, shear, scale, shift)
     "affine": False,
     "train_episodes": "any",
+    # Lake's splits: whole background alphabets held out for meta-validation (0: train on
+    # all 30, no validation; the last checkpoint is then the one evaluated)
+    "val_alphabets": 5,
 }
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("train", "optimizer"): ("adam", "sgd", "adamw"),
@@ -86,7 +89,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 NON_NEGATIVE = (
     {("train", k) for k in ("weight_decay", "grad_clip", "patience", "tasks_per_chunk", "threads")}
     | {("eval", k) for k in ("shots", "queries", "ways", "tta_shift")}
-    | {("data", "shift")}
+    | {("data", "shift"), ("data", "val_alphabets")}
 )
 FIXED_SECTIONS = {"train": TRAIN_DEFAULTS, "eval": EVAL_DEFAULTS, "data": DATA_DEFAULTS}
 TOP_LEVEL = {"seed": 0, "device": "cpu", "name": ""}

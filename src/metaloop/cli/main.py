@@ -306,6 +306,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         build_learner,
         build_model,
         build_optimizer,
+        has_validation,
         validate,
     )
     from metaloop.train import Trainer
@@ -320,7 +321,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     torch.manual_seed(cfg["seed"])  # model initialisation is part of the seeded run
     family = build_family(cfg, "train")
-    val_family = build_family(cfg, "val")
+    val_family = build_family(cfg, "val") if has_validation(cfg) else None
     model = build_model(cfg)
     if cfg["train"]["init_from"] and not (run_dir / LATEST).exists():  # not when resuming
         _warm_start(model, cfg["train"]["init_from"])
