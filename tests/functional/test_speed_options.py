@@ -298,6 +298,33 @@ def test_compile_is_skipped_with_a_warning_for_vmapped_batch_norm():
     assert_close(got, ref)
 
 
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_compile_per_task_under_the_loop_policy_matches_default(first_order, channels_last):
+    """With tasks run one at a time, ``compile`` compiles one task's meta-gradient (one
+    graph, reused for every task) and averages: the same gradient as the eager loop."""
+    batch = image_batch(tasks=3)
+    kw = dict(
+        inner_lr=0.1,
+        inner_steps=2,
+        loss="cross_entropy",
+        vectorize="loop",
+        first_order=first_order,
+        channels_last=channels_last,
+    )
+    ref, _, ref_loss = meta_grad(MAML, tiny_conv, batch, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got, learner, loss = meta_grad(MAML, tiny_conv, batch, compile={"backend": "eager"}, **kw)
+    _no_fallback(learner)
+    assert "AttachGradient" in type(loss.grad_fn).__name__
+    assert set(learner.speed.compiled_keys(learner)) == {
+        f"meta_grad/task/{'first_order' if first_order else 'second_order'}"
+    }
+    assert_close(got, ref)
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-12)
+
+
 @pytest.mark.slow
 def test_compile_with_inductor_matches_default_in_float32():
     torch.set_default_dtype(torch.float32)

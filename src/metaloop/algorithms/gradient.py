@@ -389,7 +389,10 @@ class GradientMetaLearner(MetaLearner):
         ``torch.func.grad`` of the whole meta-step (one forward-only graph: no autograd
         tape, no AOTAutograd backward), attached to the returned loss so that
         ``loss.backward()`` delivers it.  ``None`` when compilation is off or failed."""
-        key = f"meta_grad/{self.gradient_mode}"
+        # Tasks that run one at a time (the loop policy) compile one task's meta-gradient and
+        # call it per task: one small graph, compiled once, instead of an unrolled loop.
+        per_task = not self.policy.uses_vmap_on(batch.support_x.device)
+        key = f"meta_grad{'/task' if per_task else ''}/{self.gradient_mode}"
         fn = self.speed.compiled(self, key, _META_GRAD)
         if fn is None:
             return None
@@ -398,17 +401,25 @@ class GradientMetaLearner(MetaLearner):
         frozen = {n: p.detach() for n, p in named if not p.requires_grad}
         buffers = dict(self.named_buffers())
         args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        chunks = (
+            [tuple(a[i : i + 1] for a in args) for i in range(len(batch))] if per_task else [args]
+        )
         self.__dict__["_in_transform"] = True
         try:
             with torch.no_grad(), self.speed.context(*args):
-                grads, (loss, losses, accs) = fn(
-                    trainable, frozen, buffers, self, *args, self.gradient_mode
-                )
+                parts = [
+                    fn(trainable, frozen, buffers, self, *c, self.gradient_mode) for c in chunks
+                ]
         except Exception as err:
             self.speed.compile_failed(key, err)
             return None
         finally:
             self.__dict__.pop("_in_transform", None)
+        losses = torch.cat([aux[1] for _, aux in parts])
+        accs = torch.cat([aux[2] for _, aux in parts])
+        loss = losses.mean()
+        # the mean of per-task means: each part's gradient is that of its own task's loss
+        grads = {n: sum(g[n] for g, _ in parts) / len(parts) for n in trainable}
         params = tuple(p for _, p in named if p.requires_grad)
         loss = attach_gradient(loss, params, tuple(grads[n] for n in trainable))
         return loss, self.metrics(loss, losses, accs)

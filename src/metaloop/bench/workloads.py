@@ -113,8 +113,9 @@ MAML_ENGINES = (
     "vmap+compile=max-autotune-no-cudagraphs",
 )
 # second-order vmap through batch norm runs eagerly (a PyTorch bug; see GradientMetaLearner),
-# so compile is not in the convolutional defaults; channels-last matters for the loop only
-CONV_ENGINES = ("plain", "loop", "loop+channels_last", "vmap")
+# so compile goes with the loop here (one task's meta-gradient compiled, called per task);
+# channels-last matters for the loop only
+CONV_ENGINES = ("plain", "loop", "loop+channels_last", "loop+compile+channels_last", "vmap")
 MEMORY_ENGINES = ("plain", "loop", "vmap", "vmap+checkpoint", "loop+checkpoint")
 PROTONET_ENGINES = ("plain", "protonet", "protonet+channels_last")
 

@@ -206,6 +206,10 @@ class SpeedOptions:
             cache[key] = torch.compile(fn, **options)
         return cache[key]
 
+    def compiled_keys(self, owner: Any) -> list[str]:
+        """Keys of the functions compiled so far for ``owner``."""
+        return list(_COMPILED.get(owner, {}))
+
     def compile_failed(self, key: str, err: BaseException) -> None:
         self._failed[key] = f"{type(err).__name__}: {err}"
         warnings.warn(
