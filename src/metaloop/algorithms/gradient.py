@@ -388,9 +388,11 @@ class GradientMetaLearner(MetaLearner):
         """``compile=True``: the meta-gradient computed *in the forward call* by a compiled
         ``torch.func.grad`` of the whole meta-step (one forward-only graph: no autograd
         tape, no AOTAutograd backward), attached to the returned loss so that
-        ``loss.backward()`` delivers it.  ``None`` when compilation is off or failed."""
-        # Tasks that run one at a time (the loop policy) compile one task's meta-gradient and
-        # call it per task: one small graph, compiled once, instead of an unrolled loop.
+        ``loss.backward()`` delivers it.  ``None`` when compilation is off or failed.
+
+        Under the loop policy the compiled function is one task's meta-gradient, called per
+        task, ``grad (1/T) sum_i L_i = (1/T) sum_i grad L_i``: one small graph compiled once
+        instead of the meta-batch unrolled into one."""
         per_task = not self.policy.uses_vmap_on(batch.support_x.device)
         key = f"meta_grad{'/task' if per_task else ''}/{self.gradient_mode}"
         fn = self.speed.compiled(self, key, _META_GRAD)
@@ -418,7 +420,6 @@ class GradientMetaLearner(MetaLearner):
         losses = torch.cat([aux[1] for _, aux in parts])
         accs = torch.cat([aux[2] for _, aux in parts])
         loss = losses.mean()
-        # the mean of per-task means: each part's gradient is that of its own task's loss
         grads = {n: sum(g[n] for g, _ in parts) / len(parts) for n in trainable}
         params = tuple(p for _, p in named if p.requires_grad)
         loss = attach_gradient(loss, params, tuple(grads[n] for n in trainable))
