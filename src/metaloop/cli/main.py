@@ -455,15 +455,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "shots": args.shots or ev["shots"] or None,
         "queries": args.queries or ev["queries"] or None,
     }
-    from metaloop.cli.build import build_within_alphabet, check_background_only
+    if protocol == "within-alphabet":
+        from metaloop.cli.build import build_within_alphabet, check_background_only
 
-    if protocol == "within-alphabet":
         family = build_within_alphabet(cfg, **sizes)
-    else:
-        family = build_family(cfg, "test", **sizes)
-    if protocol == "within-alphabet":
         for member in members[1:]:
             check_background_only(member.cfg, f"the within-alphabet protocol ({member.path})")
+    else:
+        family = build_family(cfg, "test", **sizes)
     seed = args.seed if args.seed is not None else ev["seed"]
     tta_shift = _set_members_test_time_shift(members, args.tta_shift)
     result = evaluate(

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
+from metaloop.algorithms.metric import MetricMetaLearner
 from metaloop.tasks.base import Task, TaskBatch
 
 
@@ -50,7 +51,7 @@ class Ensemble(MetaLearner):
                     "every member must be a classifier"
                 )
         self.members = nn.ModuleList(members)
-        gradient = [m for m in members if not hasattr(m, "episode_scores")]
+        gradient = [m for m in members if not isinstance(m, MetricMetaLearner)]
         # metric members take no steps; gradient members report at their own default
         self.default_eval_steps = tuple(gradient[0].default_eval_steps) if gradient else (0,)
 
@@ -71,8 +72,8 @@ class Ensemble(MetaLearner):
 
     def _log_probs(self, member: MetaLearner, batch: TaskBatch, steps: int) -> Tensor:
         """``[T, Q, ways]`` log-probabilities of one member on every query of the batch."""
-        if hasattr(member, "episode_scores"):
-            scores, _ = member.episode_scores(batch, getattr(member, "test_time_shift", 0))
+        if isinstance(member, MetricMetaLearner):
+            scores, _ = member.episode_scores(batch, member.test_time_shift)
             return F.log_softmax(scores, -1)
         rows = []
         for task in batch:
@@ -88,19 +89,19 @@ class Ensemble(MetaLearner):
         steps = tuple(steps) if steps is not None else self.default_eval_steps
         if any(s < 0 for s in steps):
             raise ValueError(f"evaluation step counts must be >= 0, got {steps}")
-        cached: dict[int, Tensor] = {}  # metric members: the same scores at every step
+        # metric members take no steps: scored once, reused for every step count
+        fixed = {
+            i: self._log_probs(m, batch, 0)
+            for i, m in enumerate(self.members)
+            if isinstance(m, MetricMetaLearner)
+        }
         out: StepMetrics = {}
         for s in steps:
-            logps = []
-            for i, member in enumerate(self.members):
-                metric = hasattr(member, "episode_scores")
-                if not (metric and i in cached):
-                    lp = self._log_probs(member, batch, s)
-                    if metric:
-                        cached[i] = lp
-                logps.append(cached[i] if metric else lp)
-            mean = torch.stack(logps).mean(0)
-            log_p = F.log_softmax(mean, -1)  # renormalise the geometric mean
+            logps = [
+                fixed[i] if i in fixed else self._log_probs(m, batch, s)
+                for i, m in enumerate(self.members)
+            ]
+            log_p = F.log_softmax(torch.stack(logps).mean(0), -1)  # renormalised geometric mean
             y = batch.query_y
             loss = -log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1)
             acc = (log_p.argmax(-1) == y).to(log_p.dtype).mean(-1)
