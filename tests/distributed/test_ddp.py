@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import metaloop as ml
-from metaloop.distributed import DistributedTrainer, shard
+from metaloop.distributed import DistributedTrainer, shard, shutdown
 
 
 def _make(seed=0):
@@ -23,14 +23,12 @@ def _worker(rank, world_size, init_file, out_file, iterations):
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
     )
-    try:
-        learner, opt = _make()
-        trainer = DistributedTrainer(learner, opt, meta_batch_size=6, progress=False)
-        trainer.fit(ml.tasks.Sinusoid(shots=5, queries=5, dtype=torch.float64), iterations)
-        if rank == 0:
-            torch.save({k: v.detach() for k, v in learner.state_dict().items()}, out_file)
-    finally:
-        dist.destroy_process_group()
+    learner, opt = _make()
+    trainer = DistributedTrainer(learner, opt, meta_batch_size=6, progress=False)
+    trainer.fit(ml.tasks.Sinusoid(shots=5, queries=5, dtype=torch.float64), iterations)
+    if rank == 0:
+        torch.save({k: v.detach() for k, v in learner.state_dict().items()}, out_file)
+    shutdown()
 
 
 def test_shard_is_strided_and_complete():

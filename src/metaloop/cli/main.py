@@ -330,14 +330,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer_cls = Trainer
     from metaloop import distributed
 
-    if distributed.launched_by_torchrun():
+    launched = distributed.launched_by_torchrun()
+    if launched:
         distributed.init_from_env()
         trainer_cls = distributed.DistributedTrainer
     main_process = distributed.world()[0] == 0
     run_dir.mkdir(parents=True, exist_ok=True)
     release_lock = _acquire_run_lock(run_dir) if main_process else (lambda: None)
     try:
-        return _train(
+        status = _train(
             cfg,
             run_dir,
             trainer_cls,
@@ -348,6 +349,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             optimizer,
             scheduler,
         )
+        if launched:
+            distributed.shutdown()  # only on success: a failed rank cannot reach the barrier
+        return status
     finally:
         release_lock()
 

@@ -5,7 +5,15 @@ from metaloop.distributed.ddp import (
     init_from_env,
     launched_by_torchrun,
     shard,
+    shutdown,
     world,
 )
 
-__all__ = ["DistributedTrainer", "init_from_env", "launched_by_torchrun", "shard", "world"]
+__all__ = [
+    "DistributedTrainer",
+    "init_from_env",
+    "launched_by_torchrun",
+    "shard",
+    "shutdown",
+    "world",
+]

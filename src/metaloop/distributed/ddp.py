@@ -42,6 +42,18 @@ def init_from_env(backend: str | None = None) -> tuple[int, int]:
     return world()
 
 
+def shutdown() -> None:
+    """Wait for every process, then tear down the default process group.
+
+    The barrier matters: with gloo, a process that destroys the group while a peer is
+    still finishing its last collective (or writing rank 0's checkpoint) can abort the
+    peer with ``terminate called without an active exception``.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard(batch: TaskBatch, rank: int, world_size: int) -> TaskBatch:
     """Tasks ``rank, rank + world_size, ...`` of the batch."""
     if len(batch) < world_size:
