@@ -41,6 +41,19 @@ def test_batched_head_fitting_equals_per_task_adapt():
     assert all(torch.equal(v, state(encoder)[k]) for k, v in before.items())
 
 
+def test_batch_norm_encoder_is_evaluated_per_episode_and_adapt_agrees():
+    torch.manual_seed(3)
+    encoder = nn.Sequential(nn.Linear(8, 6), nn.BatchNorm1d(6, track_running_stats=False))
+    learner = FineTuneBaseline(encoder.double(), steps=20, lr=0.05, head_init="prototypes")
+    batch = gaussian_episodes(3, 3, 2, 4, dtype=torch.float64)
+    together = learner.evaluate_batch(batch, steps=(20,))[20]["loss"]
+    for t, task in enumerate(batch):
+        alone = learner.evaluate_batch(TaskBatch.stack([task]), steps=(20,))[20]["loss"]
+        torch.testing.assert_close(together[t], alone[0])
+        logits = learner.adapt(task, steps=20)(task.query_x)
+        torch.testing.assert_close(F.cross_entropy(logits, task.query_y), alone[0])
+
+
 def test_logistic_regression_fits_separable_support():
     torch.manual_seed(0)
     learner = FineTuneBaseline(nn.Identity(), steps=300, lr=0.1)

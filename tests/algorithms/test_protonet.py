@@ -97,6 +97,38 @@ def test_adapt_predictor_agrees_with_evaluate_batch():
         torch.testing.assert_close(F.cross_entropy(logits, task.query_y), metrics[0]["loss"][t])
 
 
+def _batch_norm_encoder():
+    return nn.Sequential(
+        nn.Linear(8, 16), nn.BatchNorm1d(16, track_running_stats=False), nn.ReLU(), nn.Linear(16, 4)
+    ).double()
+
+
+def test_batch_statistics_are_per_episode_in_evaluation_and_adapt():
+    """With batch-norm statistics an episode's scores must not depend on the other episodes
+    evaluated with it, and ``adapt`` must reproduce them (lake-runs scores through it)."""
+    torch.manual_seed(2)
+    learner = ProtoNet(_batch_norm_encoder()).eval()
+    batch = gaussian_episodes(3, 4, 2, 3, dtype=torch.float64)
+    together, _ = learner.episode_scores(batch)
+    for t, task in enumerate(batch):
+        alone = hand_logits_joint(learner.encoder, task)
+        torch.testing.assert_close(together[t], alone)
+        torch.testing.assert_close(learner.adapt(task)(task.query_x), alone)
+    # the test has teeth: statistics pooled over the three episodes give other scores
+    x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
+    pooled = learner.encoder(x)
+    assert not torch.allclose(pooled[:8], learner.encoder(batch.support_x[0]))
+
+
+def hand_logits_joint(encoder, task):
+    """Prototypical logits with support and query embedded in one pass (one episode)."""
+    z = encoder(torch.cat([task.support_x, task.query_x]))
+    zs, zq = z[: len(task.support_x)], z[len(task.support_x) :]
+    ways = int(task.support_y.max()) + 1
+    protos = torch.stack([zs[task.support_y == k].mean(0) for k in range(ways)])
+    return -((zq[:, None] - protos[None]) ** 2).sum(-1)
+
+
 def test_feature_map_encoder_is_flattened():
     encoder = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1))
     batch = gaussian_episodes(2, 3, 2, 2, dim=16)

@@ -13,6 +13,7 @@ from metaloop.models import (
     PerStepBatchNorm2d,
     make_norm,
     set_norm_step,
+    uses_batch_statistics,
 )
 
 torch.set_num_threads(1)
@@ -124,3 +125,17 @@ def test_norm_errors() -> None:
     instance = make_norm("instance", 4)
     assert isinstance(layer, torch.nn.GroupNorm) and layer.num_groups == 1
     assert isinstance(instance, torch.nn.GroupNorm) and instance.num_groups == 4
+
+
+@pytest.mark.parametrize("policy", NORM_POLICIES)
+def test_uses_batch_statistics(policy) -> None:
+    model = tiny(policy)
+    batch_dependent = policy in ("batch_episode", "batch_per_step")
+    assert uses_batch_statistics(model) == (batch_dependent or policy == "batch_running")
+    model.eval()
+    assert uses_batch_statistics(model) == batch_dependent
+    # independent of the flag, check what it claims: one image's output alone vs in a batch
+    x = torch.randn(6, 1, 16, 16)
+    with torch.no_grad():
+        same = torch.allclose(model(x)[:1], model(x[:1]), atol=1e-5)
+    assert same != batch_dependent

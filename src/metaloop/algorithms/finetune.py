@@ -45,8 +45,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
-from metaloop.algorithms.metric import check_labels, class_means, embed, embed_batch, infer_ways
+from metaloop.algorithms.metric import (
+    check_labels,
+    class_means,
+    embed,
+    embed_batch,
+    embed_episode,
+    infer_ways,
+)
 from metaloop.functional.params import call
+from metaloop.models.norm import uses_batch_statistics
 from metaloop.tasks.base import Task, TaskBatch, TaskError
 
 FineTune = Literal["head", "all"]
@@ -395,10 +403,20 @@ class FineTuneBaseline(MetaLearner):
         check_labels(y.unsqueeze(0), None, ways)
         if self.finetune == "all":
             return _last(self._fit_all(x, y, ways, steps))
-        with torch.no_grad():
-            z = embed(self.encoder, x).flatten(1).unsqueeze(0)
-        weight, bias = _last(self._fit_heads(z, y.unsqueeze(0), ways, steps))
         encoder = self.encoder
+        if uses_batch_statistics(encoder):
+            # support and inputs normalised together, as in evaluate_batch: the head is fit
+            # on support embeddings that depend on the inputs, so once per call
+            def predict_episode(inputs: Tensor) -> Tensor:
+                z_s, z_q = embed_episode(encoder, x, inputs)
+                z_s = z_s.detach().flatten(1).unsqueeze(0)
+                weight, bias = _last(self._fit_heads(z_s, y.unsqueeze(0), ways, steps))
+                return z_q.flatten(1) @ weight[0].T + bias[0]
+
+            return predict_episode
+        with torch.no_grad():
+            z = embed(encoder, x).flatten(1).unsqueeze(0)
+        weight, bias = _last(self._fit_heads(z, y.unsqueeze(0), ways, steps))
 
         def predict(inputs: Tensor) -> Tensor:
             return embed(encoder, inputs).flatten(1) @ weight[0].T + bias[0]

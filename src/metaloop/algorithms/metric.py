@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
 from metaloop.data.transforms import shift_views, translate
 from metaloop.functional.losses import LossFn
+from metaloop.models.norm import uses_batch_statistics
 from metaloop.tasks.base import Task, TaskBatch, TaskError
 
 # -- distances ---------------------------------------------------------------------------
@@ -153,13 +154,34 @@ def embed(encoder: nn.Module, x: Tensor, test_time_shift: int = 0) -> Tensor:
     return z
 
 
+def embed_episode(
+    encoder: nn.Module, support_x: Tensor, query_x: Tensor, test_time_shift: int = 0
+) -> tuple[Tensor, Tensor]:
+    """``(z_support, z_query)`` of one episode from one forward pass over both sets.
+
+    With batch-statistics normalisation (``batch_episode``) every embedding is then
+    normalised with the statistics of its own episode, support and query together: the
+    convention of training (``meta_loss``), evaluation (``embed_batch``) and ``adapt``.
+    """
+    if support_x.shape[1:] != query_x.shape[1:]:
+        raise TaskError(
+            f"support and query features differ in shape: {tuple(support_x.shape[1:])} vs "
+            f"{tuple(query_x.shape[1:])}"
+        )
+    z = embed(encoder, torch.cat([support_x, query_x]), test_time_shift)
+    return z[: support_x.shape[0]], z[support_x.shape[0] :]
+
+
 def embed_batch(
     encoder: nn.Module, batch: TaskBatch, test_time_shift: int = 0
 ) -> tuple[Tensor, Tensor]:
-    """Embed all support and query examples of a batch in one forward pass.
+    """Embed all support and query examples of a batch.
 
     Returns ``z_support [T, S, *E]`` and ``z_query [T, Q, *E]`` where ``E`` is the
-    encoder's output shape per example (a vector or a feature map).
+    encoder's output shape per example (a vector or a feature map).  One forward pass for
+    the whole batch when the encoder treats inputs independently; one per episode
+    (``embed_episode``) when it normalises with batch statistics, so that no episode's
+    embeddings depend on the other episodes of the batch.
 
     ``test_time_shift = s > 0`` (images only) averages the embeddings of the
     ``(2s + 1)^2`` translations of every image by up to ``s`` pixels per axis,
@@ -173,6 +195,9 @@ def embed_batch(
             f"support and query features differ in shape: {tuple(sx.shape[2:])} vs "
             f"{tuple(qx.shape[2:])}"
         )
+    if t > 1 and uses_batch_statistics(encoder):
+        pairs = [embed_episode(encoder, sx[i], qx[i], test_time_shift) for i in range(t)]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
     x = torch.cat([sx.reshape(t * s, *sx.shape[2:]), qx.reshape(t * q, *qx.shape[2:])])
     z = embed(encoder, x, test_time_shift)
     return z[: t * s].reshape(t, s, *z.shape[1:]), z[t * s :].reshape(t, q, *z.shape[1:])
@@ -235,9 +260,11 @@ class MetricMetaLearner(MetaLearner):
         return loss, {"loss": value, "query_loss": value, "accuracy": float(acc)}
 
     def adapt(self, support: Task | tuple[Tensor, Tensor], steps: int | None = None) -> Predictor:
-        """Embed the support set once; the predictor maps ``x [Q, ...]`` to ``[Q, ways]``
-        scores.  ``steps`` is ignored (no inner loop).  The support embeddings are detached:
-        the predictor is for inference, training goes through ``meta_loss``.
+        """The predictor maps ``x [Q, ...]`` to ``[Q, ways]`` scores.  ``steps`` is ignored
+        (no inner loop).  The support is embedded once, or, when the encoder normalises with
+        batch statistics, together with each ``x`` (``embed_episode``: the predictions are
+        then exactly those of ``evaluate_batch`` on the episode).  Support embeddings are
+        detached: the predictor is for inference, training goes through ``meta_loss``.
         """
         x, y = as_support(support)
         if x.shape[0] != y.shape[0]:
@@ -246,11 +273,16 @@ class MetricMetaLearner(MetaLearner):
         y = y.unsqueeze(0)
         check_labels(y, None, ways)
         shift = self.test_time_shift
-        z_s = embed(self.encoder, x, shift).detach().unsqueeze(0)
+        per_episode = uses_batch_statistics(self.encoder)
+        z_fixed = None if per_episode else embed(self.encoder, x, shift).detach()
 
         def predict(inputs: Tensor) -> Tensor:
-            z_q = embed(self.encoder, inputs, shift).unsqueeze(0)
-            return self.scores(z_s, y, z_q, ways)[0]
+            if z_fixed is None:
+                z_s, z_q = embed_episode(self.encoder, x, inputs, shift)
+                z_s = z_s.detach()
+            else:
+                z_s, z_q = z_fixed, embed(self.encoder, inputs, shift)
+            return self.scores(z_s.unsqueeze(0), y, z_q.unsqueeze(0), ways)[0]
 
         return predict
 

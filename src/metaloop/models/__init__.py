@@ -8,6 +8,7 @@ from metaloop.models.norm import (
     PerStepBatchNorm2d,
     make_norm,
     set_norm_step,
+    uses_batch_statistics,
 )
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "PerStepBatchNorm2d",
     "make_norm",
     "set_norm_step",
+    "uses_batch_statistics",
 ]
