@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call, grad, vmap
 
+from metaloop.functional.speed import uses_batch_statistics
 from metaloop.models import (
     NORM_POLICIES,
     VMAP_POLICIES,
@@ -13,7 +14,6 @@ from metaloop.models import (
     PerStepBatchNorm2d,
     make_norm,
     set_norm_step,
-    uses_batch_statistics,
 )
 
 torch.set_num_threads(1)

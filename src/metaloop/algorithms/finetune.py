@@ -54,7 +54,7 @@ from metaloop.algorithms.metric import (
     infer_ways,
 )
 from metaloop.functional.params import call
-from metaloop.models.norm import uses_batch_statistics
+from metaloop.functional.speed import uses_batch_statistics
 from metaloop.tasks.base import Task, TaskBatch, TaskError
 
 FineTune = Literal["head", "all"]

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
 from metaloop.data.transforms import shift_views, translate
 from metaloop.functional.losses import LossFn
-from metaloop.models.norm import uses_batch_statistics
+from metaloop.functional.speed import uses_batch_statistics
 from metaloop.tasks.base import Task, TaskBatch, TaskError
 
 # -- distances ---------------------------------------------------------------------------

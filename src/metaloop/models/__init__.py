@@ -8,7 +8,6 @@ from metaloop.models.norm import (
     PerStepBatchNorm2d,
     make_norm,
     set_norm_step,
-    uses_batch_statistics,
 )
 
 __all__ = [
@@ -20,5 +19,4 @@ __all__ = [
     "PerStepBatchNorm2d",
     "make_norm",
     "set_norm_step",
-    "uses_batch_statistics",
 ]

@@ -96,24 +96,6 @@ class PerStepBatchNorm2d(nn.Module):
         return f"{self.channels}, steps={self.steps}, eps={self.eps}"
 
 
-def uses_batch_statistics(module: nn.Module) -> bool:
-    """Whether ``module``'s output for one input depends on the other inputs of its batch.
-
-    True when it holds a ``PerStepBatchNorm2d`` or a torch batch norm that normalises with
-    the current batch (training mode, or ``track_running_stats=False`` as in
-    ``batch_episode``).  Callers that embed several episodes at once must then embed them
-    one episode at a time, or statistics leak between episodes.
-    """
-    for m in module.modules():
-        if isinstance(m, PerStepBatchNorm2d):
-            return True
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
-            m.training or not m.track_running_stats
-        ):
-            return True
-    return False
-
-
 def set_norm_step(module: nn.Module, step: int) -> None:
     """Select inner-step ``step`` in every ``PerStepBatchNorm2d`` of ``module``.
 
