@@ -9,6 +9,9 @@ what is tested); one inductor test is marked ``slow``.
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -17,7 +20,7 @@ from torch import nn
 
 from metaloop.algorithms import FOMAML, MAML, MetaSGD, Reptile
 from metaloop.functional.checkpoint import remat
-from metaloop.functional.speed import SpeedOptions, uses_batch_statistics
+from metaloop.functional.speed import SpeedOptions, retain_freed_memory, uses_batch_statistics
 from metaloop.models import MLP
 from metaloop.tasks import Sinusoid
 from metaloop.tasks.base import TaskBatch
@@ -475,3 +478,42 @@ def test_reptile_compiles_to_the_same_direction():
     got, learner, _ = meta_grad(Reptile, mlp, batch, compile={"backend": "aot_eager"}, **kw)
     _no_fallback(learner)
     assert_close(got, ref)
+
+
+_ALLOCATION_PROBE = """
+import resource, sys, torch
+from metaloop.functional.speed import retain_freed_memory, retained_memory_threshold
+if sys.argv[1] == "retain":
+    assert retain_freed_memory(1 << 28) and retained_memory_threshold() == 1 << 28
+else:
+    assert retained_memory_threshold() is None
+x = torch.ones(16 << 20); del x
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    x = torch.ones(16 << 20); del x  # 64 MB, above glibc's default mmap threshold
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="mallopt is glibc's",
+)
+def test_retain_freed_memory_reuses_large_blocks_instead_of_faulting_them_in():
+    """Page faults of five 64 MB allocations: glibc's default unmaps each on free and the
+    next one faults in all its pages again; with the retained threshold they are reused."""
+
+    def faults(mode):
+        out = subprocess.run(
+            [sys.executable, "-c", _ALLOCATION_PROBE, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(out.stdout.strip())
+
+    system, retained = faults("system"), faults("retain")
+    assert system > 5 * 8000  # 64 MB = 16,384 4-KiB pages per allocation
+    assert retained < system / 2
+    with pytest.raises(ValueError, match="threshold_bytes"):
+        retain_freed_memory(0)

@@ -15,6 +15,7 @@ from metaloop.bench.runner import format_table, profile_engine, run_benchmark
 from metaloop.bench.sampler import NAME as SAMPLER
 from metaloop.bench.sampler import add_sampler_arguments, run_sampler_benchmark
 from metaloop.bench.workloads import WORKLOADS
+from metaloop.functional.speed import retain_freed_memory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probe step")
+    parser.add_argument(
+        "--retain-memory",
+        action="store_true",
+        help="keep freed memory for reuse (glibc mallopt; what `metaloop train` does)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
@@ -47,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     add_sampler_arguments(parser)
     args = parser.parse_args(argv)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    if args.retain_memory and not retain_freed_memory():
+        parser.error("--retain-memory needs glibc (Linux); this C library has no mallopt")
 
     def split(s: str) -> list[str]:
         return [x for x in s.split(",") if x]

@@ -90,7 +90,7 @@ from metaloop.bench.report import fmt, load_average, load_text, machine_facts
 from metaloop.bench.sampler import NAME as SAMPLER
 from metaloop.bench.sampler import format_sampler_table
 from metaloop.bench.workloads import Case, get_workload
-from metaloop.functional.speed import num_threads
+from metaloop.functional.speed import num_threads, retained_memory_threshold
 from metaloop.tasks.base import TaskBatch
 
 MEMORY_METHOD_CPU = "peak RSS growth during one meta-step (after gc + malloc_trim), 0.5 ms sampling"
@@ -487,6 +487,7 @@ def run_benchmark(
         "description": spec.description,
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "threads": used_threads,
+        "retained_memory_threshold": retained_memory_threshold(),
         **machine_facts(),
         "load_avg_start": load_start,
         "load_avg_end": load_average(),

@@ -58,7 +58,7 @@ from metaloop.bench.report import fmt, load_average, load_text, machine_facts
 from metaloop.data.dataset import ClassDataset
 from metaloop.data.episodes import EpisodeSampler, EpisodicFamily
 from metaloop.data.omniglot import ARCHIVES, OmniglotError
-from metaloop.functional.speed import num_threads
+from metaloop.functional.speed import num_threads, retained_memory_threshold
 
 NAME = "sampler"
 DESCRIPTION = "Omniglot episode batches/s: in-process sampling and DataLoader workers"
@@ -358,6 +358,7 @@ def run_sampler_benchmark(
         },
         "device": "cpu",
         "threads": used_threads,
+        "retained_memory_threshold": retained_memory_threshold(),
         **machine_facts(),
         "load_avg_start": load_start,
         "load_avg_end": load_average(),

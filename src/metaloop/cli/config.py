@@ -44,6 +44,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "nonfinite": "stop",
     "tasks_per_chunk": 0,
     "threads": 0,
+    # keep freed CPU memory for reuse (glibc; functional.speed.retain_freed_memory)
+    "retain_memory": True,
     "progress": True,
     "tensorboard": False,
     # a run directory or checkpoint whose matching weights start the model (warm start)

@@ -33,6 +33,7 @@ RESUMABLE = (
             "progress",
             "nonfinite",
             "threads",
+            "retain_memory",
             "log_every",
             "checkpoint_every",
             "validate_every",
@@ -136,6 +137,11 @@ def parser() -> argparse.ArgumentParser:
         default=1,
         help="torch threads (default 1: on a shared 2-core machine more threads "
         "slow small models down; docs/performance.md)",
+    )
+    b.add_argument(
+        "--retain-memory",
+        action="store_true",
+        help="keep freed memory for reuse, as train and eval do (glibc; docs/performance.md)",
     )
     add_sampler_arguments(b)
     b.add_argument("--json", action="store_true")
@@ -247,11 +253,16 @@ def _differences(a: dict, b: dict, ignore: set[tuple[str, str]]) -> list[str]:
     return sorted(out)
 
 
-def _threads(cfg: dict[str, Any]) -> None:
+def _runtime(cfg: dict[str, Any]) -> None:
+    """Process-wide settings of a run: torch threads and the allocator policy."""
     import torch
+
+    from metaloop.functional.speed import retain_freed_memory
 
     if cfg["train"]["threads"]:
         torch.set_num_threads(cfg["train"]["threads"])
+    if cfg["train"].get("retain_memory", True):
+        retain_freed_memory()
 
 
 LOCK_NAME = "train.lock"
@@ -316,7 +327,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.no_progress:
         cfg["train"]["progress"] = False
     validate(cfg)
-    _threads(cfg)
+    _runtime(cfg)
     import torch
 
     torch.manual_seed(cfg["seed"])  # model initialisation is part of the seeded run
@@ -449,7 +460,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     learner, members = _load_members(args, args.overrides)
     cfg, state = members[0].cfg, members[0].state
-    _threads(cfg)
+    _runtime(cfg)
     ev = cfg["eval"]
     episodes = args.episodes or ev["episodes"]
     steps = args.steps or ev["steps"] or None
@@ -608,6 +619,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from metaloop.bench import format_table, run_benchmark
     except ImportError as err:  # pragma: no cover
         raise ConfigError(f"benchmarks are not available: {err}") from err
+    from metaloop.functional.speed import retain_freed_memory
+
+    if args.retain_memory and not retain_freed_memory():
+        raise ConfigError("--retain-memory needs glibc (Linux); this C library has no mallopt")
     kwargs: dict[str, Any] = {"threads": args.threads}
     try:
         if args.workload == "sampler":
@@ -650,7 +665,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from metaloop.cli.build import build_family
 
     cfg, learner, state = load_run(args.run_dir, args.checkpoint)
-    _threads(cfg)
+    _runtime(cfg)
     family = build_family(cfg, "test")
     batch = family.sample(args.tasks, torch.Generator().manual_seed(0))
     report: dict[str, Any] = {
@@ -698,7 +713,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
     cfg, state = members[0].cfg, members[0].state
     for member in members:
         check_background_only(member.cfg, f"Lake's 20-run benchmark ({member.path})")
-    _threads(cfg)
+    _runtime(cfg)
     tta_shift = _set_members_test_time_shift(members, args.tta_shift)
     runs = lake.load_runs(args.runs, image_size=cfg["data"]["image_size"])
     steps = args.steps
