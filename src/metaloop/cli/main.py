@@ -44,9 +44,12 @@ RESUMABLE = (
     }
     | {("eval", k) for k in EVAL_DEFAULTS}
     | {
-        # how tasks are batched changes speed and memory, never the numbers (tested)
+        # how tasks are batched and compiled changes speed and memory, not the mathematics:
+        # results agree to float rounding (tested in tests/functional/test_speed_options.py)
         ("algorithm", "vectorize"),
         ("algorithm", "chunk_size"),
+        ("algorithm", "compile"),
+        ("algorithm", "channels_last"),
     }
 )
 
