@@ -154,6 +154,14 @@ def embed(encoder: nn.Module, x: Tensor, test_time_shift: int = 0) -> Tensor:
     return z
 
 
+def _check_same_features(support_shape: torch.Size, query_shape: torch.Size) -> None:
+    if support_shape != query_shape:
+        raise TaskError(
+            f"support and query features differ in shape: {tuple(support_shape)} vs "
+            f"{tuple(query_shape)}"
+        )
+
+
 def embed_episode(
     encoder: nn.Module, support_x: Tensor, query_x: Tensor, test_time_shift: int = 0
 ) -> tuple[Tensor, Tensor]:
@@ -163,11 +171,7 @@ def embed_episode(
     normalised with the statistics of its own episode, support and query together: the
     convention of training (``meta_loss``), evaluation (``embed_batch``) and ``adapt``.
     """
-    if support_x.shape[1:] != query_x.shape[1:]:
-        raise TaskError(
-            f"support and query features differ in shape: {tuple(support_x.shape[1:])} vs "
-            f"{tuple(query_x.shape[1:])}"
-        )
+    _check_same_features(support_x.shape[1:], query_x.shape[1:])
     z = embed(encoder, torch.cat([support_x, query_x]), test_time_shift)
     return z[: support_x.shape[0]], z[support_x.shape[0] :]
 
@@ -190,11 +194,7 @@ def embed_batch(
     """
     sx, qx = batch.support_x, batch.query_x
     t, s, q = sx.shape[0], sx.shape[1], qx.shape[1]
-    if sx.shape[2:] != qx.shape[2:]:
-        raise TaskError(
-            f"support and query features differ in shape: {tuple(sx.shape[2:])} vs "
-            f"{tuple(qx.shape[2:])}"
-        )
+    _check_same_features(sx.shape[2:], qx.shape[2:])
     if t > 1 and uses_batch_statistics(encoder):
         pairs = [embed_episode(encoder, sx[i], qx[i], test_time_shift) for i in range(t)]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])

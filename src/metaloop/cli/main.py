@@ -264,7 +264,7 @@ def _runtime(cfg: dict[str, Any]) -> None:
 
     if cfg["train"]["threads"]:
         torch.set_num_threads(cfg["train"]["threads"])
-    if cfg["train"].get("retain_memory", True):
+    if cfg["train"]["retain_memory"]:
         retain_freed_memory()
 
 

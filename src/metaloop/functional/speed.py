@@ -151,8 +151,8 @@ def retain_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
     step page-faults them back in from the kernel, zero-filled: on this 2-core machine
     half the step time was system time.  With ``M_MMAP_THRESHOLD = M_TRIM_THRESHOLD =
     threshold_bytes`` allocations below the threshold come from the heap and freed
-    blocks stay there for the next step (a 60-way 28x28 Conv4 forward and backward:
-    0.35 -> 0.17 s; docs/performance.md).  The cost: the process keeps its peak heap
+    blocks stay there for the next step (the Lake ProtoNet preset trains 2.1x faster
+    here; docs/performance.md, section 5).  The cost: the process keeps its peak heap
     (resident memory does not shrink after a large step).  Numbers are unchanged.
 
     Cannot be undone (setting a threshold switches off glibc's dynamic adjustment).
