@@ -490,3 +490,76 @@ def test_bad_arguments_raise(kwargs, match):
 def test_top_level_exports():
     assert ml.MAML is MAML and ml.FOMAML is FOMAML
     assert FOMAML(MLP(1, 1, hidden=(4,)), first_order=False).first_order
+
+
+# -- transductive fine-tuning (query entropy in the inner loss, test time) ------------------
+
+
+def transductive_reference(model, sx, sy, qx, weight, lr, steps):
+    """Hand-written SGD on CE(support) + weight * mean query entropy, plain autograd;
+    the query logits after 0 .. steps steps, from the joint support+query forward."""
+    n, both = sx.shape[0], torch.cat([sx, qx])
+    params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+    logits = []
+    for t in range(steps + 1):
+        out = functional_call(model, params, (both,))
+        logits.append(out[n:].detach())
+        if t == steps:
+            break
+        log_q = torch.log_softmax(out[n:], -1)
+        entropy = -(log_q.exp() * log_q).sum(-1).mean()
+        loss = nn.functional.cross_entropy(out[:n], sy) + weight * entropy
+        grads = torch.autograd.grad(loss, list(params.values()))
+        params = {
+            k: (v - lr * g).detach().requires_grad_() for (k, v), g in zip(params.items(), grads)
+        }
+    return logits
+
+
+def test_transductive_entropy_matches_a_hand_written_loop():
+    from synthetic_episodes import gaussian_episodes
+
+    torch.manual_seed(0)
+    model = MLP(8, 3, hidden=(16,)).double()
+    batch = gaussian_episodes(2, ways=3, shots=2, queries=4, dtype=torch.float64)
+    learner = MAML(
+        model, inner_lr=0.3, inner_steps=1, loss="cross_entropy", transductive_entropy=0.7
+    )
+    got = learner.evaluate_batch(batch, steps=(0, 1, 3))
+    for t in range(2):
+        sx, sy, qx, qy = batch.support_x[t], batch.support_y[t], batch.query_x[t], batch.query_y[t]
+        want = transductive_reference(model, sx, sy, qx, 0.7, 0.3, 3)
+        for s in (0, 1, 3):
+            loss = nn.functional.cross_entropy(want[s], qy)
+            torch.testing.assert_close(got[s]["loss"][t], loss, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(learner.adapt((sx, sy), steps=3)(qx), want[3])
+        # the entropy term matters: without it the adapted predictions differ
+        plain = transductive_reference(model, sx, sy, qx, 0.0, 0.3, 3)
+        assert (plain[3] - want[3]).abs().max() > 1e-3
+    # off by default: the plain inner loop on the support set alone
+    off = MAML(model, inner_lr=0.3, inner_steps=1, loss="cross_entropy")
+    assert off.transductive_entropy == 0.0
+    assert "transductive" not in repr(off) and "transductive_entropy=0.7" in repr(learner)
+
+
+def test_mean_entropy_gradient_matches_finite_differences():
+    from metaloop.algorithms.gradient import mean_entropy
+
+    logits = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(mean_entropy, (logits,))
+    uniform = torch.zeros(3, 4, dtype=torch.float64)
+    torch.testing.assert_close(
+        mean_entropy(uniform), torch.tensor(math.log(4), dtype=torch.float64)
+    )
+    assert float(mean_entropy(torch.zeros(0, 4))) == 0.0
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), True, "1"])
+def test_transductive_entropy_bad_values_are_refused(bad):
+    with pytest.raises(ValueError, match="transductive_entropy must be a finite number >= 0"):
+        MAML(MLP(2, 3), inner_lr=0.1, loss="cross_entropy", transductive_entropy=bad)
+
+
+def test_transductive_entropy_needs_classification():
+    with pytest.raises(ValueError, match="needs a classification loss"):
+        MAML(MLP(1, 1), inner_lr=0.1, loss="mse", transductive_entropy=1.0)

@@ -110,3 +110,46 @@ def test_bad_models_and_arguments_are_refused():
         ProtoMAML(BodyHead(), inner_lr=0.1, temperature=0.0)
     with pytest.raises(ValueError, match="vectorize='loop'"):
         ProtoMAML(BodyHead(), inner_lr=0.1, vectorize="vmap")
+
+
+def test_transductive_fine_tuning_through_batch_norm_matches_a_hand_written_loop():
+    """Episode statistics: prototypes, inner steps and query scores all come from one joint
+    forward of support and queries (Conv4, per-episode batch norm, float64)."""
+    from torch.func import functional_call
+
+    from metaloop.tasks import TaskBatch
+
+    torch.manual_seed(4)
+    model = Conv4(in_channels=1, ways=3, hidden=4, image_size=16, norm="batch_episode").double()
+    learner = ProtoMAML(
+        model, inner_lr=0.2, inner_steps=1, loss="cross_entropy", transductive_entropy=0.5
+    )
+    g = torch.Generator().manual_seed(1)
+    sx = torch.randn(1, 3, 1, 16, 16, generator=g, dtype=torch.float64)
+    qx = torch.randn(1, 6, 1, 16, 16, generator=g, dtype=torch.float64)
+    sy, qy = torch.arange(3), torch.arange(3).repeat(2)
+    batch = TaskBatch(sx, sy[None], qx, qy[None], ways=3)
+    got = learner.evaluate_batch(batch, steps=(0, 2))
+
+    both = torch.cat([sx[0], qx[0]])
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    z = functional_call(
+        model.features, {k[9:]: v for k, v in params.items() if k.startswith("features.")}, (both,)
+    )
+    c = torch.stack([z[:3].flatten(1)[sy == k].mean(0) for k in range(3)])
+    params["head.weight"], params["head.bias"] = 2 * c, -(c * c).sum(-1)
+    params = {k: v.requires_grad_() for k, v in params.items()}
+    want = []
+    for _ in range(3):
+        out = functional_call(model, params, (both,))
+        want.append(nn.functional.cross_entropy(out[3:], qy).detach())
+        log_q = torch.log_softmax(out[3:], -1)
+        loss = nn.functional.cross_entropy(out[:3], sy) - 0.5 * (log_q.exp() * log_q).sum(-1).mean()
+        grads = torch.autograd.grad(loss, list(params.values()))
+        params = {
+            k: (v - 0.2 * d).detach().requires_grad_() for (k, v), d in zip(params.items(), grads)
+        }
+    torch.testing.assert_close(got[0]["loss"][0], want[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got[2]["loss"][0], want[2], rtol=1e-10, atol=1e-12)
+    predict = learner.adapt((sx[0], sy), steps=2)
+    torch.testing.assert_close(nn.functional.cross_entropy(predict(qx[0]), qy), want[2])

@@ -34,6 +34,14 @@ from metaloop.tasks.base import Task, TaskBatch
 _Item = TypeVar("_Item")
 
 
+def mean_entropy(logits: Tensor) -> Tensor:
+    """``(1/Q) sum_q H(softmax(logits_q))`` over the rows of ``logits [Q, C]`` (0 if empty)."""
+    if logits.shape[0] == 0:
+        return logits.sum() * 0
+    log_p = torch.log_softmax(logits, dim=-1)
+    return -(log_p.exp() * log_p).sum(-1).mean()
+
+
 def _meta_objective(
     trainable: Params,
     frozen: Params,
@@ -97,7 +105,23 @@ class GradientMetaLearner(MetaLearner):
         fuse_forward: in ``evaluate_batch``, run the query forward at ``theta_t`` and the
             support forward of the next step as one call (``"auto"``: only for models
             without batch-statistics normalization).
+        transductive_entropy: ``lambda >= 0`` of transductive fine-tuning at test time
+            (classification only; default 0, off); see below.
         See ``metaloop.functional.speed`` and ``docs/performance.md`` for these options.
+
+    Transductive fine-tuning (Dhillon et al., "A Baseline for Few-Shot Image
+    Classification", 2020).  With ``transductive_entropy = lambda > 0``, evaluation
+    (``evaluate_batch``, ``adapt``) adapts each task on its support set *and* its unlabelled
+    query inputs ``x_q``:
+
+        L_inner(theta) = CE(f_theta(x_s), y_s) + lambda * (1/Q) sum_q H(softmax f_theta(x_q)),
+        H(p) = -sum_k p_k log p_k,
+
+    with support and queries in one forward pass (batch statistics of the whole episode),
+    and scores the queries from that same joint forward, so a query's prediction depends
+    on the other queries of its task.  Report such figures as transductive.  ``adapt``
+    returns a predictor that runs the inner loop when it is given the task's inputs.
+    Meta-training (``meta_loss``) is unchanged: the option is a test-time procedure.
 
     Per-step normalization (``norm="batch_per_step"``, MAML++ "BNWB").  When the model holds
     a ``PerStepBatchNorm2d`` the learner selects its affine row automatically, in every
@@ -128,9 +152,25 @@ class GradientMetaLearner(MetaLearner):
         autocast: str | torch.dtype | None = None,
         channels_last: bool = False,
         fuse_forward: bool | str = False,
+        transductive_entropy: float = 0.0,
     ) -> None:
         super().__init__(loss)
         _check_inner(inner_lr, inner_steps)
+        if (
+            isinstance(transductive_entropy, bool)
+            or not isinstance(transductive_entropy, (int, float))
+            or not 0 <= transductive_entropy < float("inf")
+        ):
+            raise ValueError(
+                "transductive_entropy must be a finite number >= 0 (0 turns it off), "
+                f"got {transductive_entropy!r}"
+            )
+        if transductive_entropy > 0 and not self.classification:
+            raise ValueError(
+                "transductive_entropy needs a classification loss ('cross_entropy'): the "
+                f"query entropy is of class probabilities, but the loss is {loss!r}"
+            )
+        self.transductive_entropy = float(transductive_entropy)
         self.model = model
         self.inner_lr = float(inner_lr)
         self.inner_steps = inner_steps
@@ -193,12 +233,16 @@ class GradientMetaLearner(MetaLearner):
     def default_eval_steps(self) -> tuple[int, ...]:  # type: ignore[override]
         return (self.eval_steps,)
 
-    def task_init(self, params: Params, buffers: Params, sx: Tensor, sy: Tensor) -> Params:
+    def task_init(
+        self, params: Params, buffers: Params, sx: Tensor, sy: Tensor, context: Tensor | None = None
+    ) -> Params:
         """``theta_0`` of one task's inner loop; the meta-parameters by default.
 
         Proto-MAML overrides it to initialise the output layer from the task's support
         prototypes.  It must stay differentiable in ``params`` (the meta-gradient flows
         through it) and is called in every path: ``meta_loss``, ``evaluate_batch``, ``adapt``.
+        ``context`` holds the task's unlabelled inputs when they are normalised together
+        with the support (transductive fine-tuning); ``None`` otherwise.
         """
         return params
 
@@ -212,6 +256,44 @@ class GradientMetaLearner(MetaLearner):
             return loss_fn(call(model, params, buffers if bufs is None else bufs, x), y)
 
         return loss
+
+    def transductive_loss(self, buffers: Params) -> TaskLoss:
+        """``(params, [x_s; x_q], y_s) -> CE(f(x_s), y_s) + lambda * mean_q H(f(x_q))``.
+
+        One forward over support and queries; the rows after ``len(y_s)`` are the queries.
+        """
+        model, loss_fn, weight = self.model, self.loss_fn, self.transductive_entropy
+
+        def loss(params: Params, x: Tensor, y: Tensor, bufs: Params | None = None) -> Tensor:
+            out = call(model, params, buffers if bufs is None else bufs, x)
+            n_support = y.shape[0]
+            return loss_fn(out[:n_support], y) + weight * mean_entropy(out[n_support:])
+
+        return loss
+
+    def _transductive_steps(
+        self, params: Params, buffers: Params, sx: Tensor, sy: Tensor, qx: Tensor, steps: int
+    ) -> Iterator[Tensor]:
+        """Query predictions after 0 .. ``steps`` steps of transductive fine-tuning."""
+        model, n_support, both = self.model, sx.shape[0], torch.cat([sx, qx])
+        self.set_norm_row(0)
+        start = self.task_init(params, buffers, sx, sy, context=qx)
+        yield call(model, start, buffers, both)[n_support:]
+        inner = inner_steps_iter(
+            self.transductive_loss(buffers),
+            start,
+            both,
+            sy,
+            self.make_optimizer(),
+            steps,
+            "first_order",
+            self.adapt_names,
+            buffers=buffers,
+        )
+        if self.per_step_norm:
+            inner = self._norm_rows(inner)
+        for adapted, _ in inner:
+            yield call(model, adapted, buffers, both)[n_support:]
 
     def adapt_params(
         self,
@@ -448,6 +530,13 @@ class GradientMetaLearner(MetaLearner):
         x, y = as_support(support)
         steps = self.eval_steps if steps is None else steps
         params, buffers = split_module(self.model)
+        if self.transductive_entropy > 0:
+            # the inner loop needs the task's unlabelled inputs: it runs once per call
+            def predict_transductive(inputs: Tensor) -> Tensor:
+                *_, last = self._transductive_steps(detach(params), buffers, x, y, inputs, steps)
+                return last.detach()
+
+            return predict_transductive
         start = self.task_init(params, buffers, x, y)
         adapted = detach(self.adapt_params(start, buffers, x, y, steps, "first_order"))
         model = self.model
@@ -508,6 +597,14 @@ class GradientMetaLearner(MetaLearner):
                 losses.append(loss_fn(prediction, qy))
                 accs.append(accuracy(prediction, qy) if classification else losses[-1] * 0)
 
+            if self.transductive_entropy > 0:
+                for t, prediction in enumerate(
+                    self._transductive_steps(params, buffers, sx, sy, qx, max(steps))
+                ):
+                    if t in wanted:
+                        losses.append(loss_fn(prediction, qy))
+                        accs.append(accuracy(prediction, qy))
+                return torch.stack(losses), torch.stack(accs)
             if fuse:
                 return fused(sx, sy, qx, qy)
             self.set_norm_row(0)
@@ -554,4 +651,9 @@ class GradientMetaLearner(MetaLearner):
             f"mode={self.gradient_mode}, inner_optimizer={self.inner_optimizer_name}, "
             f"vectorize={self.policy.mode}, loss={self.loss_name}"
             + (f", {self.speed.describe()}" if self.speed.describe() else "")
+            + (
+                f", transductive_entropy={self.transductive_entropy}"
+                if self.transductive_entropy
+                else ""
+            )
         )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from metaloop.algorithms.maml import MAML
@@ -67,9 +68,16 @@ class ProtoMAML(MAML):
         super().__init__(model, *args, **kwargs)
         self.temperature = float(temperature)
 
-    def task_init(self, params: Params, buffers: Params, sx: Tensor, sy: Tensor) -> Params:
-        """``theta_0`` with ``head.weight = 2 c / tau`` and ``head.bias = -||c||^2 / tau``."""
-        z = call(self.model.features, _body(params), _body(buffers), sx).flatten(1)
+    def task_init(
+        self, params: Params, buffers: Params, sx: Tensor, sy: Tensor, context: Tensor | None = None
+    ) -> Params:
+        """``theta_0`` with ``head.weight = 2 c / tau`` and ``head.bias = -||c||^2 / tau``.
+
+        With ``context`` (the task's unlabelled inputs, transductive fine-tuning) the support
+        is embedded together with it, as in the inner loop's joint forward."""
+        inputs = sx if context is None else torch.cat([sx, context])
+        z = call(self.model.features, _body(params), _body(buffers), inputs)
+        z = z[: sx.shape[0]].flatten(1)
         ways = infer_ways(sy)
         prototypes = class_means(z.unsqueeze(0), sy.unsqueeze(0), ways)[0]  # [ways, D]
         return {
