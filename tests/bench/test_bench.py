@@ -119,6 +119,20 @@ def test_run_benchmark_result_fields_and_gradient_agreement():
     assert "sinusoid" in table and "vmap" in table and "x plain" in table
 
 
+def test_flop_counts_match_the_closed_form_on_the_sinusoid_mlp():
+    """MLP 1-40-40-1, 250 query points: forward 2N(40 + 1600 + 40) FLOPs, backward the
+    weight gradients (as much again) and the input gradients of layers 2 and 3 (the
+    input needs none), 2N(1600 + 40): 10,000 FLOPs per point in all."""
+    result = run_benchmark("sinusoid", repeats=1, warmup=1, engines=["plain"], memory=False)
+    flops = result["cases"][0]["flops"]
+    assert flops["floor"] == 250 * 2 * (1680 + 1680 + 1640)
+    # second order: the support pass and the query pass (2x the floor with 10 + 10 points)
+    # plus the backward through the support gradient
+    assert flops["x_floor"] == pytest.approx(flops["plain"] / flops["floor"])
+    assert 2.0 < flops["x_floor"] < 5.0
+    assert "work (matmul/conv FLOPs): floor 2.5 M" in format_table(result)
+
+
 def test_failing_engine_is_reported_not_raised():
     result = run_benchmark(
         "sinusoid", repeats=1, warmup=1, engines=["plain", "nonsense"], memory=False

@@ -17,7 +17,13 @@ renders it.  For each case:
    meta-steps.  A meta-step is ``loss, _ = engine.meta_loss(batch); loss.backward()``
    (gradients reset to ``None`` before each).  ``tasks_per_s = meta_batch / median``;
 4. the meta-gradient of every engine is compared with the plain loop's on the same batch
-   (``grad_rel_diff``: ``max |g - g_plain| / max |g_plain|`` over all model parameters).
+   (``grad_rel_diff``: ``max |g - g_plain| / max |g_plain|`` over all model parameters);
+5. the **arithmetic**: floating-point operations of one floor step and of one plain-loop
+   meta-step, counted by ``torch.utils.flop_counter`` (matrix products and convolutions,
+   forward and backward; elementwise work is not counted).  ``flops.x_floor`` is the
+   meta-step's multiple of the floor's work: an engine doing the same mathematics cannot
+   come closer to the floor than that unless it runs those operations faster than the
+   floor runs its own.
 
 Peak memory.  CUDA: ``torch.cuda.max_memory_allocated()`` during the probed step minus the
 memory allocated before it.  CPU: there is no allocator statistic for CPU tensors
@@ -41,7 +47,8 @@ Result fields (``run_benchmark``'s return value):
 * ``cases``: one per case with ``case`` (label), ``meta_batch``, ``settings`` (the
   workload's shapes and hyperparameters), ``floor`` (``seconds``, ``tasks_per_s``,
   ``cpu_seconds``, and ``batched_seconds`` / ``per_task_seconds`` with their
-  ``..._cpu_seconds``) and
+  ``..._cpu_seconds``), ``flops`` (``floor``, ``plain`` and ``x_floor``: the counts of
+  step 5 and their ratio; ``None`` where counting failed) and
   ``engines``: a list of dicts with ``engine`` (name), ``seconds`` (median wall time of
   the timed steps), ``seconds_all``, ``tasks_per_s``, ``cpu_seconds`` / ``tasks_per_cpu_s``
   (median process CPU time per step: with one thread, a load-independent view of the
@@ -274,6 +281,18 @@ def _floor_step(
     return step
 
 
+def _count_flops(fn: Callable[[], None]) -> int | None:
+    """Matrix-product and convolution FLOPs of one call of ``fn`` (eager), or ``None``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    except Exception:  # a kernel the counter cannot trace: no count, not a failed benchmark
+        return None
+    return int(counter.get_total_flops()) or None
+
+
 def _grads(model: nn.Module) -> list[Tensor | None]:
     return [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
 
@@ -325,6 +344,11 @@ def run_case(
     # the memory layout matters for convolutions
     floor_layout = min(floors, key=lambda k: floors[k])
     floor_s, floor_cpu = floors[floor_layout]
+    flops: dict[str, Any] = {
+        "floor": _count_flops(_floor_step(copy.deepcopy(base_model), batch, case.loss)),
+        "plain": None,
+        "x_floor": None,
+    }
 
     results: list[dict[str, Any]] = []
     reference: list[Tensor | None] | None = None
@@ -388,6 +412,9 @@ def run_case(
             grads = _grads(model)
             if name == "plain":
                 reference, plain_s, plain_cpu = grads, median, cpu
+                flops["plain"] = _count_flops(step)
+                if flops["plain"] and flops["floor"]:
+                    flops["x_floor"] = flops["plain"] / flops["floor"]
             elif reference is not None:
                 entry["grad_rel_diff"] = _rel_diff(grads, reference)
             del engine, model
@@ -418,6 +445,7 @@ def run_case(
             **{f"{k}_seconds": v[0] for k, v in floors.items()},
             **{f"{k}_cpu_seconds": v[1] for k, v in floors.items()},
         },
+        "flops": flops,
         "engines": results,
     }
 
@@ -589,9 +617,14 @@ def format_table(result: dict[str, Any]) -> str:
                 if floor.get("cpu_seconds")
                 else ""
             ),
-            header,
-            "-" * len(header),
         ]
+        counted = case.get("flops") or {}
+        if counted.get("x_floor"):
+            lines.append(
+                f"work (matmul/conv FLOPs): floor {counted['floor'] / 1e6:,.1f} M, plain "
+                f"meta-step {counted['plain'] / 1e6:,.1f} M = {counted['x_floor']:.2f}x the floor"
+            )
+        lines += [header, "-" * len(header)]
         for e in case["engines"]:
             if e["error"]:
                 lines.append(f"{e['engine']:<42}failed: {e['error'][:120]}")
