@@ -409,11 +409,11 @@ def test_init_from_warm_starts_a_new_run_and_reports_bad_sources(tmp_path, confi
     assert not (tmp_path / "b" / "latest.pt").exists()
 
 
-def test_tta_shift_is_refused_for_gradient_learners(tmp_path, config, capsys):
+def test_tta_shift_is_refused_for_regression(tmp_path, config, capsys):
     run_dir = tmp_path / "run"
     assert run(capsys, "train", str(config), "--run-dir", str(run_dir))[0] == 0
     line = user_error(capsys, "eval", str(run_dir), "--tta-shift", "1")
-    assert "applies to the metric learners" in line and "not to 'maml'" in line
+    assert "'maml'" in line and "averages class probabilities" in line and "'mse'" in line
     assert "must be an integer >= 0, got -1" in user_error(
         capsys, "eval", str(run_dir), "--tta-shift", "-1"
     )

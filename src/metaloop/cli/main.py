@@ -82,7 +82,8 @@ def _add_tta_argument(command: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="S",
-        help="metric learners: average embeddings over translations by up to S pixels",
+        help="test-time shift: average over translations by up to S pixels (metric learners: "
+        "embeddings; other classifiers: query predictions)",
     )
 
 
@@ -482,7 +483,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         family = build_family(cfg, "test", **sizes)
     seed = args.seed if args.seed is not None else ev["seed"]
-    tta_shift = _set_members_test_time_shift(members, args.tta_shift)
+    learner, tta_shift = _apply_test_time_shift(learner, members, args.tta_shift)
     result = evaluate(
         learner,
         family,
@@ -536,19 +537,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _set_test_time_shift(learner: Any, cfg: dict[str, Any], option: int | None) -> int:
-    """Apply ``--tta-shift`` (else ``[eval] tta_shift``) to a metric learner; return it."""
-    shift = option if option is not None else cfg["eval"]["tta_shift"]
-    if shift < 0:
+def _member_shift(member: Any, option: int | None) -> int:
+    """``--tta-shift`` if given, else the run's ``[eval] tta_shift``; checked."""
+    shift = option if option is not None else member.cfg["eval"]["tta_shift"]
+    if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
         raise ConfigError(f"--tta-shift must be an integer >= 0, got {shift}")
-    if not shift:
-        return 0
-    if not hasattr(learner, "test_time_shift"):
-        raise ConfigError(
-            f"test-time shift averages embeddings, so it applies to the metric learners "
-            f"(protonet, matching, relation, siamese), not to {cfg['algorithm'].get('name')!r}"
-        )
-    learner.test_time_shift = shift
     return shift
 
 
@@ -601,20 +594,37 @@ def _describe_members(members: list[_Member]) -> list[dict[str, Any]]:
     ]
 
 
-def _set_members_test_time_shift(members: list[_Member], option: int | None) -> int:
-    """``_set_test_time_shift`` for one run.  In an ensemble ``--tta-shift`` applies to the
-    metric members (gradient-based ones are left alone; at least one must be metric) and
-    each member's ``[eval] tta_shift`` otherwise.  Returns the first metric member's shift."""
+def _apply_test_time_shift(
+    learner: Any, members: list[_Member], option: int | None
+) -> tuple[Any, int]:
+    """Apply ``--tta-shift`` (else each run's ``[eval] tta_shift``) to every member: a metric
+    learner averages embeddings over the translated views (its ``test_time_shift``), any
+    other classifier is wrapped in ``ShiftAveraged`` (predictions averaged over translated
+    queries).  Returns the learner to evaluate and the first nonzero shift (0: off)."""
+    from metaloop.evaluation.shift import ShiftAveraged
+
+    shifts = []
+    wrapped = []
+    for member in members:
+        shift, model = _member_shift(member, option), member.learner
+        if shift and hasattr(model, "test_time_shift"):
+            model.test_time_shift = shift
+        elif shift:
+            try:
+                model = ShiftAveraged(model, shift)
+            except ValueError as err:
+                raise ConfigError(
+                    f"--tta-shift {shift} for {member.path} "
+                    f"({member.cfg['algorithm'].get('name')!r}): {err}"
+                ) from err
+        shifts.append(shift)
+        wrapped.append(model)
     if len(members) == 1:
-        return _set_test_time_shift(members[0].learner, members[0].cfg, option)
-    metric = [m for m in members if hasattr(m.learner, "test_time_shift")]
-    if option and not metric:
-        raise ConfigError(
-            "test-time shift averages embeddings, so it applies to the metric learners "
-            "(protonet, matching, relation, siamese); no member of this ensemble is one"
-        )
-    shifts = [_set_test_time_shift(m.learner, m.cfg, option) for m in metric]
-    return shifts[0] if shifts else 0
+        learner = wrapped[0]
+    else:
+        for i, model in enumerate(wrapped):
+            learner.members[i] = model
+    return learner, next((s for s in shifts if s), 0)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -717,7 +727,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
     for member in members:
         check_background_only(member.cfg, f"Lake's 20-run benchmark ({member.path})")
     _runtime(cfg)
-    tta_shift = _set_members_test_time_shift(members, args.tta_shift)
+    learner, tta_shift = _apply_test_time_shift(learner, members, args.tta_shift)
     runs = lake.load_runs(args.runs, image_size=cfg["data"]["image_size"])
     steps = args.steps
 

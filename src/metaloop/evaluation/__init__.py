@@ -1,6 +1,8 @@
-"""Evaluation: many test episodes, mean and 95% confidence interval; ensembles."""
+"""Evaluation: many test episodes, mean and 95% confidence interval; ensembles;
+test-time shift averaging."""
 
 from metaloop.evaluation.ensemble import Ensemble
 from metaloop.evaluation.evaluate import Estimate, EvalResult, estimate, evaluate
+from metaloop.evaluation.shift import ShiftAveraged
 
-__all__ = ["Ensemble", "Estimate", "EvalResult", "estimate", "evaluate"]
+__all__ = ["Ensemble", "Estimate", "EvalResult", "ShiftAveraged", "estimate", "evaluate"]
