@@ -110,6 +110,11 @@ def test_bad_models_and_arguments_are_refused():
         ProtoMAML(BodyHead(), inner_lr=0.1, temperature=0.0)
     with pytest.raises(ValueError, match="vectorize='loop'"):
         ProtoMAML(BodyHead(), inner_lr=0.1, vectorize="vmap")
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="transductive_steps must be an integer >= 0"):
+            ProtoMAML(BodyHead(), inner_lr=0.1, loss="cross_entropy", transductive_steps=bad)
+    with pytest.raises(ValueError, match="transductive_steps needs a classification loss"):
+        ProtoMAML(BodyHead(), inner_lr=0.1, loss="mse", transductive_steps=2)
 
 
 def test_transductive_fine_tuning_through_batch_norm_matches_a_hand_written_loop():
@@ -151,5 +156,70 @@ def test_transductive_fine_tuning_through_batch_norm_matches_a_hand_written_loop
         }
     torch.testing.assert_close(got[0]["loss"][0], want[0], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(got[2]["loss"][0], want[2], rtol=1e-10, atol=1e-12)
+    predict = learner.adapt((sx[0], sy), steps=2)
+    torch.testing.assert_close(nn.functional.cross_entropy(predict(qx[0]), qy), want[2])
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_transductive_prototypes_at_zero_steps_are_a_transductive_protonet(steps):
+    torch.manual_seed(5)
+    model = BodyHead().double()
+    batch = gaussian_episodes(3, ways=4, shots=2, queries=3, dtype=torch.float64)
+    proto_maml = ProtoMAML(
+        model, inner_lr=0.1, inner_steps=1, loss="cross_entropy", transductive_steps=steps
+    )
+    protonet = ProtoNet(model.features, transductive_steps=steps)
+    got = proto_maml.evaluate_batch(batch, steps=(0,))[0]
+    want = protonet.evaluate_batch(batch)
+    want = want[min(want)] if 0 not in want else want[0]
+    torch.testing.assert_close(got["loss"], want["loss"], rtol=1e-10, atol=1e-12)
+    inductive = ProtoMAML(model, inner_lr=0.1, inner_steps=1, loss="cross_entropy")
+    assert not torch.allclose(got["loss"], inductive.evaluate_batch(batch, steps=(0,))[0]["loss"])
+
+
+def test_transductive_prototypes_then_inner_steps_match_a_hand_written_loop():
+    """Two soft k-means steps on the joint embedding, then SGD on the support CE under the
+    joint forward (per-episode batch norm), queries scored from that forward (float64)."""
+    from torch.func import functional_call
+
+    from metaloop.tasks import TaskBatch
+
+    torch.manual_seed(6)
+    model = Conv4(in_channels=1, ways=3, hidden=4, image_size=16, norm="batch_episode").double()
+    learner = ProtoMAML(
+        model, inner_lr=0.2, inner_steps=1, loss="cross_entropy", transductive_steps=2
+    )
+    g = torch.Generator().manual_seed(2)
+    sx = torch.randn(1, 3, 1, 16, 16, generator=g, dtype=torch.float64)
+    qx = torch.randn(1, 6, 1, 16, 16, generator=g, dtype=torch.float64)
+    sy, qy = torch.arange(3), torch.arange(3).repeat(2)
+    got = learner.evaluate_batch(TaskBatch(sx, sy[None], qx, qy[None], ways=3), steps=(0, 2))
+
+    both = torch.cat([sx[0], qx[0]])
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    body = {k[9:]: v for k, v in params.items() if k.startswith("features.")}
+    z = functional_call(model.features, body, (both,)).flatten(1)
+    zs, zq = z[:3], z[3:]
+    c = torch.stack([zs[sy == k].mean(0) for k in range(3)])
+    for _ in range(2):
+        w = torch.softmax(-(torch.cdist(zq, c) ** 2), -1)  # [Q, ways]
+        c = torch.stack(
+            [
+                (zs[sy == k].sum(0) + w[:, k] @ zq) / ((sy == k).sum() + w[:, k].sum())
+                for k in range(3)
+            ]
+        )
+    params["head.weight"], params["head.bias"] = 2 * c, -(c * c).sum(-1)
+    params = {k: v.requires_grad_() for k, v in params.items()}
+    want = []
+    for _ in range(3):
+        out = functional_call(model, params, (both,))
+        want.append(nn.functional.cross_entropy(out[3:], qy).detach())
+        grads = torch.autograd.grad(nn.functional.cross_entropy(out[:3], sy), list(params.values()))
+        params = {
+            k: (v - 0.2 * d).detach().requires_grad_() for (k, v), d in zip(params.items(), grads)
+        }
+    torch.testing.assert_close(got[0]["loss"][0], want[0], rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(got[2]["loss"][0], want[2], rtol=1e-8, atol=1e-10)
     predict = learner.adapt((sx[0], sy), steps=2)
     torch.testing.assert_close(nn.functional.cross_entropy(predict(qx[0]), qy), want[2])

@@ -246,6 +246,12 @@ class GradientMetaLearner(MetaLearner):
         """
         return params
 
+    @property
+    def transductive(self) -> bool:
+        """Whether evaluation adapts each task together with its unlabelled queries (one
+        joint forward of support and queries; see the class docstring)."""
+        return self.transductive_entropy > 0
+
     # -- functional core -----------------------------------------------------------------
     def task_loss(self, buffers: Params) -> TaskLoss:
         """``(params, x, y) -> L(f_params(x), y)`` for this learner's model."""
@@ -267,7 +273,10 @@ class GradientMetaLearner(MetaLearner):
         def loss(params: Params, x: Tensor, y: Tensor, bufs: Params | None = None) -> Tensor:
             out = call(model, params, buffers if bufs is None else bufs, x)
             n_support = y.shape[0]
-            return loss_fn(out[:n_support], y) + weight * mean_entropy(out[n_support:])
+            support_loss = loss_fn(out[:n_support], y)
+            if weight == 0:  # joint normalization only (e.g. Proto-MAML's transductive init)
+                return support_loss
+            return support_loss + weight * mean_entropy(out[n_support:])
 
         return loss
 
@@ -530,7 +539,7 @@ class GradientMetaLearner(MetaLearner):
         x, y = as_support(support)
         steps = self.eval_steps if steps is None else steps
         params, buffers = split_module(self.model)
-        if self.transductive_entropy > 0:
+        if self.transductive:
             # the inner loop needs the task's unlabelled inputs: it runs once per call
             def predict_transductive(inputs: Tensor) -> Tensor:
                 *_, last = self._transductive_steps(detach(params), buffers, x, y, inputs, steps)
@@ -597,7 +606,7 @@ class GradientMetaLearner(MetaLearner):
                 losses.append(loss_fn(prediction, qy))
                 accs.append(accuracy(prediction, qy) if classification else losses[-1] * 0)
 
-            if self.transductive_entropy > 0:
+            if self.transductive:
                 for t, prediction in enumerate(
                     self._transductive_steps(params, buffers, sx, sy, qx, max(steps))
                 ):

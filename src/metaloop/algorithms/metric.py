@@ -28,7 +28,7 @@ tests on 5-way ones.  Every class must have at least one support example in ever
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +124,28 @@ def class_sums(z: Tensor, labels: Tensor, ways: int, mean: bool = False) -> Tens
     flat = z.reshape(*z.shape[:2], -1)
     out = onehot.transpose(1, 2) @ flat
     return out.reshape(z.shape[0], ways, *z.shape[2:])
+
+
+def soft_kmeans_step(
+    prototypes: Tensor,
+    z_support: Tensor,
+    y_support: Tensor,
+    z_query: Tensor,
+    logits: Callable[[Tensor, Tensor], Tensor],
+) -> Tensor:
+    """One soft k-means refinement of prototypes by unlabelled queries (Ren et al., 2018):
+
+        w_jk = softmax_k(logits(z_j, c)),
+        c_k <- (sum_{i: y_i = k} z_i + sum_j w_jk z_j) / (|S_k| + sum_j w_jk).
+
+    ``prototypes [T, ways, D]``, ``z_support [T, S, D]``, ``y_support [T, S]``,
+    ``z_query [T, Q, D]``; ``logits(z_query, prototypes) -> [T, Q, ways]``.
+    """
+    ways = prototypes.shape[1]
+    w = logits(z_query, prototypes).softmax(-1)  # [T, Q, ways]
+    total = class_sums(z_support, y_support, ways) + w.transpose(1, 2) @ z_query
+    count = one_hot(y_support, ways, w.dtype).sum(1) + w.sum(1)  # [T, ways]
+    return total / count.unsqueeze(-1)
 
 
 # -- embedding ---------------------------------------------------------------------------

@@ -20,6 +20,19 @@ placeholders: every task replaces them, so they are frozen (``requires_grad=Fals
 their shape does not limit the number of ways, which is read from each task's labels.
 That makes the head's shape data-dependent, so tasks run one after another
 (``vectorize="loop"``; ``"vmap"`` is refused).
+
+Transductive prototypes (``transductive_steps = n > 0``, evaluation only).  Before the
+head is built, the support prototypes are refined ``n`` times by the task's unlabelled
+queries with ProtoNet's soft k-means step (Ren et al., 2018),
+
+    w_jk = softmax_k(-||f(x_j) - c_k||^2 / tau),
+    c_k <- (sum_{i: y_i = k} f(x_i) + sum_j w_jk f(x_j)) / (|S_k| + sum_j w_jk),
+
+with support and queries embedded in one forward pass; the inner loop then fine-tunes on
+the support under that same joint forward (``transductive_entropy`` may add the query
+entropy term).  At zero inner steps this is ``ProtoNet(transductive_steps=n)``.  A query's
+prediction depends on the other queries of its task: report such figures as transductive.
+Meta-training is unchanged.
 """
 
 from __future__ import annotations
@@ -30,7 +43,12 @@ import torch
 from torch import Tensor, nn
 
 from metaloop.algorithms.maml import MAML
-from metaloop.algorithms.metric import class_means, infer_ways
+from metaloop.algorithms.metric import (
+    class_means,
+    infer_ways,
+    soft_kmeans_step,
+    squared_euclidean,
+)
 from metaloop.functional.params import Params, call
 
 
@@ -41,11 +59,20 @@ class ProtoMAML(MAML):
         model: ``nn.Module`` with ``features`` (body) and ``head`` (``nn.Linear``) submodules.
         temperature: ``tau`` of the prototype logits (default 1, ProtoNet's squared
             Euclidean distance).
+        transductive_steps: soft k-means refinements of the initial prototypes by the
+            task's queries at evaluation (module docstring); 0 (default) is inductive.
         *args, **kwargs: as for ``MAML`` (``inner_lr``, ``inner_steps``, ``first_order``,
             ``adapt``, ...).
     """
 
-    def __init__(self, model: nn.Module, *args: Any, temperature: float = 1.0, **kwargs: Any):
+    def __init__(
+        self,
+        model: nn.Module,
+        *args: Any,
+        temperature: float = 1.0,
+        transductive_steps: int = 0,
+        **kwargs: Any,
+    ):
         features, head = getattr(model, "features", None), getattr(model, "head", None)
         if not isinstance(features, nn.Module) or not isinstance(head, nn.Linear):
             raise ValueError(
@@ -57,6 +84,15 @@ class ProtoMAML(MAML):
             raise ValueError("ProtoMAML's head needs a bias (b_k = -||c_k||^2 / tau)")
         if not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
             raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+        if (
+            isinstance(transductive_steps, bool)
+            or not isinstance(transductive_steps, int)
+            or transductive_steps < 0
+        ):
+            raise ValueError(
+                f"transductive_steps must be an integer >= 0 (0 turns it off), "
+                f"got {transductive_steps!r}"
+            )
         if kwargs.get("vectorize") == "vmap":
             raise ValueError(
                 "ProtoMAML reads the number of ways from each task's labels (a data-dependent "
@@ -67,27 +103,53 @@ class ProtoMAML(MAML):
             p.requires_grad_(False)  # replaced by the prototype head in every task
         super().__init__(model, *args, **kwargs)
         self.temperature = float(temperature)
+        self.transductive_steps = transductive_steps
+        if self.transductive and not self.classification:
+            raise ValueError(
+                "transductive_steps needs a classification loss ('cross_entropy'), "
+                f"got {self.loss_name!r}"
+            )
+
+    @property
+    def transductive(self) -> bool:
+        return super().transductive or self.transductive_steps > 0
 
     def task_init(
         self, params: Params, buffers: Params, sx: Tensor, sy: Tensor, context: Tensor | None = None
     ) -> Params:
         """``theta_0`` with ``head.weight = 2 c / tau`` and ``head.bias = -||c||^2 / tau``.
 
-        With ``context`` (the task's unlabelled inputs, transductive fine-tuning) the support
-        is embedded together with it, as in the inner loop's joint forward."""
+        With ``context`` (the task's unlabelled inputs, transductive evaluation) the support
+        is embedded together with it, as in the inner loop's joint forward, and the
+        prototypes take ``transductive_steps`` soft k-means steps towards it."""
+        n_support = sx.shape[0]
         inputs = sx if context is None else torch.cat([sx, context])
-        z = call(self.model.features, _body(params), _body(buffers), inputs)
-        z = z[: sx.shape[0]].flatten(1)
-        ways = infer_ways(sy)
-        prototypes = class_means(z.unsqueeze(0), sy.unsqueeze(0), ways)[0]  # [ways, D]
+        z = call(self.model.features, _body(params), _body(buffers), inputs).flatten(1)
+        z_support, z_context = z[:n_support].unsqueeze(0), z[n_support:].unsqueeze(0)
+        ways, labels = infer_ways(sy), sy.unsqueeze(0)
+        prototypes = class_means(z_support, labels, ways)  # [1, ways, D]
+        if context is not None:
+            for _ in range(self.transductive_steps):
+                prototypes = soft_kmeans_step(
+                    prototypes, z_support, labels, z_context, self._prototype_logits
+                )
+        prototypes = prototypes[0]
         return {
             **params,
             "head.weight": 2.0 * prototypes / self.temperature,
             "head.bias": -(prototypes * prototypes).sum(-1) / self.temperature,
         }
 
+    def _prototype_logits(self, z: Tensor, prototypes: Tensor) -> Tensor:
+        """``-||z - c_k||^2 / tau``: the head's logits up to a per-row constant."""
+        return -squared_euclidean(z, prototypes) / self.temperature
+
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, " + super().extra_repr()
+        return (
+            f"temperature={self.temperature}, "
+            + (f"transductive_steps={self.transductive_steps}, " if self.transductive_steps else "")
+            + super().extra_repr()
+        )
 
 
 def _body(tensors: Params) -> Params:

@@ -41,9 +41,8 @@ from torch import Tensor, nn
 from metaloop.algorithms.metric import (
     MetricMetaLearner,
     class_means,
-    class_sums,
     cosine_similarity,
-    one_hot,
+    soft_kmeans_step,
     squared_euclidean,
 )
 
@@ -126,12 +125,9 @@ class ProtoNet(MetricMetaLearner):
     ) -> Tensor:
         """One soft k-means step: ``c_k`` moved towards the queries it claims (module
         docstring); ``[T, ways, D]`` -> ``[T, ways, D]``."""
-        ways = prototypes.shape[1]
-        z_support, z_query = z_support.flatten(2), z_query.flatten(2)
-        w = self.logits(z_query, prototypes).softmax(-1)  # [T, Q, ways]
-        total = class_sums(z_support, y_support, ways) + w.transpose(1, 2) @ z_query
-        count = one_hot(y_support, ways, w.dtype).sum(1) + w.sum(1)  # [T, ways]
-        return total / count.unsqueeze(-1)
+        return soft_kmeans_step(
+            prototypes, z_support.flatten(2), y_support, z_query.flatten(2), self.logits
+        )
 
     def scores(self, z_support: Tensor, y_support: Tensor, z_query: Tensor, ways: int) -> Tensor:
         prototypes = self.prototypes(z_support, y_support, ways)
