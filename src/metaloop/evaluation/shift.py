@@ -10,8 +10,10 @@ log-probabilities over the translated views ``x_v`` (every offset in
     log p(y | x) = (1/V) sum_v log softmax(f_theta'(x_v))_y    (up to normalisation),
 
 which makes the comparison of a query with the support less sensitive to how the two
-images are aligned.  It costs ``V`` query forwards per task and no extra adaptation.
-An evaluation construct: ``meta_loss`` is refused.
+images are aligned.  It costs ``V`` query forwards per task and no extra adaptation, except
+for a transductive learner (``transductive_entropy``, Proto-MAML's ``transductive_steps``),
+whose predictor adapts anew on each call: there every view adapts with that view's
+queries, ``V`` adaptations per task.  An evaluation construct: ``meta_loss`` is refused.
 """
 
 from __future__ import annotations
