@@ -117,45 +117,76 @@ def test_bad_models_and_arguments_are_refused():
         ProtoMAML(BodyHead(), inner_lr=0.1, loss="mse", transductive_steps=2)
 
 
-def test_transductive_fine_tuning_through_batch_norm_matches_a_hand_written_loop():
-    """Episode statistics: prototypes, inner steps and query scores all come from one joint
-    forward of support and queries (Conv4, per-episode batch norm, float64)."""
+def _hand_written_transductive_loop(
+    model, sx, sy, qx, qy, entropy, kmeans_steps, inner_lr=0.2, steps=2
+):
+    """Reference, with autograd on plain dicts: prototypes from one joint forward of
+    support and queries, ``kmeans_steps`` soft k-means refinements, the prototype head,
+    then SGD on ``CE(support) + entropy * mean H(queries)`` under the joint forward.
+    Returns the query loss after 0 .. ``steps`` inner steps."""
     from torch.func import functional_call
 
+    ways, n_support = int(sy.max()) + 1, sy.shape[0]
+    both = torch.cat([sx, qx])
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    body = {k[9:]: v for k, v in params.items() if k.startswith("features.")}
+    z = functional_call(model.features, body, (both,)).flatten(1)
+    zs, zq = z[:n_support], z[n_support:]
+    c = torch.stack([zs[sy == k].mean(0) for k in range(ways)])
+    for _ in range(kmeans_steps):
+        w = torch.softmax(-(torch.cdist(zq, c) ** 2), -1)  # [Q, ways]
+        c = torch.stack(
+            [
+                (zs[sy == k].sum(0) + w[:, k] @ zq) / ((sy == k).sum() + w[:, k].sum())
+                for k in range(ways)
+            ]
+        )
+    params["head.weight"], params["head.bias"] = 2 * c, -(c * c).sum(-1)
+    params = {k: v.requires_grad_() for k, v in params.items()}
+    losses = []
+    for _ in range(steps + 1):
+        out = functional_call(model, params, (both,))
+        losses.append(nn.functional.cross_entropy(out[n_support:], qy).detach())
+        log_q = torch.log_softmax(out[n_support:], -1)
+        loss = nn.functional.cross_entropy(out[:n_support], sy)
+        loss = loss - entropy * (log_q.exp() * log_q).sum(-1).mean()
+        grads = torch.autograd.grad(loss, list(params.values()))
+        params = {
+            k: (v - inner_lr * d).detach().requires_grad_()
+            for (k, v), d in zip(params.items(), grads)
+        }
+    return losses
+
+
+@pytest.mark.parametrize(
+    ("entropy", "kmeans_steps"), [(0.5, 0), (0.0, 2), (0.3, 1)], ids=["entropy", "kmeans", "both"]
+)
+def test_transductive_evaluation_through_batch_norm_matches_a_hand_written_loop(
+    entropy, kmeans_steps
+):
+    """Episode statistics: prototypes (refined by soft k-means over the queries or not),
+    inner steps and query scores all come from one joint forward of support and queries
+    (Conv4, per-episode batch norm, float64); ``adapt`` gives the same predictions."""
     from metaloop.tasks import TaskBatch
 
     torch.manual_seed(4)
     model = Conv4(in_channels=1, ways=3, hidden=4, image_size=16, norm="batch_episode").double()
     learner = ProtoMAML(
-        model, inner_lr=0.2, inner_steps=1, loss="cross_entropy", transductive_entropy=0.5
+        model,
+        inner_lr=0.2,
+        inner_steps=1,
+        loss="cross_entropy",
+        transductive_entropy=entropy,
+        transductive_steps=kmeans_steps,
     )
     g = torch.Generator().manual_seed(1)
     sx = torch.randn(1, 3, 1, 16, 16, generator=g, dtype=torch.float64)
     qx = torch.randn(1, 6, 1, 16, 16, generator=g, dtype=torch.float64)
     sy, qy = torch.arange(3), torch.arange(3).repeat(2)
-    batch = TaskBatch(sx, sy[None], qx, qy[None], ways=3)
-    got = learner.evaluate_batch(batch, steps=(0, 2))
-
-    both = torch.cat([sx[0], qx[0]])
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    z = functional_call(
-        model.features, {k[9:]: v for k, v in params.items() if k.startswith("features.")}, (both,)
-    )
-    c = torch.stack([z[:3].flatten(1)[sy == k].mean(0) for k in range(3)])
-    params["head.weight"], params["head.bias"] = 2 * c, -(c * c).sum(-1)
-    params = {k: v.requires_grad_() for k, v in params.items()}
-    want = []
-    for _ in range(3):
-        out = functional_call(model, params, (both,))
-        want.append(nn.functional.cross_entropy(out[3:], qy).detach())
-        log_q = torch.log_softmax(out[3:], -1)
-        loss = nn.functional.cross_entropy(out[:3], sy) - 0.5 * (log_q.exp() * log_q).sum(-1).mean()
-        grads = torch.autograd.grad(loss, list(params.values()))
-        params = {
-            k: (v - 0.2 * d).detach().requires_grad_() for (k, v), d in zip(params.items(), grads)
-        }
-    torch.testing.assert_close(got[0]["loss"][0], want[0], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(got[2]["loss"][0], want[2], rtol=1e-10, atol=1e-12)
+    got = learner.evaluate_batch(TaskBatch(sx, sy[None], qx, qy[None], ways=3), steps=(0, 2))
+    want = _hand_written_transductive_loop(model, sx[0], sy, qx[0], qy, entropy, kmeans_steps)
+    torch.testing.assert_close(got[0]["loss"][0], want[0], rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(got[2]["loss"][0], want[2], rtol=1e-8, atol=1e-10)
     predict = learner.adapt((sx[0], sy), steps=2)
     torch.testing.assert_close(nn.functional.cross_entropy(predict(qx[0]), qy), want[2])
 
@@ -175,51 +206,3 @@ def test_transductive_prototypes_at_zero_steps_are_a_transductive_protonet(steps
     torch.testing.assert_close(got["loss"], want["loss"], rtol=1e-10, atol=1e-12)
     inductive = ProtoMAML(model, inner_lr=0.1, inner_steps=1, loss="cross_entropy")
     assert not torch.allclose(got["loss"], inductive.evaluate_batch(batch, steps=(0,))[0]["loss"])
-
-
-def test_transductive_prototypes_then_inner_steps_match_a_hand_written_loop():
-    """Two soft k-means steps on the joint embedding, then SGD on the support CE under the
-    joint forward (per-episode batch norm), queries scored from that forward (float64)."""
-    from torch.func import functional_call
-
-    from metaloop.tasks import TaskBatch
-
-    torch.manual_seed(6)
-    model = Conv4(in_channels=1, ways=3, hidden=4, image_size=16, norm="batch_episode").double()
-    learner = ProtoMAML(
-        model, inner_lr=0.2, inner_steps=1, loss="cross_entropy", transductive_steps=2
-    )
-    g = torch.Generator().manual_seed(2)
-    sx = torch.randn(1, 3, 1, 16, 16, generator=g, dtype=torch.float64)
-    qx = torch.randn(1, 6, 1, 16, 16, generator=g, dtype=torch.float64)
-    sy, qy = torch.arange(3), torch.arange(3).repeat(2)
-    got = learner.evaluate_batch(TaskBatch(sx, sy[None], qx, qy[None], ways=3), steps=(0, 2))
-
-    both = torch.cat([sx[0], qx[0]])
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    body = {k[9:]: v for k, v in params.items() if k.startswith("features.")}
-    z = functional_call(model.features, body, (both,)).flatten(1)
-    zs, zq = z[:3], z[3:]
-    c = torch.stack([zs[sy == k].mean(0) for k in range(3)])
-    for _ in range(2):
-        w = torch.softmax(-(torch.cdist(zq, c) ** 2), -1)  # [Q, ways]
-        c = torch.stack(
-            [
-                (zs[sy == k].sum(0) + w[:, k] @ zq) / ((sy == k).sum() + w[:, k].sum())
-                for k in range(3)
-            ]
-        )
-    params["head.weight"], params["head.bias"] = 2 * c, -(c * c).sum(-1)
-    params = {k: v.requires_grad_() for k, v in params.items()}
-    want = []
-    for _ in range(3):
-        out = functional_call(model, params, (both,))
-        want.append(nn.functional.cross_entropy(out[3:], qy).detach())
-        grads = torch.autograd.grad(nn.functional.cross_entropy(out[:3], sy), list(params.values()))
-        params = {
-            k: (v - 0.2 * d).detach().requires_grad_() for (k, v), d in zip(params.items(), grads)
-        }
-    torch.testing.assert_close(got[0]["loss"][0], want[0], rtol=1e-8, atol=1e-10)
-    torch.testing.assert_close(got[2]["loss"][0], want[2], rtol=1e-8, atol=1e-10)
-    predict = learner.adapt((sx[0], sy), steps=2)
-    torch.testing.assert_close(nn.functional.cross_entropy(predict(qx[0]), qy), want[2])

@@ -126,6 +126,15 @@ def class_sums(z: Tensor, labels: Tensor, ways: int, mean: bool = False) -> Tens
     return out.reshape(z.shape[0], ways, *z.shape[2:])
 
 
+def check_transductive_steps(steps: object) -> int:
+    """``steps`` if it is a valid number of soft k-means refinements (an int >= 0)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(
+            f"transductive_steps must be an integer >= 0 (0 turns it off), got {steps!r}"
+        )
+    return steps
+
+
 def soft_kmeans_step(
     prototypes: Tensor,
     z_support: Tensor,

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from metaloop.algorithms.maml import MAML
 from metaloop.algorithms.metric import (
+    check_transductive_steps,
     class_means,
     infer_ways,
     soft_kmeans_step,
@@ -84,15 +85,7 @@ class ProtoMAML(MAML):
             raise ValueError("ProtoMAML's head needs a bias (b_k = -||c_k||^2 / tau)")
         if not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
             raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-        if (
-            isinstance(transductive_steps, bool)
-            or not isinstance(transductive_steps, int)
-            or transductive_steps < 0
-        ):
-            raise ValueError(
-                f"transductive_steps must be an integer >= 0 (0 turns it off), "
-                f"got {transductive_steps!r}"
-            )
+        check_transductive_steps(transductive_steps)
         if kwargs.get("vectorize") == "vmap":
             raise ValueError(
                 "ProtoMAML reads the number of ways from each task's labels (a data-dependent "

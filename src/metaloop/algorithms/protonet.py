@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from metaloop.algorithms.metric import (
     MetricMetaLearner,
+    check_transductive_steps,
     class_means,
     cosine_similarity,
     soft_kmeans_step,
@@ -76,15 +77,7 @@ class ProtoNet(MetricMetaLearner):
         transductive_steps: int = 0,
     ) -> None:
         super().__init__(encoder, "cross_entropy", channels_last)
-        if (
-            isinstance(transductive_steps, bool)
-            or not isinstance(transductive_steps, int)
-            or transductive_steps < 0
-        ):
-            raise ValueError(
-                f"transductive_steps must be an integer >= 0, got {transductive_steps!r}"
-            )
-        self.transductive_steps = transductive_steps
+        self.transductive_steps = check_transductive_steps(transductive_steps)
         if distance not in DISTANCES:
             raise ValueError(f"unknown distance {distance!r}; choose one of {', '.join(DISTANCES)}")
         if temperature is None:
