@@ -249,8 +249,18 @@ def test_channels_last_encoder_gives_the_same_loss_and_gradient():
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
 
 
-def hand_refined_logits(encoder, batch, steps, scale=1.0):
-    """Soft k-means written per task and per class with Python loops."""
+def hand_balanced(p, sweeps=300):
+    """Matrix scaling in probability space: columns to Q / W, then rows to 1, repeatedly."""
+    queries, ways = p.shape
+    for _ in range(sweeps):
+        p = p / p.sum(0, keepdim=True) * (queries / ways)
+        p = p / p.sum(1, keepdim=True)
+    return p
+
+
+def hand_refined_logits(encoder, batch, steps, scale=1.0, balanced=False):
+    """Soft k-means written per task and per class with Python loops (with ``balanced``,
+    the weights matrix-scaled to equal class mass)."""
     out = []
     for t in range(len(batch)):
         zs, zq, ys = encoder(batch.support_x[t]), encoder(batch.query_x[t]), batch.support_y[t]
@@ -259,6 +269,8 @@ def hand_refined_logits(encoder, batch, steps, scale=1.0):
         for _ in range(steps):
             d = torch.stack([torch.stack([((q - c) ** 2).sum() for c in protos]) for q in zq])
             w = (-d * scale).softmax(-1)
+            if balanced:
+                w = hand_balanced(w)
             protos = [
                 (zs[ys == k].sum(0) + (w[:, k : k + 1] * zq).sum(0))
                 / ((ys == k).sum() + w[:, k].sum())
@@ -287,6 +299,25 @@ def test_transductive_refinement_is_soft_k_means_over_the_queries():
     alone = learner.adapt(task)(task.query_x)
     torch.testing.assert_close(alone, scores[0])
     assert not torch.allclose(learner.adapt(task)(task.query_x[:2]), scores[0, :2])
+
+
+def test_balanced_refinement_is_soft_k_means_with_matrix_scaled_weights():
+    torch.manual_seed(4)
+    encoder = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+    batch = gaussian_episodes(3, 4, 1, 2, dtype=torch.float64)
+    for steps in (1, 3):
+        learner = ProtoNet(
+            encoder, temperature=0.5, transductive_steps=steps, transductive_balance=True
+        )
+        scores, _ = learner.episode_scores(batch)
+        want = hand_refined_logits(encoder, batch, steps, 2.0, balanced=True)
+        torch.testing.assert_close(scores, want, rtol=1e-5, atol=1e-6)
+        plain = ProtoNet(encoder, temperature=0.5, transductive_steps=steps)
+        assert not torch.allclose(scores, plain.episode_scores(batch)[0])
+    with pytest.raises(ValueError, match="needs transductive_steps >= 1"):
+        ProtoNet(encoder, transductive_balance=True)
+    with pytest.raises(ValueError, match="transductive_balance must be true or false"):
+        ProtoNet(encoder, transductive_steps=1, transductive_balance=1)
 
 
 def test_transductive_refinement_gradient_matches_finite_differences():

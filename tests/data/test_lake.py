@@ -202,6 +202,32 @@ def test_cli_lake_protocols_end_to_end(tmp_path, omniglot_root, cache_dir, runs_
     assert code == 0, err
     score = json.loads(out)
     assert score["runs"] == 20 and 0.0 <= score["mean_error"] <= 100.0  # percent
+    # balanced (transductive) assignment on both; the temperature alone is refused
+    code, out, err = _cli(
+        capsys,
+        "eval",
+        str(lake_run),
+        "--protocol",
+        "within-alphabet",
+        "--episodes",
+        "4",
+        "--balanced",
+        "--balance-temperature",
+        "0.5",
+        "--json",
+    )
+    assert code == 0, err
+    balanced = json.loads(out)
+    assert balanced["balanced"] == {"temperature": 0.5} and report["balanced"] is None
+    code, out, err = _cli(
+        capsys, "lake-runs", str(lake_run), "--runs", str(runs_zip), "--balanced", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["balanced"] == {"temperature": 1.0}
+    code, _, err = _cli(capsys, "eval", str(lake_run), "--balance-temperature", "0.5")
+    assert code == 2 and "--balance-temperature needs --balanced" in err
+    code, _, err = _cli(capsys, "eval", str(lake_run), "--balanced", "--balance-temperature", "-1")
+    assert code == 2 and "temperature must be a positive finite number, got -1.0" in err
 
     vinyals_run = _tiny_protonet_run(capsys, tmp_path, omniglot_root, cache_dir, "vinyals")
     for argv in (

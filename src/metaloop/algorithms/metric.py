@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
 from metaloop.data.transforms import shift_views, translate
+from metaloop.functional.assignment import balance_log_probs
 from metaloop.functional.losses import LossFn
 from metaloop.functional.speed import uses_batch_statistics
 from metaloop.tasks.base import Task, TaskBatch, TaskError
@@ -135,23 +136,43 @@ def check_transductive_steps(steps: object) -> int:
     return steps
 
 
+def check_transductive_balance(balance: object, steps: int) -> bool:
+    """``balance`` if it is a bool and, when true, there are refinement steps to balance."""
+    if not isinstance(balance, bool):
+        raise ValueError(f"transductive_balance must be true or false, got {balance!r}")
+    if balance and steps == 0:
+        raise ValueError(
+            "transductive_balance balances the soft k-means weights, so it needs "
+            "transductive_steps >= 1 (got 0); for balanced final predictions use "
+            "metaloop.evaluation.BalancedAssignment (eval --balanced)"
+        )
+    return balance
+
+
 def soft_kmeans_step(
     prototypes: Tensor,
     z_support: Tensor,
     y_support: Tensor,
     z_query: Tensor,
     logits: Callable[[Tensor, Tensor], Tensor],
+    balanced: bool = False,
 ) -> Tensor:
     """One soft k-means refinement of prototypes by unlabelled queries (Ren et al., 2018):
 
         w_jk = softmax_k(logits(z_j, c)),
         c_k <- (sum_{i: y_i = k} z_i + sum_j w_jk z_j) / (|S_k| + sum_j w_jk).
 
+    With ``balanced`` the weights are instead the Sinkhorn-balanced assignment of the
+    queries (``metaloop.functional.assignment``: rows sum to 1, every class receives
+    ``Q / ways`` of the query mass), the k-means step of PT-MAP (Hu et al., 2021); it
+    assumes the queries are spread evenly over the classes.
+
     ``prototypes [T, ways, D]``, ``z_support [T, S, D]``, ``y_support [T, S]``,
     ``z_query [T, Q, D]``; ``logits(z_query, prototypes) -> [T, Q, ways]``.
     """
     ways = prototypes.shape[1]
-    w = logits(z_query, prototypes).softmax(-1)  # [T, Q, ways]
+    scores = logits(z_query, prototypes)
+    w = balance_log_probs(scores).exp() if balanced else scores.softmax(-1)  # [T, Q, ways]
     total = class_sums(z_support, y_support, ways) + w.transpose(1, 2) @ z_query
     count = one_hot(y_support, ways, w.dtype).sum(1) + w.sum(1)  # [T, ways]
     return total / count.unsqueeze(-1)

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from metaloop.algorithms.maml import MAML
 from metaloop.algorithms.metric import (
+    check_transductive_balance,
     check_transductive_steps,
     class_means,
     infer_ways,
@@ -62,6 +63,8 @@ class ProtoMAML(MAML):
             Euclidean distance).
         transductive_steps: soft k-means refinements of the initial prototypes by the
             task's queries at evaluation (module docstring); 0 (default) is inductive.
+        transductive_balance: Sinkhorn-balanced weights in those refinements (as
+            ``ProtoNet(transductive_balance=True)``); needs ``transductive_steps > 0``.
         *args, **kwargs: as for ``MAML`` (``inner_lr``, ``inner_steps``, ``first_order``,
             ``adapt``, ...).
     """
@@ -72,6 +75,7 @@ class ProtoMAML(MAML):
         *args: Any,
         temperature: float = 1.0,
         transductive_steps: int = 0,
+        transductive_balance: bool = False,
         **kwargs: Any,
     ):
         features, head = getattr(model, "features", None), getattr(model, "head", None)
@@ -86,6 +90,7 @@ class ProtoMAML(MAML):
         if not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
             raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
         check_transductive_steps(transductive_steps)
+        check_transductive_balance(transductive_balance, transductive_steps)
         if kwargs.get("vectorize") == "vmap":
             raise ValueError(
                 "ProtoMAML reads the number of ways from each task's labels (a data-dependent "
@@ -97,6 +102,7 @@ class ProtoMAML(MAML):
         super().__init__(model, *args, **kwargs)
         self.temperature = float(temperature)
         self.transductive_steps = transductive_steps
+        self.transductive_balance = transductive_balance
         if self.transductive and not self.classification:
             raise ValueError(
                 "transductive_steps needs a classification loss ('cross_entropy'), "
@@ -124,7 +130,12 @@ class ProtoMAML(MAML):
         if context is not None:
             for _ in range(self.transductive_steps):
                 prototypes = soft_kmeans_step(
-                    prototypes, z_support, labels, z_context, self._prototype_logits
+                    prototypes,
+                    z_support,
+                    labels,
+                    z_context,
+                    self._prototype_logits,
+                    self.transductive_balance,
                 )
         prototypes = prototypes[0]
         return {
@@ -141,6 +152,7 @@ class ProtoMAML(MAML):
         return (
             f"temperature={self.temperature}, "
             + (f"transductive_steps={self.transductive_steps}, " if self.transductive_steps else "")
+            + ("transductive_balance=True, " if self.transductive_balance else "")
             + super().extra_repr()
         )
 

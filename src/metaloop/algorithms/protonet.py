@@ -21,7 +21,10 @@ move the prototypes ``n`` times,
     w_jk = p(y = k | x_j)  (under the current prototypes),
     c_k <- (sum_{i: y_i = k} f_phi(x_i) + sum_j w_jk f_phi(x_j)) / (|S_k| + sum_j w_jk),
 
-before the final scores.  A query's prediction then depends on the other queries of its
+before the final scores.  With ``transductive_balance`` the weights ``w_jk`` are the
+Sinkhorn-balanced assignment instead (every class claims the same share of the queries;
+PT-MAP's step, Hu et al. 2021), which assumes balanced query sets.  A query's prediction
+then depends on the other queries of its
 task (all queries of an episode, or all inputs given to one ``adapt`` predictor call), so
 report such numbers as transductive.
 
@@ -40,6 +43,7 @@ from torch import Tensor, nn
 
 from metaloop.algorithms.metric import (
     MetricMetaLearner,
+    check_transductive_balance,
     check_transductive_steps,
     class_means,
     cosine_similarity,
@@ -65,6 +69,8 @@ class ProtoNet(MetricMetaLearner):
             the CPU; see ``MetricMetaLearner``).
         transductive_steps: soft k-means refinements of the prototypes by the task's
             queries (module docstring); 0 (default) is the paper's inductive classifier.
+        transductive_balance: balance the refinement's weights over the classes (module
+            docstring); needs ``transductive_steps > 0``.
     """
 
     def __init__(
@@ -75,9 +81,13 @@ class ProtoNet(MetricMetaLearner):
         learn_temperature: bool = False,
         channels_last: bool = False,
         transductive_steps: int = 0,
+        transductive_balance: bool = False,
     ) -> None:
         super().__init__(encoder, "cross_entropy", channels_last)
         self.transductive_steps = check_transductive_steps(transductive_steps)
+        self.transductive_balance = check_transductive_balance(
+            transductive_balance, self.transductive_steps
+        )
         if distance not in DISTANCES:
             raise ValueError(f"unknown distance {distance!r}; choose one of {', '.join(DISTANCES)}")
         if temperature is None:
@@ -119,7 +129,12 @@ class ProtoNet(MetricMetaLearner):
         """One soft k-means step: ``c_k`` moved towards the queries it claims (module
         docstring); ``[T, ways, D]`` -> ``[T, ways, D]``."""
         return soft_kmeans_step(
-            prototypes, z_support.flatten(2), y_support, z_query.flatten(2), self.logits
+            prototypes,
+            z_support.flatten(2),
+            y_support,
+            z_query.flatten(2),
+            self.logits,
+            self.transductive_balance,
         )
 
     def scores(self, z_support: Tensor, y_support: Tensor, z_query: Tensor, ways: int) -> Tensor:
@@ -133,4 +148,5 @@ class ProtoNet(MetricMetaLearner):
             f"distance={self.distance}, temperature={self.temperature:.4g}, "
             f"learn_temperature={self.learn_temperature}"
             + (f", transductive_steps={self.transductive_steps}" if self.transductive_steps else "")
+            + (", transductive_balance=True" if self.transductive_balance else "")
         )

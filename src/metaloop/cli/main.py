@@ -85,6 +85,20 @@ def _add_tta_argument(command: argparse.ArgumentParser) -> None:
         help="test-time shift: average over translations by up to S pixels (metric learners: "
         "embeddings; other classifiers: query predictions)",
     )
+    command.add_argument(
+        "--balanced",
+        action="store_true",
+        help="transductive: predict each task's queries jointly, every class receiving the "
+        "same share (Sinkhorn balancing; only for balanced query sets, docs/algorithms.md)",
+    )
+    command.add_argument(
+        "--balance-temperature",
+        type=float,
+        default=1.0,
+        metavar="TAU",
+        help="with --balanced: scores divided by TAU first (1 keeps the model's confidence, "
+        "smaller approaches a one-to-one assignment)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -484,6 +498,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         family = build_family(cfg, "test", **sizes)
     seed = args.seed if args.seed is not None else ev["seed"]
     learner, tta_shift = _apply_test_time_shift(learner, members, args.tta_shift)
+    learner = _apply_balance(learner, args)
     result = evaluate(
         learner,
         family,
@@ -503,6 +518,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "ensemble": _describe_members(members) if len(members) > 1 else None,
             "protocol": protocol,
             "tta_shift": tta_shift,
+            "balanced": _balance_report(args),
             "task": {k: v for k, v in cfg["task"].items()},
             "episode": {
                 "ways": getattr(family, "ways", None),
@@ -529,6 +545,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"{getattr(family, 'ways', None) or ''}{'-way ' if getattr(family, 'ways', None) else ''}"
         f"{family.shots}-shot, {family.queries} queries"
         + (f", test-time shift {tta_shift}" if tta_shift else "")
+        + (
+            f", balanced assignment (temperature {args.balance_temperature:g})"
+            if args.balanced
+            else ""
+        )
     )
     print(result)
     if reference:
@@ -625,6 +646,26 @@ def _apply_test_time_shift(
         for i, model in enumerate(wrapped):
             learner.members[i] = model
     return learner, next((s for s in shifts if s), 0)
+
+
+def _apply_balance(learner: Any, args: argparse.Namespace) -> Any:
+    """``--balanced``: wrap the learner in ``BalancedAssignment``; checks the temperature
+    (which means nothing without ``--balanced``)."""
+    from metaloop.evaluation import BalancedAssignment
+
+    tau = args.balance_temperature
+    if not args.balanced:
+        if tau != 1.0:
+            raise ConfigError("--balance-temperature needs --balanced")
+        return learner
+    try:
+        return BalancedAssignment(learner, temperature=tau)
+    except ValueError as err:
+        raise ConfigError(f"--balanced: {err}") from err
+
+
+def _balance_report(args: argparse.Namespace) -> dict[str, float] | None:
+    return {"temperature": args.balance_temperature} if args.balanced else None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -728,6 +769,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
         check_background_only(member.cfg, f"Lake's 20-run benchmark ({member.path})")
     _runtime(cfg)
     learner, tta_shift = _apply_test_time_shift(learner, members, args.tta_shift)
+    learner = _apply_balance(learner, args)
     runs = lake.load_runs(args.runs, image_size=cfg["data"]["image_size"])
     steps = args.steps
 
@@ -749,6 +791,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
         "checkpoint_iteration": state.get("iteration"),
         "ensemble": _describe_members(members) if len(members) > 1 else None,
         "tta_shift": tta_shift,
+        "balanced": _balance_report(args),
     }
     if args.json:
         print(json.dumps(report))

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
 from metaloop.algorithms.metric import MetricMetaLearner
+from metaloop.evaluation.scoring import classification_metrics, query_log_probs
 from metaloop.tasks.base import Task, TaskBatch
 
 
@@ -70,17 +71,10 @@ class Ensemble(MetaLearner):
 
         return predict
 
-    def _log_probs(self, member: MetaLearner, batch: TaskBatch, steps: int) -> Tensor:
-        """``[T, Q, ways]`` log-probabilities of one member on every query of the batch."""
-        if isinstance(member, MetricMetaLearner):
-            scores, _ = member.episode_scores(batch, member.test_time_shift)
-            return F.log_softmax(scores, -1)
-        rows = []
-        for task in batch:
-            with torch.enable_grad():
-                predictor = member.adapt(task.support, steps=steps)
-            rows.append(F.log_softmax(predictor(task.query_x).detach(), -1))
-        return torch.stack(rows)
+    def query_log_probs(self, batch: TaskBatch, steps: int) -> Tensor:
+        """``[T, Q, ways]`` log of the ensemble's (renormalised) probabilities."""
+        logps = [query_log_probs(m, batch, steps) for m in self.members]
+        return F.log_softmax(torch.stack(logps).mean(0), -1)
 
     @torch.no_grad()
     def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:
@@ -91,21 +85,18 @@ class Ensemble(MetaLearner):
             raise ValueError(f"evaluation step counts must be >= 0, got {steps}")
         # metric members take no steps: scored once, reused for every step count
         fixed = {
-            i: self._log_probs(m, batch, 0)
+            i: query_log_probs(m, batch, 0)
             for i, m in enumerate(self.members)
             if isinstance(m, MetricMetaLearner)
         }
         out: StepMetrics = {}
         for s in steps:
             logps = [
-                fixed[i] if i in fixed else self._log_probs(m, batch, s)
+                fixed[i] if i in fixed else query_log_probs(m, batch, s)
                 for i, m in enumerate(self.members)
             ]
             log_p = F.log_softmax(torch.stack(logps).mean(0), -1)  # renormalised geometric mean
-            y = batch.query_y
-            loss = -log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1)
-            acc = (log_p.argmax(-1) == y).to(log_p.dtype).mean(-1)
-            out[s] = {"loss": loss, "accuracy": acc}
+            out[s] = classification_metrics(log_p, batch.query_y)
         return out
 
     def extra_repr(self) -> str:

@@ -1,0 +1,46 @@
+"""Query log-probabilities of any trained classifier on a task batch, and the metrics
+computed from them: the common ground of the evaluation wrappers (``Ensemble``,
+``BalancedAssignment``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from metaloop.algorithms.base import MetaLearner
+from metaloop.algorithms.metric import MetricMetaLearner
+from metaloop.tasks.base import TaskBatch
+
+
+def query_log_probs(learner: MetaLearner, batch: TaskBatch, steps: int) -> Tensor:
+    """``[T, Q, ways]`` log-probabilities of every query of ``batch``.
+
+    A wrapper that defines ``query_log_probs(batch, steps)`` answers for itself; a metric
+    learner scores the whole batch with one encoder pass (``episode_scores``, the numbers its
+    own ``evaluate_batch`` reports); any other learner adapts per task with ``steps`` inner
+    steps.
+    """
+    own = getattr(learner, "query_log_probs", None)
+    if callable(own):
+        return own(batch, steps)
+    if isinstance(learner, MetricMetaLearner):
+        scores, _ = learner.episode_scores(batch, learner.test_time_shift)
+        return F.log_softmax(scores, -1)
+    rows = []
+    for task in batch:
+        with torch.enable_grad():
+            predictor = learner.adapt(task.support, steps=steps)
+        rows.append(F.log_softmax(predictor(task.query_x).detach(), -1))
+    return torch.stack(rows)
+
+
+def classification_metrics(log_p: Tensor, query_y: Tensor) -> dict[str, Tensor]:
+    """Per-task query loss (mean negative log-probability of the true class) and accuracy,
+    ``[T]`` each, from ``log_p [T, Q, ways]`` and ``query_y [T, Q]``."""
+    loss = -log_p.gather(-1, query_y.unsqueeze(-1)).squeeze(-1).mean(-1)
+    acc = (log_p.argmax(-1) == query_y).to(log_p.dtype).mean(-1)
+    return {"loss": loss, "accuracy": acc}
+
+
+__all__ = ["classification_metrics", "query_log_probs"]

@@ -1,0 +1,133 @@
+"""Balanced assignment: the wrapped learner's query log-probabilities, Sinkhorn-balanced per
+task, on task batches and through ``adapt``, for metric, gradient-based and ensembled
+learners; refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metaloop.algorithms import MAML, ProtoNet
+from metaloop.evaluation import BalancedAssignment, Ensemble, evaluate
+from metaloop.functional.assignment import balance_log_probs
+from metaloop.models import MLP
+from metaloop.tasks import TaskBatch, TaskError
+
+torch.set_num_threads(1)
+
+
+def _protonet(seed: int) -> ProtoNet:
+    torch.manual_seed(seed)
+    return ProtoNet(MLP(2, 4, hidden=(8,)))
+
+
+def _maml(seed: int) -> MAML:
+    torch.manual_seed(seed)
+    return MAML(MLP(2, 3, hidden=(8,)), inner_lr=0.5, inner_steps=1, loss="cross_entropy")
+
+
+class Blobs:
+    """3-way tasks of overlapping 2-D Gaussian blobs (1 shot, 3 queries per class)."""
+
+    ways, shots, queries = 3, 1, 3
+
+    def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
+        centres = torch.randn(tasks, self.ways, 1, 2, generator=generator)
+
+        def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            x = centres + torch.randn(tasks, self.ways, n, 2, generator=generator)
+            y = torch.arange(self.ways).repeat_interleave(n).expand(tasks, -1)
+            return x.reshape(tasks, -1, 2), y.contiguous()
+
+        return TaskBatch(*draw(self.shots), *draw(self.queries), ways=self.ways)
+
+
+@pytest.fixture
+def batch() -> TaskBatch:
+    return Blobs().sample(5, torch.Generator().manual_seed(0))
+
+
+def _reference(learner, batch: TaskBatch, steps: int) -> torch.Tensor:
+    """Per task: adapt, log-softmax the query scores, balance them."""
+    rows = []
+    for task in batch:
+        with torch.enable_grad():
+            predictor = learner.adapt(task.support, steps=steps)
+        with torch.no_grad():
+            rows.append(balance_log_probs(F.log_softmax(predictor(task.query_x), -1)))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("make", ["protonet", "maml", "ensemble"])
+def test_balanced_predictions_match_a_per_task_reference(batch, make) -> None:
+    inner = {
+        "protonet": lambda: _protonet(0),
+        "maml": lambda: _maml(1),
+        "ensemble": lambda: Ensemble([_protonet(0), _maml(1)]),
+    }[make]().eval()
+    balanced = BalancedAssignment(inner)
+    steps = 0 if make == "protonet" else 1
+    log_p = _reference(inner, batch, steps)
+    metrics = balanced.evaluate_batch(batch, [steps])[steps]
+    nll = -log_p.gather(-1, batch.query_y.unsqueeze(-1)).squeeze(-1).mean(-1)
+    torch.testing.assert_close(metrics["loss"], nll, rtol=1e-4, atol=1e-5)
+    acc = (log_p.argmax(-1) == batch.query_y).float().mean(-1)
+    torch.testing.assert_close(metrics["accuracy"], acc)
+    task = batch[2]
+    with torch.no_grad():
+        got = balanced.adapt(task.support, steps)(task.query_x)
+    torch.testing.assert_close(got, log_p[2], rtol=1e-4, atol=1e-5)
+    # every task's predicted class counts are now (close to) balanced in mass
+    torch.testing.assert_close(log_p.exp().sum(1), torch.full((5, 3), 3.0), rtol=1e-3, atol=1e-3)
+
+
+def test_balancing_corrects_a_classifier_biased_towards_one_class(batch) -> None:
+    """A ProtoNet whose class 0 logit is inflated predicts class 0 for most queries;
+    balanced, the bias is a column scaling and Sinkhorn removes it exactly."""
+
+    class Biased(ProtoNet):
+        def scores(self, z_support, y_support, z_query, ways):
+            s = super().scores(z_support, y_support, z_query, ways)
+            return s + torch.tensor([8.0, 0.0, 0.0])
+
+    torch.manual_seed(0)
+    biased, plain = Biased(MLP(2, 4, hidden=(8,))).eval(), _protonet(0).eval()
+    many = Blobs().sample(40, torch.Generator().manual_seed(1))
+    acc = {
+        name: float(model.evaluate_batch(many)[0]["accuracy"].mean())
+        for name, model in {
+            "biased": biased,
+            "biased+balanced": BalancedAssignment(biased),
+            "plain+balanced": BalancedAssignment(plain),
+        }.items()
+    }
+    assert acc["biased"] < 0.5  # mostly class 0
+    assert acc["biased+balanced"] == pytest.approx(acc["plain+balanced"], abs=1e-6)
+
+
+def test_runs_under_the_evaluation_protocol() -> None:
+    result = evaluate(BalancedAssignment(_maml(0)), Blobs(), episodes=6, steps=[0, 1])
+    assert set(result.metrics) == {0, 1} and result.episodes == 6
+
+
+def test_refusals(batch) -> None:
+    with pytest.raises(TypeError, match="wraps a MetaLearner, got Linear"):
+        BalancedAssignment(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="trained with the 'mse' loss"):
+        BalancedAssignment(MAML(MLP(1, 1), inner_lr=0.1))
+    with pytest.raises(ValueError, match="temperature must be a positive finite number"):
+        BalancedAssignment(_protonet(0), temperature=0)
+    with pytest.raises(NotImplementedError, match="meta-train the wrapped learner"):
+        BalancedAssignment(_protonet(0)).meta_loss(batch)
+    uneven = TaskBatch(
+        batch.support_x,
+        batch.support_y,
+        batch.query_x,
+        batch.query_y.sort(-1).values.clamp(max=1),
+        ways=3,
+    )
+    with pytest.raises(
+        TaskError, match=r"same number of queries.*per-class query counts \[3, 6, 0\]"
+    ):
+        BalancedAssignment(_protonet(0)).evaluate_batch(uneven)
