@@ -185,39 +185,30 @@ def test_cli_lake_protocols_end_to_end(tmp_path, omniglot_root, cache_dir, runs_
     import json
 
     lake_run = _tiny_protonet_run(capsys, tmp_path, omniglot_root, cache_dir, "lake")
-    code, out, err = _cli(
-        capsys,
-        "eval",
-        str(lake_run),
-        "--protocol",
-        "within-alphabet",
-        "--episodes",
-        "4",
-        "--json",
-    )
-    assert code == 0, err
-    report = json.loads(out)
+
+    def within_alphabet(*extra: str) -> dict:
+        code, out, err = _cli(
+            capsys,
+            "eval",
+            str(lake_run),
+            "--protocol",
+            "within-alphabet",
+            "--episodes",
+            "4",
+            *extra,
+            "--json",
+        )
+        assert code == 0, err
+        return json.loads(out)
+
+    report = within_alphabet()
     assert report["protocol"] == "within-alphabet" and report["episode"]["ways"] == 20
     code, out, err = _cli(capsys, "lake-runs", str(lake_run), "--runs", str(runs_zip), "--json")
     assert code == 0, err
     score = json.loads(out)
     assert score["runs"] == 20 and 0.0 <= score["mean_error"] <= 100.0  # percent
     # balanced (transductive) assignment on both; the temperature alone is refused
-    code, out, err = _cli(
-        capsys,
-        "eval",
-        str(lake_run),
-        "--protocol",
-        "within-alphabet",
-        "--episodes",
-        "4",
-        "--balanced",
-        "--balance-temperature",
-        "0.5",
-        "--json",
-    )
-    assert code == 0, err
-    balanced = json.loads(out)
+    balanced = within_alphabet("--balanced", "--balance-temperature", "0.5")
     assert balanced["balanced"] == {"temperature": 0.5} and report["balanced"] is None
     code, out, err = _cli(
         capsys, "lake-runs", str(lake_run), "--runs", str(runs_zip), "--balanced", "--json"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _eval_helpers import Blobs, maml, protonet
 
 from metaloop.algorithms import MAML, ProtoNet
 from metaloop.evaluation import BalancedAssignment, Ensemble, evaluate
@@ -17,35 +18,9 @@ from metaloop.tasks import TaskBatch, TaskError
 torch.set_num_threads(1)
 
 
-def _protonet(seed: int) -> ProtoNet:
-    torch.manual_seed(seed)
-    return ProtoNet(MLP(2, 4, hidden=(8,)))
-
-
-def _maml(seed: int) -> MAML:
-    torch.manual_seed(seed)
-    return MAML(MLP(2, 3, hidden=(8,)), inner_lr=0.5, inner_steps=1, loss="cross_entropy")
-
-
-class Blobs:
-    """3-way tasks of overlapping 2-D Gaussian blobs (1 shot, 3 queries per class)."""
-
-    ways, shots, queries = 3, 1, 3
-
-    def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
-        centres = torch.randn(tasks, self.ways, 1, 2, generator=generator)
-
-        def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-            x = centres + torch.randn(tasks, self.ways, n, 2, generator=generator)
-            y = torch.arange(self.ways).repeat_interleave(n).expand(tasks, -1)
-            return x.reshape(tasks, -1, 2), y.contiguous()
-
-        return TaskBatch(*draw(self.shots), *draw(self.queries), ways=self.ways)
-
-
 @pytest.fixture
 def batch() -> TaskBatch:
-    return Blobs().sample(5, torch.Generator().manual_seed(0))
+    return Blobs(shots=1, queries=3, spread=1.0).sample(5, torch.Generator().manual_seed(0))
 
 
 def _reference(learner, batch: TaskBatch, steps: int) -> torch.Tensor:
@@ -62,9 +37,9 @@ def _reference(learner, batch: TaskBatch, steps: int) -> torch.Tensor:
 @pytest.mark.parametrize("make", ["protonet", "maml", "ensemble"])
 def test_balanced_predictions_match_a_per_task_reference(batch, make) -> None:
     inner = {
-        "protonet": lambda: _protonet(0),
-        "maml": lambda: _maml(1),
-        "ensemble": lambda: Ensemble([_protonet(0), _maml(1)]),
+        "protonet": lambda: protonet(0),
+        "maml": lambda: maml(1),
+        "ensemble": lambda: Ensemble([protonet(0), maml(1)]),
     }[make]().eval()
     balanced = BalancedAssignment(inner)
     steps = 0 if make == "protonet" else 1
@@ -92,8 +67,8 @@ def test_balancing_corrects_a_classifier_biased_towards_one_class(batch) -> None
             return s + torch.tensor([8.0, 0.0, 0.0])
 
     torch.manual_seed(0)
-    biased, plain = Biased(MLP(2, 4, hidden=(8,))).eval(), _protonet(0).eval()
-    many = Blobs().sample(40, torch.Generator().manual_seed(1))
+    biased, plain = Biased(MLP(2, 4, hidden=(8,))).eval(), protonet(0).eval()
+    many = Blobs(shots=1, queries=3, spread=1.0).sample(40, torch.Generator().manual_seed(1))
     acc = {
         name: float(model.evaluate_batch(many)[0]["accuracy"].mean())
         for name, model in {
@@ -107,7 +82,9 @@ def test_balancing_corrects_a_classifier_biased_towards_one_class(batch) -> None
 
 
 def test_runs_under_the_evaluation_protocol() -> None:
-    result = evaluate(BalancedAssignment(_maml(0)), Blobs(), episodes=6, steps=[0, 1])
+    result = evaluate(
+        BalancedAssignment(maml(0)), Blobs(shots=1, queries=3, spread=1.0), episodes=6, steps=[0, 1]
+    )
     assert set(result.metrics) == {0, 1} and result.episodes == 6
 
 
@@ -117,9 +94,9 @@ def test_refusals(batch) -> None:
     with pytest.raises(ValueError, match="trained with the 'mse' loss"):
         BalancedAssignment(MAML(MLP(1, 1), inner_lr=0.1))
     with pytest.raises(ValueError, match="temperature must be a positive finite number"):
-        BalancedAssignment(_protonet(0), temperature=0)
+        BalancedAssignment(protonet(0), temperature=0)
     with pytest.raises(NotImplementedError, match="meta-train the wrapped learner"):
-        BalancedAssignment(_protonet(0)).meta_loss(batch)
+        BalancedAssignment(protonet(0)).meta_loss(batch)
     uneven = TaskBatch(
         batch.support_x,
         batch.support_y,
@@ -130,4 +107,4 @@ def test_refusals(batch) -> None:
     with pytest.raises(
         TaskError, match=r"same number of queries.*per-class query counts \[3, 6, 0\]"
     ):
-        BalancedAssignment(_protonet(0)).evaluate_batch(uneven)
+        BalancedAssignment(protonet(0)).evaluate_batch(uneven)

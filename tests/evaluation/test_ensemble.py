@@ -5,39 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _eval_helpers import Blobs, maml, protonet
 
-from metaloop.algorithms import MAML, ProtoNet
+from metaloop.algorithms import MAML
 from metaloop.evaluation import Ensemble, evaluate
 from metaloop.models import MLP
 from metaloop.tasks import TaskBatch
 
 torch.set_num_threads(1)
-
-
-def _protonet(seed: int) -> ProtoNet:
-    torch.manual_seed(seed)
-    return ProtoNet(MLP(2, 4, hidden=(8,)))
-
-
-def _maml(seed: int) -> MAML:
-    torch.manual_seed(seed)
-    return MAML(MLP(2, 3, hidden=(8,)), inner_lr=0.5, inner_steps=1, loss="cross_entropy")
-
-
-class Blobs:
-    """3-way tasks of 2-D Gaussian blobs around random centres (2 shots, 4 queries)."""
-
-    ways, shots, queries = 3, 2, 4
-
-    def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
-        centres = torch.randn(tasks, self.ways, 1, 2, generator=generator) * 2
-
-        def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-            x = centres + torch.randn(tasks, self.ways, n, 2, generator=generator)
-            y = torch.arange(self.ways).repeat_interleave(n).expand(tasks, -1)
-            return x.reshape(tasks, -1, 2), y.contiguous()
-
-        return TaskBatch(*draw(self.shots), *draw(self.queries), ways=self.ways)
 
 
 @pytest.fixture
@@ -60,7 +35,7 @@ def _manual_log_probs(members, batch: TaskBatch, steps: int) -> torch.Tensor:
 
 
 def test_mixed_ensemble_matches_the_mean_of_member_log_probabilities(batch) -> None:
-    members = [_protonet(0), _protonet(1), _maml(2)]
+    members = [protonet(0), protonet(1), maml(2)]
     ensemble = Ensemble(members).eval()
     for steps in (0, 1):
         log_p = _manual_log_probs(members, batch, steps)
@@ -82,7 +57,7 @@ def test_mixed_ensemble_matches_the_mean_of_member_log_probabilities(batch) -> N
 
 
 def test_an_ensemble_of_one_model_twice_is_that_model(batch) -> None:
-    model = _protonet(3).eval()
+    model = protonet(3).eval()
     single = model.evaluate_batch(batch)[0]
     twice = Ensemble([model, model]).evaluate_batch(batch)[0]
     torch.testing.assert_close(twice["loss"], single["loss"], rtol=1e-5, atol=1e-6)
@@ -90,17 +65,17 @@ def test_an_ensemble_of_one_model_twice_is_that_model(batch) -> None:
 
 
 def test_ensemble_runs_under_the_evaluation_protocol() -> None:
-    result = evaluate(Ensemble([_protonet(0), _maml(1)]), Blobs(), episodes=6, steps=[0, 1])
+    result = evaluate(Ensemble([protonet(0), maml(1)]), Blobs(), episodes=6, steps=[0, 1])
     assert set(result.metrics) == {0, 1} and result.episodes == 6
 
 
 def test_ensemble_refuses_what_it_cannot_average() -> None:
     with pytest.raises(ValueError, match="at least two members, got 1"):
-        Ensemble([_protonet(0)])
+        Ensemble([protonet(0)])
     with pytest.raises(TypeError, match="member 1 is a Linear, not a MetaLearner"):
-        Ensemble([_protonet(0), torch.nn.Linear(2, 2)])
+        Ensemble([protonet(0), torch.nn.Linear(2, 2)])
     regression = MAML(MLP(1, 1), inner_lr=0.1)
     with pytest.raises(ValueError, match=r"member 1 \(MAML\) is trained with the 'mse' loss"):
-        Ensemble([_protonet(0), regression])
+        Ensemble([protonet(0), regression])
     with pytest.raises(NotImplementedError, match="meta-train its members separately"):
-        Ensemble([_protonet(0), _protonet(1)]).meta_loss(None)  # type: ignore[arg-type]
+        Ensemble([protonet(0), protonet(1)]).meta_loss(None)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 """The functional engine: pure functions over parameter dicts on ``torch.func``."""
 
+from metaloop.functional.assignment import balance_log_probs
 from metaloop.functional.batching import VectorizePolicy, map_tasks
 from metaloop.functional.inner import GRADIENT_MODES, inner_loop, inner_steps_iter
 from metaloop.functional.losses import accuracy, cross_entropy, get_loss, mse
@@ -13,6 +14,7 @@ __all__ = [
     "VectorizePolicy",
     "accuracy",
     "adam",
+    "balance_log_probs",
     "call",
     "cross_entropy",
     "detach",
