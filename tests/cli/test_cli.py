@@ -116,6 +116,7 @@ def test_train_eval_plot_resume(tmp_path, config, capsys):
         "ensemble",
         "protocol",
         "tta_shift",
+        "balanced",
         "task",
         "episode",
         "algorithm",
