@@ -94,10 +94,10 @@ def _add_tta_argument(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--balance-temperature",
         type=float,
-        default=1.0,
+        default=None,
         metavar="TAU",
-        help="with --balanced: scores divided by TAU first (1 keeps the model's confidence, "
-        "smaller approaches a one-to-one assignment)",
+        help="with --balanced: scores divided by TAU first (1, the default, keeps the model's "
+        "confidence; smaller approaches a one-to-one assignment)",
     )
 
 
@@ -546,7 +546,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"{family.shots}-shot, {family.queries} queries"
         + (f", test-time shift {tta_shift}" if tta_shift else "")
         + (
-            f", balanced assignment (temperature {args.balance_temperature:g})"
+            f", balanced assignment (temperature {_balance_temperature(args):g})"
             if args.balanced
             else ""
         )
@@ -653,19 +653,22 @@ def _apply_balance(learner: Any, args: argparse.Namespace) -> Any:
     (which means nothing without ``--balanced``)."""
     from metaloop.evaluation import BalancedAssignment
 
-    tau = args.balance_temperature
     if not args.balanced:
-        if tau != 1.0:
+        if args.balance_temperature is not None:
             raise ConfigError("--balance-temperature needs --balanced")
         return learner
     try:
-        return BalancedAssignment(learner, temperature=tau)
+        return BalancedAssignment(learner, temperature=_balance_temperature(args))
     except ValueError as err:
         raise ConfigError(f"--balanced: {err}") from err
 
 
+def _balance_temperature(args: argparse.Namespace) -> float:
+    return 1.0 if args.balance_temperature is None else args.balance_temperature
+
+
 def _balance_report(args: argparse.Namespace) -> dict[str, float] | None:
-    return {"temperature": args.balance_temperature} if args.balanced else None
+    return {"temperature": _balance_temperature(args)} if args.balanced else None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

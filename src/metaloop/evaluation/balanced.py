@@ -29,8 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics
-from metaloop.evaluation.scoring import classification_metrics, query_log_probs
-from metaloop.functional.assignment import balance_log_probs
+from metaloop.algorithms.metric import infer_ways
+from metaloop.evaluation.scoring import (
+    classification_metrics,
+    evaluation_steps,
+    query_log_probs,
+)
+from metaloop.functional.assignment import balance_log_probs, check_balance_options
 from metaloop.tasks.base import Task, TaskBatch, TaskError
 
 
@@ -55,7 +60,7 @@ class BalancedAssignment(MetaLearner):
                 "balanced assignment distributes class probabilities, but "
                 f"{type(learner).__name__} is trained with the {learner.loss_name!r} loss"
             )
-        balance_log_probs(torch.zeros(1, 1), iterations, temperature)  # checks both
+        check_balance_options(iterations, temperature)
         self.learner = learner
         self.temperature = float(temperature)
         self.iterations = iterations
@@ -79,21 +84,20 @@ class BalancedAssignment(MetaLearner):
 
         return predict
 
-    def query_log_probs(self, batch: TaskBatch, steps: int) -> Tensor:
-        """``[T, Q, ways]`` balanced log-probabilities of every query of ``batch``."""
-        return self.balance(query_log_probs(self.learner, batch, steps))
+    def query_log_probs(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, Tensor]:
+        """``{s: [T, Q, ways]}`` balanced log-probabilities of every query of ``batch``."""
+        return {
+            s: self.balance(lp) for s, lp in query_log_probs(self.learner, batch, steps).items()
+        }
 
     @torch.no_grad()
     def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:
         """Per-task query loss and accuracy of the balanced predictions for every step
         count in ``steps``; the batch's query labels must be balanced."""
         check_balanced(batch)
-        steps = tuple(steps) if steps is not None else self.default_eval_steps
-        if any(s < 0 for s in steps):
-            raise ValueError(f"evaluation step counts must be >= 0, got {steps}")
-        return {
-            s: classification_metrics(self.query_log_probs(batch, s), batch.query_y) for s in steps
-        }
+        steps = evaluation_steps(steps, self.default_eval_steps)
+        log_ps = self.query_log_probs(batch, steps)
+        return {s: classification_metrics(log_ps[s], batch.query_y) for s in steps}
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature:g}, iterations={self.iterations}"
@@ -101,9 +105,8 @@ class BalancedAssignment(MetaLearner):
 
 def check_balanced(batch: TaskBatch) -> None:
     """Raise ``TaskError`` unless every task's queries are spread evenly over its classes."""
-    y = batch.query_y
-    ways = batch.ways or int(y.max()) + 1
-    counts = F.one_hot(y, ways).sum(1)  # [T, ways]
+    ways = infer_ways(batch.support_y, batch.ways)
+    counts = F.one_hot(batch.query_y, ways).sum(1)  # [T, ways]
     uneven = (counts != counts[:, :1]).any(1)
     if bool(uneven.any()):
         t = int(uneven.nonzero()[0])

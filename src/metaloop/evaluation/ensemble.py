@@ -25,7 +25,11 @@ from torch import Tensor, nn
 
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
 from metaloop.algorithms.metric import MetricMetaLearner
-from metaloop.evaluation.scoring import classification_metrics, query_log_probs
+from metaloop.evaluation.scoring import (
+    classification_metrics,
+    evaluation_steps,
+    query_log_probs,
+)
 from metaloop.tasks.base import Task, TaskBatch
 
 
@@ -71,33 +75,21 @@ class Ensemble(MetaLearner):
 
         return predict
 
-    def query_log_probs(self, batch: TaskBatch, steps: int) -> Tensor:
-        """``[T, Q, ways]`` log of the ensemble's (renormalised) probabilities."""
-        logps = [query_log_probs(m, batch, steps) for m in self.members]
-        return F.log_softmax(torch.stack(logps).mean(0), -1)
+    def query_log_probs(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, Tensor]:
+        """``{s: [T, Q, ways]}`` log of the ensemble's renormalised geometric-mean
+        probabilities after ``s`` inner steps (metric members are scored once)."""
+        per_member = [query_log_probs(m, batch, steps) for m in self.members]
+        return {
+            s: F.log_softmax(torch.stack([lp[s] for lp in per_member]).mean(0), -1) for s in steps
+        }
 
     @torch.no_grad()
     def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:
         """Per-task query loss (negative log of the ensemble's normalised probability) and
         accuracy for every step count in ``steps``."""
-        steps = tuple(steps) if steps is not None else self.default_eval_steps
-        if any(s < 0 for s in steps):
-            raise ValueError(f"evaluation step counts must be >= 0, got {steps}")
-        # metric members take no steps: scored once, reused for every step count
-        fixed = {
-            i: query_log_probs(m, batch, 0)
-            for i, m in enumerate(self.members)
-            if isinstance(m, MetricMetaLearner)
-        }
-        out: StepMetrics = {}
-        for s in steps:
-            logps = [
-                fixed[i] if i in fixed else query_log_probs(m, batch, s)
-                for i, m in enumerate(self.members)
-            ]
-            log_p = F.log_softmax(torch.stack(logps).mean(0), -1)  # renormalised geometric mean
-            out[s] = classification_metrics(log_p, batch.query_y)
-        return out
+        steps = evaluation_steps(steps, self.default_eval_steps)
+        log_ps = self.query_log_probs(batch, steps)
+        return {s: classification_metrics(log_ps[s], batch.query_y) for s in steps}
 
     def extra_repr(self) -> str:
         return f"members={len(self.members)}"

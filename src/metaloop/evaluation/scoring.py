@@ -4,6 +4,8 @@ computed from them: the common ground of the evaluation wrappers (``Ensemble``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -13,26 +15,42 @@ from metaloop.algorithms.metric import MetricMetaLearner
 from metaloop.tasks.base import TaskBatch
 
 
-def query_log_probs(learner: MetaLearner, batch: TaskBatch, steps: int) -> Tensor:
-    """``[T, Q, ways]`` log-probabilities of every query of ``batch``.
+def query_log_probs(
+    learner: MetaLearner, batch: TaskBatch, steps: Sequence[int]
+) -> dict[int, Tensor]:
+    """``{s: [T, Q, ways]}`` log-probabilities of every query of ``batch`` after ``s``
+    inner steps, for each ``s`` in ``steps``.
 
     A wrapper that defines ``query_log_probs(batch, steps)`` answers for itself; a metric
-    learner scores the whole batch with one encoder pass (``episode_scores``, the numbers its
-    own ``evaluate_batch`` reports); any other learner adapts per task with ``steps`` inner
-    steps.
+    learner takes no steps and scores the whole batch once with one encoder pass
+    (``episode_scores``, the numbers its own ``evaluate_batch`` reports), the same tensor
+    serving every step count; any other learner adapts per task for each step count.
     """
     own = getattr(learner, "query_log_probs", None)
     if callable(own):
         return own(batch, steps)
     if isinstance(learner, MetricMetaLearner):
         scores, _ = learner.episode_scores(batch, learner.test_time_shift)
-        return F.log_softmax(scores, -1)
+        log_p = F.log_softmax(scores, -1)
+        return dict.fromkeys(steps, log_p)
+    return {s: _adapted_log_probs(learner, batch, s) for s in steps}
+
+
+def _adapted_log_probs(learner: MetaLearner, batch: TaskBatch, steps: int) -> Tensor:
     rows = []
     for task in batch:
         with torch.enable_grad():
             predictor = learner.adapt(task.support, steps=steps)
         rows.append(F.log_softmax(predictor(task.query_x).detach(), -1))
     return torch.stack(rows)
+
+
+def evaluation_steps(steps: Sequence[int] | None, default: Sequence[int]) -> tuple[int, ...]:
+    """``steps`` (else ``default``) as a tuple, checked to be counts >= 0."""
+    steps = tuple(steps) if steps is not None else tuple(default)
+    if any(s < 0 for s in steps):
+        raise ValueError(f"evaluation step counts must be >= 0, got {steps}")
+    return steps
 
 
 def classification_metrics(log_p: Tensor, query_y: Tensor) -> dict[str, Tensor]:
@@ -43,4 +61,4 @@ def classification_metrics(log_p: Tensor, query_y: Tensor) -> dict[str, Tensor]:
     return {"loss": loss, "accuracy": acc}
 
 
-__all__ = ["classification_metrics", "query_log_probs"]
+__all__ = ["classification_metrics", "evaluation_steps", "query_log_probs"]

@@ -29,6 +29,15 @@ import torch
 from torch import Tensor
 
 
+def check_balance_options(iterations: object, temperature: object) -> None:
+    """Raise ``ValueError`` unless ``iterations`` is an int >= 1 and ``temperature`` a
+    positive finite number."""
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+    if not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+
+
 def balance_log_probs(
     log_p: Tensor, iterations: int = 100, temperature: float = 1.0, tolerance: float = 1e-6
 ) -> Tensor:
@@ -51,10 +60,7 @@ def balance_log_probs(
         raise ValueError(
             f"balance_log_probs takes [..., queries, ways] scores, got shape {tuple(log_p.shape)}"
         )
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
-    if not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    check_balance_options(iterations, temperature)
     queries, ways = log_p.shape[-2:]
     log_column_mass = math.log(queries / ways)
     x = torch.log_softmax(log_p / temperature, -1)
@@ -67,4 +73,4 @@ def balance_log_probs(
     return x
 
 
-__all__ = ["balance_log_probs"]
+__all__ = ["balance_log_probs", "check_balance_options"]
