@@ -338,3 +338,90 @@ def test_transductive_steps_must_be_a_count():
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="transductive_steps must be an integer >= 0"):
             ProtoNet(nn.Linear(8, 4), transductive_steps=bad)
+
+
+# -- auxiliary global classification ---------------------------------------------------------
+
+
+class _Embedder(nn.Sequential):
+    """A small encoder that declares its flattened output size, as Conv4(ways=None) does."""
+
+    def __init__(self) -> None:
+        super().__init__(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+        self.embedding_dim = 4
+
+
+def _with_classes(batch: TaskBatch, num_classes: int, seed: int = 0) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.stack(
+        [torch.randperm(num_classes, generator=g)[: batch.ways] for _ in range(len(batch))]
+    )
+    return TaskBatch(
+        batch.support_x,
+        batch.support_y,
+        batch.query_x,
+        batch.query_y,
+        batch.ways,
+        info={"classes": classes},
+    )
+
+
+def test_global_loss_adds_weighted_cross_entropy_over_dataset_classes():
+    torch.manual_seed(0)
+    encoder = _Embedder().double()
+    batch = _with_classes(gaussian_episodes(3, 4, 2, 3, dtype=torch.float64), num_classes=11)
+    learner = ProtoNet(encoder, global_classes=11, global_loss_weight=0.3).double()
+    loss, metrics = learner.meta_loss(batch)
+
+    # reference: the plain episode loss plus 0.3 x CE of the head on each example's class
+    episode = F.cross_entropy(hand_logits(encoder, batch).flatten(0, 1), batch.query_y.flatten())
+    head = learner.global_head
+    ce = []
+    for t in range(len(batch)):
+        classes = batch.info["classes"][t]
+        for x, y in [
+            (batch.support_x[t], batch.support_y[t]),
+            (batch.query_x[t], batch.query_y[t]),
+        ]:
+            ce.append(F.cross_entropy(head(encoder(x)), classes[y], reduction="none"))
+    expected = episode + 0.3 * torch.cat(ce).mean()
+    torch.testing.assert_close(loss, expected)
+    assert metrics["query_loss"] == pytest.approx(float(episode))
+    assert metrics["loss"] == pytest.approx(float(expected))
+
+    params = list(learner.parameters())
+    grads = torch.autograd.grad(loss, params)
+    hand = torch.autograd.grad(expected, params)
+    for a, b in zip(grads, hand):
+        torch.testing.assert_close(a, b)
+    assert grads[-2].abs().sum() > 0  # the head weight learns
+
+
+def test_global_head_is_used_in_training_only():
+    torch.manual_seed(1)
+    batch = _with_classes(gaussian_episodes(2, 3, 1, 2), num_classes=7)
+    plain = ProtoNet(_Embedder())
+    aux = ProtoNet(_Embedder(), global_classes=7, global_loss_weight=1.0)
+    aux.encoder.load_state_dict(plain.encoder.state_dict())
+    torch.testing.assert_close(aux.episode_scores(batch)[0], plain.episode_scores(batch)[0])
+    # weight 0 keeps the head (checkpoint shape) but not the term
+    zero = ProtoNet(_Embedder(), global_classes=7, global_loss_weight=0.0)
+    zero.encoder.load_state_dict(plain.encoder.state_dict())
+    torch.testing.assert_close(zero.meta_loss(batch)[0], plain.meta_loss(batch)[0])
+    assert "global_loss" in aux.meta_loss(batch)[1]
+
+
+def test_global_loss_errors_are_clear():
+    with pytest.raises(ValueError, match="needs global_classes"):
+        ProtoNet(_Embedder(), global_loss_weight=0.5)
+    with pytest.raises(ValueError, match="global_loss_weight must be"):
+        ProtoNet(_Embedder(), global_classes=5, global_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="global_classes must be an integer >= 2"):
+        ProtoNet(_Embedder(), global_classes=1, global_loss_weight=0.5)
+    with pytest.raises(ValueError, match="embedding_dim"):
+        ProtoNet(nn.Linear(8, 4), global_classes=5, global_loss_weight=0.5)
+    learner = ProtoNet(_Embedder(), global_classes=5, global_loss_weight=0.5)
+    with pytest.raises(TaskError, match="info\\['classes'\\]"):
+        learner.meta_loss(gaussian_episodes(2, 3, 1, 2))
+    with pytest.raises(TaskError, match="exceed the head's 5 classes"):
+        learner.meta_loss(_with_classes(gaussian_episodes(2, 3, 1, 2), num_classes=9, seed=3))

@@ -145,7 +145,13 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def _tiny_protonet_run(
-    capsys, tmp_path: Path, omniglot_root: Path, cache_dir, split: str, seed: int = 0
+    capsys,
+    tmp_path: Path,
+    omniglot_root: Path,
+    cache_dir,
+    split: str,
+    seed: int = 0,
+    algorithm: str = "",
 ) -> Path:
     config = tmp_path / f"{split}.toml"
     config.write_text(
@@ -165,6 +171,7 @@ name = "conv4"
 hidden = 8
 [algorithm]
 name = "protonet"
+{algorithm}
 [train]
 iterations = 2
 meta_batch_size = 1
@@ -173,7 +180,7 @@ validation_tasks = 2
 progress = false
 """
     )
-    run_dir = tmp_path / f"run-{split}-{seed}"
+    run_dir = tmp_path / f"run-{split}-{seed}{'-' if algorithm else ''}{len(algorithm)}"
     code, _, err = _cli(capsys, "train", str(config), "--run-dir", str(run_dir))
     assert code == 0, err
     return run_dir
@@ -271,3 +278,29 @@ def test_cli_ensembles_several_runs(tmp_path, omniglot_root, cache_dir, runs_zip
     vinyals = _tiny_protonet_run(capsys, tmp_path, omniglot_root, cache_dir, "vinyals")
     code, _, err = _cli(capsys, "eval", str(first), str(vinyals), *within)
     assert code == 2 and f"({vinyals})" in err and "trained on the 'vinyals' split" in err
+
+
+def test_cli_global_classification_head_spans_the_training_classes(
+    tmp_path, omniglot_root, cache_dir, capsys
+):
+    """``algorithm.global_loss_weight`` trains a head over every training class (the CLI
+    reads their number from the training split) that the checkpoint keeps and evaluation,
+    which never uses it, loads back."""
+    import json
+
+    from metaloop.cli.build import build_family
+    from metaloop.cli.config import load_config
+    from metaloop.train import load_checkpoint
+
+    run_dir = _tiny_protonet_run(
+        capsys, tmp_path, omniglot_root, cache_dir, "lake", algorithm="global_loss_weight = 0.5"
+    )
+    state = load_checkpoint(run_dir / "latest.pt")["learner"]
+    cfg = load_config(run_dir / "config.toml")
+    classes = build_family(cfg, "train").num_classes
+    assert state["global_head.weight"].shape == (classes, 8) and classes > 500
+    code, out, err = _cli(
+        capsys, "eval", str(run_dir), "--protocol", "within-alphabet", "--episodes", "2", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["episode"]["ways"] == 20

@@ -51,6 +51,7 @@ from metaloop.algorithms.metric import (
     embed,
     embed_batch,
     embed_episode,
+    episode_global_labels,
     infer_ways,
 )
 from metaloop.functional.params import call
@@ -310,14 +311,9 @@ class FineTuneBaseline(MetaLearner):
                 "num_classes and embedding_dim"
             )
         x = torch.cat([batch.support_x, batch.query_x], dim=1).flatten(0, 1)
-        local = torch.cat([batch.support_y, batch.query_y], dim=1)
-        info = batch.info or {}
-        if info.get(self.global_labels_key) is not None:
-            labels = torch.as_tensor(info[self.global_labels_key])
-        elif info.get("classes") is not None:  # episodes: dataset class id of each label
-            labels = torch.gather(torch.as_tensor(info["classes"]).to(local.device), 1, local)
-        else:
-            labels = local
+        labels = episode_global_labels(batch, self.global_labels_key)
+        if labels is None:
+            labels = torch.cat([batch.support_y, batch.query_y], dim=1)
         y = labels.reshape(-1).to(x.device)
         if y.shape[0] != x.shape[0]:
             raise TaskError(f"{y.shape[0]} labels for {x.shape[0]} examples in meta_loss")

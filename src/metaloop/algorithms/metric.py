@@ -14,6 +14,16 @@ and ``MetricMetaLearner`` turns it into the ``MetaLearner`` protocol:
 * ``adapt(support)``: embeds the support set once and returns ``x -> scores[Q, ways]``;
 * ``evaluate_batch(batch)``: per-task query loss and accuracy from one forward pass.
 
+Optionally (``global_classes``, ``global_loss_weight``; offered by ``ProtoNet``) the
+meta-loss adds an auxiliary **global classification** term: a linear head ``(W, b)`` over
+all ``C`` meta-training classes scores every support and query embedding of the batch
+against its dataset class ``c(x)`` (``episode_global_labels``),
+
+    L = L_episode + lambda * (1 / N) sum_x CE(W f_phi(x) + b, c(x)),
+
+the auxiliary co-training of Oreshkin et al. 2018 (TADAM).  The head is used in training
+only; evaluation and ``adapt`` never read it.
+
 Metric learners take no inner steps: ``steps`` is accepted for protocol compatibility and
 ignored (every requested step count reports the same numbers).
 
@@ -255,6 +265,54 @@ def embed_batch(
     return z[: t * s].reshape(t, s, *z.shape[1:]), z[t * s :].reshape(t, q, *z.shape[1:])
 
 
+def episode_global_labels(batch: TaskBatch, key: str = "global_labels") -> Tensor | None:
+    """Dataset class ids ``[T, S+Q]`` of every support then query example of a batch.
+
+    Read from ``batch.info[key]`` when present, else from ``batch.info["classes"][t, y]``
+    (the dataset class of episode label ``y``, which ``metaloop.data`` episodes carry);
+    ``None`` when the batch carries neither.
+    """
+    info = batch.info or {}
+    local = torch.cat([batch.support_y, batch.query_y], dim=1)
+    if info.get(key) is not None:
+        labels = torch.as_tensor(info[key]).to(local.device)
+        if labels.shape != local.shape:
+            raise TaskError(
+                f"batch.info[{key!r}] has shape {tuple(labels.shape)}; expected "
+                f"{tuple(local.shape)} (one global label per support and query example)"
+            )
+        return labels
+    if info.get("classes") is not None:
+        return torch.gather(torch.as_tensor(info["classes"]).to(local.device), 1, local)
+    return None
+
+
+def check_global_head(
+    global_classes: object, global_loss_weight: object, embedding_dim: object
+) -> tuple[int | None, float]:
+    """Validate the auxiliary global-classification options; ``(classes, weight)``."""
+    if isinstance(global_loss_weight, bool) or not isinstance(global_loss_weight, (int, float)):
+        raise ValueError(f"global_loss_weight must be a number >= 0, got {global_loss_weight!r}")
+    if global_loss_weight < 0:
+        raise ValueError(f"global_loss_weight must be >= 0, got {global_loss_weight!r}")
+    if global_classes is None:
+        if global_loss_weight > 0:
+            raise ValueError(
+                "global_loss_weight > 0 needs global_classes (the number of meta-training "
+                "classes; the CLI fills it in from the training data)"
+            )
+        return None, float(global_loss_weight)
+    integer = isinstance(global_classes, int) and not isinstance(global_classes, bool)
+    if not integer or global_classes < 2:
+        raise ValueError(f"global_classes must be an integer >= 2, got {global_classes!r}")
+    if not isinstance(embedding_dim, int) or embedding_dim < 1:
+        raise ValueError(
+            "global_classes needs the encoder's flattened embedding size: use an encoder with "
+            f"an integer embedding_dim attribute (Conv4(ways=None)), got {embedding_dim!r}"
+        )
+    return global_classes, float(global_loss_weight)
+
+
 # -- the shared learner shell --------------------------------------------------------------
 
 
@@ -284,6 +342,35 @@ class MetricMetaLearner(MetaLearner):
             encoder.to(memory_format=torch.channels_last)
         self.encoder = encoder
         self.classification = True
+        #: auxiliary global-classification head (module docstring); set by subclasses
+        self.global_head: nn.Linear | None = None
+        self.global_loss_weight = 0.0
+
+    def _init_global_head(self, global_classes: object, global_loss_weight: object) -> None:
+        dim = getattr(self.encoder, "embedding_dim", None)
+        classes, weight = check_global_head(global_classes, global_loss_weight, dim)
+        self.global_loss_weight = weight
+        if classes is not None:
+            self.global_head = nn.Linear(dim, classes)
+
+    def global_loss(self, batch: TaskBatch, z_support: Tensor, z_query: Tensor) -> Tensor:
+        """``(1/N) sum_x CE(W f(x) + b, c(x))`` over every support and query embedding."""
+        assert self.global_head is not None
+        labels = episode_global_labels(batch)
+        if labels is None:
+            raise TaskError(
+                "global_loss_weight > 0 needs the dataset class of every example: batches "
+                "must carry info['classes'] (metaloop.data episodes do) or info['global_labels']"
+            )
+        z = torch.cat([z_support.flatten(2), z_query.flatten(2)], dim=1).flatten(0, 1)
+        y = labels.reshape(-1)
+        classes = self.global_head.out_features
+        if int(y.min()) < 0 or int(y.max()) >= classes:
+            raise TaskError(
+                f"global labels {int(y.min())}..{int(y.max())} exceed the head's {classes} "
+                "classes: global_classes must be the number of meta-training classes"
+            )
+        return F.cross_entropy(self.global_head(z), y)
 
     def scores(self, z_support: Tensor, y_support: Tensor, z_query: Tensor, ways: int) -> Tensor:
         """Class scores ``[T, Q, ways]`` of each query (higher is more likely)."""
@@ -304,12 +391,21 @@ class MetricMetaLearner(MetaLearner):
         return {"loss": losses, "accuracy": acc}
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
-        """``loss(scores, y_query)`` averaged over every query of the batch."""
-        scores, _ = self.episode_scores(batch)
-        loss = self.loss_fn(scores.flatten(0, 1), batch.query_y.flatten())
+        """``loss(scores, y_query)`` averaged over every query of the batch, plus
+        ``global_loss_weight`` times the global classification loss when enabled."""
+        ways = infer_ways(batch.support_y, batch.ways)
+        check_labels(batch.support_y, batch.query_y, ways)
+        z_s, z_q = embed_batch(self.encoder, batch)
+        scores = self.scores(z_s, batch.support_y, z_q, ways)
+        query_loss = self.loss_fn(scores.flatten(0, 1), batch.query_y.flatten())
         acc = (scores.argmax(-1) == batch.query_y).float().mean()
-        value = float(loss.detach())
-        return loss, {"loss": value, "query_loss": value, "accuracy": float(acc)}
+        metrics = {"query_loss": float(query_loss.detach()), "accuracy": float(acc)}
+        loss = query_loss
+        if self.global_head is not None and self.global_loss_weight > 0:
+            global_loss = self.global_loss(batch, z_s, z_q)
+            loss = loss + self.global_loss_weight * global_loss
+            metrics["global_loss"] = float(global_loss.detach())
+        return loss, {"loss": float(loss.detach()), **metrics}
 
     def adapt(self, support: Task | tuple[Tensor, Tensor], steps: int | None = None) -> Predictor:
         """The predictor maps ``x [Q, ...]`` to ``[Q, ways]`` scores.  ``steps`` is ignored

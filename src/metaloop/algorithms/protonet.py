@@ -28,6 +28,11 @@ then depends on the other queries of its
 task (all queries of an episode, or all inputs given to one ``adapt`` predictor call), so
 report such numbers as transductive.
 
+Auxiliary global classification (``global_classes``, ``global_loss_weight = lambda > 0``):
+the meta-loss adds ``lambda`` times the cross-entropy of a linear head over all
+meta-training classes on every support and query embedding (``metaloop.algorithms.metric``;
+TADAM's auxiliary co-training, Oreshkin et al. 2018).  It changes training only.
+
 Support and query of the whole meta-batch go through the encoder in one forward pass.
 Nothing here fixes the number of ways: it is read per batch, so the paper's recipe of
 training with more ways (60) than testing (5 or 20) works as is.
@@ -71,6 +76,11 @@ class ProtoNet(MetricMetaLearner):
             queries (module docstring); 0 (default) is the paper's inductive classifier.
         transductive_balance: balance the refinement's weights over the classes (module
             docstring); needs ``transductive_steps > 0``.
+        global_classes: number of meta-training classes of the auxiliary global
+            classification head (module docstring); needs an encoder with an integer
+            ``embedding_dim``.  ``None`` (default): no head.
+        global_loss_weight: ``lambda``, the weight of the global classification loss
+            (0 by default; > 0 needs ``global_classes``).
     """
 
     def __init__(
@@ -82,8 +92,11 @@ class ProtoNet(MetricMetaLearner):
         channels_last: bool = False,
         transductive_steps: int = 0,
         transductive_balance: bool = False,
+        global_classes: int | None = None,
+        global_loss_weight: float = 0.0,
     ) -> None:
         super().__init__(encoder, "cross_entropy", channels_last)
+        self._init_global_head(global_classes, global_loss_weight)
         self.transductive_steps = check_transductive_steps(transductive_steps)
         self.transductive_balance = check_transductive_balance(
             transductive_balance, self.transductive_steps
@@ -149,4 +162,10 @@ class ProtoNet(MetricMetaLearner):
             f"learn_temperature={self.learn_temperature}"
             + (f", transductive_steps={self.transductive_steps}" if self.transductive_steps else "")
             + (", transductive_balance=True" if self.transductive_balance else "")
+            + (
+                f", global_classes={self.global_head.out_features}, "
+                f"global_loss_weight={self.global_loss_weight:g}"
+                if self.global_head is not None
+                else ""
+            )
         )

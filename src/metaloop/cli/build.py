@@ -287,6 +287,9 @@ def build_learner(cfg: dict[str, Any], model: nn.Module) -> Any:
         kwargs["loss"] = "cross_entropy" if classification else "mse"
     if name == "finetune" and "num_classes" not in kwargs:
         kwargs["num_classes"] = getattr(build_family(cfg, "train"), "num_classes", None)
+    if name == "protonet" and kwargs.get("global_loss_weight") and "global_classes" not in kwargs:
+        # the auxiliary head spans the training classes, at evaluation too (checkpoint shape)
+        kwargs["global_classes"] = getattr(build_family(cfg, "train"), "num_classes", None)
     try:
         return cls(model, **kwargs)
     except (ValueError, TypeError) as err:
