@@ -425,3 +425,23 @@ def test_global_loss_errors_are_clear():
         learner.meta_loss(gaussian_episodes(2, 3, 1, 2))
     with pytest.raises(TaskError, match="exceed the head's 5 classes"):
         learner.meta_loss(_with_classes(gaussian_episodes(2, 3, 1, 2), num_classes=9, seed=3))
+
+
+def test_a_fixed_temperature_is_a_setting_and_a_learned_one_is_state():
+    fixed = ProtoNet(nn.Linear(8, 4))
+    assert "log_scale" not in fixed.state_dict()
+    # an evaluation with another distance (and so another default temperature) keeps its
+    # own value, also from checkpoints that saved the old fixed scale
+    cosine = ProtoNet(nn.Linear(8, 4), distance="cosine")
+    old_checkpoint = {**fixed.state_dict(), "log_scale": torch.tensor(0.0)}
+    cosine.load_state_dict(old_checkpoint)
+    assert cosine.temperature == pytest.approx(0.1)
+    cosine.load_state_dict(fixed.state_dict())
+    assert cosine.temperature == pytest.approx(0.1)
+
+    learned = ProtoNet(nn.Linear(8, 4), learn_temperature=True)
+    with torch.no_grad():
+        learned.log_scale.fill_(2.0)
+    again = ProtoNet(nn.Linear(8, 4), learn_temperature=True)
+    again.load_state_dict(learned.state_dict())
+    assert again.temperature == pytest.approx(float(torch.exp(torch.tensor(-2.0))))

@@ -60,6 +60,12 @@ Distance = Literal["squared_euclidean", "cosine"]
 DISTANCES = ("squared_euclidean", "cosine")
 
 
+def _drop_saved_fixed_scale(state: dict, prefix: str, *args: object) -> None:
+    """Checkpoints written before the fixed temperature stopped being saved hold it; the
+    constructor's value wins."""
+    state.pop(prefix + "log_scale", None)
+
+
 class ProtoNet(MetricMetaLearner):
     """Prototypical network over any encoder.
 
@@ -112,7 +118,10 @@ class ProtoNet(MetricMetaLearner):
         if learn_temperature:
             self.log_scale = nn.Parameter(log_scale)
         else:
-            self.register_buffer("log_scale", log_scale)
+            # a fixed temperature is a setting, not state: not saved, so the value given
+            # here (e.g. an evaluation's --set algorithm.temperature) is the one used
+            self.register_buffer("log_scale", log_scale, persistent=False)
+            self._register_load_state_dict_pre_hook(_drop_saved_fixed_scale)
         self.learn_temperature = bool(learn_temperature)
 
     @property
