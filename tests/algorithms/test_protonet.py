@@ -445,3 +445,55 @@ def test_a_fixed_temperature_is_a_setting_and_a_learned_one_is_state():
     again = ProtoNet(nn.Linear(8, 4), learn_temperature=True)
     again.load_state_dict(learned.state_dict())
     assert again.temperature == pytest.approx(float(torch.exp(torch.tensor(-2.0))))
+
+
+def test_cosine_global_head_adds_the_cosface_loss():
+    torch.manual_seed(3)
+    encoder = _Embedder().double()
+    batch = _with_classes(gaussian_episodes(2, 3, 2, 2, dtype=torch.float64), num_classes=9)
+    learner = ProtoNet(
+        encoder,
+        global_classes=9,
+        global_loss_weight=0.4,
+        global_classifier="cosine",
+        global_scale=12.0,
+        global_margin=0.25,
+    ).double()
+    loss, metrics = learner.meta_loss(batch)
+
+    weight = learner.global_head.weight
+    ce = []
+    for t in range(len(batch)):
+        classes = batch.info["classes"][t]
+        for x, y in [
+            (batch.support_x[t], batch.support_y[t]),
+            (batch.query_x[t], batch.query_y[t]),
+        ]:
+            z = encoder(x)
+            cos = (z / z.norm(dim=1, keepdim=True)) @ (weight / weight.norm(dim=1, keepdim=True)).T
+            target = classes[y]
+            margin = 0.25 * F.one_hot(target, 9).double()
+            ce.append(F.cross_entropy(12.0 * (cos - margin), target, reduction="none"))
+    episode = F.cross_entropy(hand_logits(encoder, batch).flatten(0, 1), batch.query_y.flatten())
+    expected = episode + 0.4 * torch.cat(ce).mean()
+    torch.testing.assert_close(loss, expected)
+    assert metrics["global_loss"] == pytest.approx(float(torch.cat(ce).mean()))
+    grads = torch.autograd.grad(loss, list(learner.parameters()))
+    hand = torch.autograd.grad(expected, list(learner.parameters()))
+    for a, b in zip(grads, hand):
+        torch.testing.assert_close(a, b)
+
+
+def test_global_classifier_options_are_checked():
+    with pytest.raises(ValueError, match="unknown global_classifier 'arc'; choose one of linear"):
+        ProtoNet(_Embedder(), global_classes=5, global_loss_weight=0.5, global_classifier="arc")
+    with pytest.raises(ValueError, match="needs global_classifier='cosine'"):
+        ProtoNet(_Embedder(), global_classes=5, global_loss_weight=0.5, global_margin=0.2)
+    with pytest.raises(ValueError, match="margin must be a number in"):
+        ProtoNet(
+            _Embedder(),
+            global_classes=5,
+            global_loss_weight=0.5,
+            global_classifier="cosine",
+            global_margin=1.5,
+        )

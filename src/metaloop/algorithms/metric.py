@@ -21,8 +21,11 @@ against its dataset class ``c(x)`` (``episode_global_labels``),
 
     L = L_episode + lambda * (1 / N) sum_x CE(W f_phi(x) + b, c(x)),
 
-the auxiliary co-training of Oreshkin et al. 2018 (TADAM).  The head is used in training
-only; evaluation and ``adapt`` never read it.
+the auxiliary co-training of Oreshkin et al. 2018 (TADAM).  With ``global_classifier =
+"cosine"`` the head is ``metaloop.models.CosineClassifier`` instead, ``s (cos(f_phi(x), w_c)
+- m [c = c(x)])`` (normalised softmax, with CosFace's additive margin ``m``; ``global_scale``
+is ``s``, ``global_margin`` is ``m``).  The head is used in training only; evaluation and
+``adapt`` never read it.
 
 Metric learners take no inner steps: ``steps`` is accepted for protocol compatibility and
 ignored (every requested step count reports the same numbers).
@@ -49,6 +52,7 @@ from metaloop.data.transforms import shift_views, translate
 from metaloop.functional.assignment import balance_log_probs
 from metaloop.functional.losses import LossFn
 from metaloop.functional.speed import uses_batch_statistics
+from metaloop.models.heads import CosineClassifier
 from metaloop.tasks.base import Task, TaskBatch, TaskError
 
 # -- distances ---------------------------------------------------------------------------
@@ -287,6 +291,9 @@ def episode_global_labels(batch: TaskBatch, key: str = "global_labels") -> Tenso
     return None
 
 
+GLOBAL_CLASSIFIERS = ("linear", "cosine")
+
+
 def check_global_head(
     global_classes: object, global_loss_weight: object, embedding_dim: object
 ) -> tuple[int | None, float]:
@@ -343,14 +350,33 @@ class MetricMetaLearner(MetaLearner):
         self.encoder = encoder
         self.classification = True
         #: auxiliary global-classification head (module docstring); set by subclasses
-        self.global_head: nn.Linear | None = None
+        self.global_head: nn.Linear | CosineClassifier | None = None
         self.global_loss_weight = 0.0
 
-    def _init_global_head(self, global_classes: object, global_loss_weight: object) -> None:
+    def _init_global_head(
+        self,
+        global_classes: object,
+        global_loss_weight: object,
+        classifier: str = "linear",
+        scale: float = 10.0,
+        margin: float = 0.0,
+    ) -> None:
         dim = getattr(self.encoder, "embedding_dim", None)
         classes, weight = check_global_head(global_classes, global_loss_weight, dim)
+        if classifier not in GLOBAL_CLASSIFIERS:
+            raise ValueError(
+                f"unknown global_classifier {classifier!r}; choose one of "
+                f"{', '.join(GLOBAL_CLASSIFIERS)}"
+            )
+        if classifier == "linear" and margin != 0:
+            raise ValueError(
+                f"global_margin={margin!r} needs global_classifier='cosine' (a margin is "
+                "defined on cosines)"
+            )
         self.global_loss_weight = weight
-        if classes is not None:
+        if classes is not None and classifier == "cosine":
+            self.global_head = CosineClassifier(dim, classes, scale, margin)
+        elif classes is not None:
             self.global_head = nn.Linear(dim, classes)
 
     def global_loss(self, batch: TaskBatch, z_support: Tensor, z_query: Tensor) -> Tensor:
@@ -370,6 +396,8 @@ class MetricMetaLearner(MetaLearner):
                 f"global labels {int(y.min())}..{int(y.max())} exceed the head's {classes} "
                 "classes: global_classes must be the number of meta-training classes"
             )
+        if isinstance(self.global_head, CosineClassifier):
+            return F.cross_entropy(self.global_head(z, y), y)
         return F.cross_entropy(self.global_head(z), y)
 
     def scores(self, z_support: Tensor, y_support: Tensor, z_query: Tensor, ways: int) -> Tensor:

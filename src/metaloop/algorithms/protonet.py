@@ -31,7 +31,9 @@ report such numbers as transductive.
 Auxiliary global classification (``global_classes``, ``global_loss_weight = lambda > 0``):
 the meta-loss adds ``lambda`` times the cross-entropy of a linear head over all
 meta-training classes on every support and query embedding (``metaloop.algorithms.metric``;
-TADAM's auxiliary co-training, Oreshkin et al. 2018).  It changes training only.
+TADAM's auxiliary co-training, Oreshkin et al. 2018), or, with ``global_classifier =
+"cosine"``, of a scaled cosine head with an additive margin (CosFace).  It changes training
+only.
 
 Support and query of the whole meta-batch go through the encoder in one forward pass.
 Nothing here fixes the number of ways: it is read per batch, so the paper's recipe of
@@ -87,6 +89,10 @@ class ProtoNet(MetricMetaLearner):
             ``embedding_dim``.  ``None`` (default): no head.
         global_loss_weight: ``lambda``, the weight of the global classification loss
             (0 by default; > 0 needs ``global_classes``).
+        global_classifier: ``"linear"`` (default) or ``"cosine"``
+            (``metaloop.models.CosineClassifier``).
+        global_scale, global_margin: the cosine head's scale ``s`` and additive margin
+            ``m`` (``0 <= m < 1``; a margin needs the cosine head).
     """
 
     def __init__(
@@ -100,9 +106,14 @@ class ProtoNet(MetricMetaLearner):
         transductive_balance: bool = False,
         global_classes: int | None = None,
         global_loss_weight: float = 0.0,
+        global_classifier: Literal["linear", "cosine"] = "linear",
+        global_scale: float = 10.0,
+        global_margin: float = 0.0,
     ) -> None:
         super().__init__(encoder, "cross_entropy", channels_last)
-        self._init_global_head(global_classes, global_loss_weight)
+        self._init_global_head(
+            global_classes, global_loss_weight, global_classifier, global_scale, global_margin
+        )
         self.transductive_steps = check_transductive_steps(transductive_steps)
         self.transductive_balance = check_transductive_balance(
             transductive_balance, self.transductive_steps
@@ -173,7 +184,8 @@ class ProtoNet(MetricMetaLearner):
             + (", transductive_balance=True" if self.transductive_balance else "")
             + (
                 f", global_classes={self.global_head.out_features}, "
-                f"global_loss_weight={self.global_loss_weight:g}"
+                f"global_loss_weight={self.global_loss_weight:g}, "
+                f"global_classifier={type(self.global_head).__name__}"
                 if self.global_head is not None
                 else ""
             )

@@ -1,6 +1,7 @@
 """Backbones: plain ``nn.Module``s, nothing meta-specific."""
 
 from metaloop.models.conv import Conv4, ConvBlock
+from metaloop.models.heads import CosineClassifier
 from metaloop.models.mlp import MLP
 from metaloop.models.norm import (
     NORM_POLICIES,
@@ -16,6 +17,7 @@ __all__ = [
     "VMAP_POLICIES",
     "Conv4",
     "ConvBlock",
+    "CosineClassifier",
     "PerStepBatchNorm2d",
     "make_norm",
     "set_norm_step",
