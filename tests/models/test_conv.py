@@ -127,3 +127,22 @@ def test_models_import_nothing_else_from_metaloop() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("metaloop"):
                 assert node.module.startswith("metaloop.models"), (path.name, node.module)
+
+
+def test_convs_per_block_stacks_same_resolution_layers_before_the_pooling():
+    torch.manual_seed(0)
+    deep = Conv4(1, ways=None, hidden=4, convs_per_block=2)
+    shallow = Conv4(1, ways=None, hidden=4)
+    convs = [m for m in deep.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 8 and all(c.stride == (1, 1) for c in convs)
+    x = torch.randn(3, 1, 28, 28)
+    assert deep(x).shape == shallow(x).shape == (3, 4)
+    # block 0 by hand: conv -> norm -> relu -> conv -> norm -> relu -> pool
+    block = deep.features[0]
+    hand = torch.relu(block.norm(block.conv(x)))
+    hand = torch.relu(block.more[1](block.more[0](hand)))
+    torch.testing.assert_close(block(x), torch.nn.functional.max_pool2d(hand, 2))
+    # one conv per block keeps the old parameter names (old checkpoints load)
+    assert not any(".more." in name for name in shallow.state_dict())
+    with pytest.raises(ValueError, match="convs_per_block must be a positive integer"):
+        Conv4(convs_per_block=0)

@@ -21,7 +21,9 @@ from metaloop.models.norm import make_norm
 
 class ConvBlock(nn.Module):
     """``conv3x3 -> norm -> ReLU -> maxpool2`` (or ``conv3x3 stride 2 -> norm -> ReLU``);
-    ``downsample=False`` keeps the spatial size (no pooling, stride 1)."""
+    ``downsample=False`` keeps the spatial size (no pooling, stride 1).  ``convs > 1``
+    inserts ``convs - 1`` more ``conv3x3 -> norm -> ReLU`` layers (stride 1) before the
+    pooling: a deeper block at the same resolution (VGG's pattern)."""
 
     def __init__(
         self,
@@ -30,6 +32,7 @@ class ConvBlock(nn.Module):
         norm: str,
         strided: bool,
         downsample: bool = True,
+        convs: int = 1,
         **norm_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -37,10 +40,25 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
         self.norm = make_norm(norm, out_channels, **norm_kwargs)
         self.act = nn.ReLU()
+        if convs > 1:  # absent at 1, so checkpoints of one-conv blocks keep their names
+            self.more = nn.Sequential(
+                *(
+                    layer
+                    for _ in range(convs - 1)
+                    for layer in (
+                        nn.Conv2d(out_channels, out_channels, 3, padding=1),
+                        make_norm(norm, out_channels, **norm_kwargs),
+                        nn.ReLU(),
+                    )
+                )
+            )
         self.pool = nn.MaxPool2d(2) if downsample and not strided else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.pool(self.act(self.norm(self.conv(x))))
+        x = self.act(self.norm(self.conv(x)))
+        if hasattr(self, "more"):
+            x = self.more(x)
+        return self.pool(x)
 
 
 class Conv4(nn.Module):
@@ -67,6 +85,8 @@ class Conv4(nn.Module):
             stride 2); the others keep it.  ``None``: all.  ``pool_blocks=3`` at 28x28
             keeps a 3x3 map (576 features at 64 channels instead of 64): a larger
             embedding for metric learners at the same convolution cost.
+        convs_per_block: convolutions per block (1; 2 doubles the depth, "Conv-8", at
+            twice the convolution cost of the blocks after the first).
         norm_kwargs: passed to ``make_norm`` (``groups``, ``steps``, ``momentum``, ...).
 
     Submodules: ``features`` (blocks and flattening; ANIL keeps it fixed in the inner
@@ -85,6 +105,7 @@ class Conv4(nn.Module):
         global_pool: bool | None = None,
         blocks: int = 4,
         pool_blocks: int | None = None,
+        convs_per_block: int = 1,
         **norm_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -93,6 +114,7 @@ class Conv4(nn.Module):
             ("hidden", hidden),
             ("image_size", image_size),
             ("blocks", blocks),
+            ("convs_per_block", convs_per_block),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -123,6 +145,7 @@ class Conv4(nn.Module):
                 norm,
                 strided,
                 downsample=i < pool_blocks,
+                convs=convs_per_block,
                 **norm_kwargs,
             )
             for i in range(blocks)
