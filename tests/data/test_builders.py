@@ -127,3 +127,44 @@ def test_config_val_alphabets_zero_trains_on_every_background_alphabet(omniglot_
         build_family(vinyals, "train")
     with pytest.raises(ConfigError, match="val_alphabets"):
         validate(load_config(None, [*base, "data.val_alphabets=-1"]))
+
+
+def test_evaluation_episodes_of_the_training_part_are_plain(omniglot_root, cache_dir):
+    """``eval --part train``: the meta-training classes without augmentation, and on Lake's
+    splits without the rotated copies, which exist only to enlarge training."""
+    from metaloop.cli.build import build_family, build_within_alphabet
+    from metaloop.cli.config import ConfigError, load_config
+
+    cfg = load_config(
+        None,
+        [
+            'task.family="omniglot"',
+            "task.ways=20",
+            "task.shots=1",
+            "task.queries=1",
+            'data.split="lake"',
+            f'data.root="{omniglot_root}"',
+            f'data.cache_dir="{cache_dir}"',
+            "data.val_alphabets=0",
+            "data.rotations=true",
+            "data.shift=2",
+            'data.train_episodes="within-alphabet"',
+        ],
+    )
+    training = build_family(cfg, "train")
+    assert training.num_classes == 4 * 964 and training.transform is not None
+    plain = build_family(cfg, "train", evaluation=True)
+    assert plain.num_classes == 964 and plain.transform is None and plain.class_groups is None
+    within = build_within_alphabet(cfg, part="train")
+    assert within.num_classes == 964 and within.transform is None
+    assert within.class_groups == "alphabet"
+    batch = within.sample(3, torch.Generator().manual_seed(0))
+    assert batch.support_x.shape[1] == 20
+    background = set(within.dataset.values("alphabet"))
+    assert len(background) == 30
+    for row in batch.info["classes"].tolist():
+        assert len({within.dataset.info(c)["alphabet"] for c in row}) == 1
+    test = build_within_alphabet(cfg)
+    assert not background & set(test.dataset.values("alphabet"))  # disjoint alphabets
+    with pytest.raises(ConfigError, match="unknown part 'dev'; choose one of train, val, test"):
+        build_family(cfg, "dev")

@@ -210,6 +210,11 @@ def test_cli_lake_protocols_end_to_end(tmp_path, omniglot_root, cache_dir, runs_
 
     report = within_alphabet()
     assert report["protocol"] == "within-alphabet" and report["episode"]["ways"] == 20
+    assert report["part"] == "test"
+    # the same protocol on the meta-training alphabets (the generalisation gap's other end)
+    on_training = within_alphabet("--part", "train")
+    assert on_training["part"] == "train" and on_training["episode"]["ways"] == 20
+    assert on_training["steps"] != report["steps"]  # other characters, other episodes
     code, out, err = _cli(capsys, "lake-runs", str(lake_run), "--runs", str(runs_zip), "--json")
     assert code == 0, err
     score = json.loads(out)

@@ -107,10 +107,20 @@ def _task_options(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def build_family(
-    cfg: dict[str, Any], part: str = "train", check_only: bool = False, **override: Any
+    cfg: dict[str, Any],
+    part: str = "train",
+    check_only: bool = False,
+    evaluation: bool = False,
+    **override: Any,
 ) -> Any:
     """The task family for ``part`` (``train``, ``val`` or ``test``) with optional overrides
-    of ``ways``/``shots``/``queries`` (evaluation uses other episode sizes)."""
+    of ``ways``/``shots``/``queries`` (evaluation uses other episode sizes).
+
+    ``evaluation=True`` builds plain evaluation episodes of ``part``: for the training part
+    that means no augmentation and, on Lake's splits, the upright characters only (their
+    rotated copies are training-time classes) and any classes per episode, so that
+    ``eval --part train`` measures how well the meta-training classes themselves are
+    learned (the generalisation gap is the difference with ``--part test``)."""
     family, options = _task_options(cfg)
     options.update({k: v for k, v in override.items() if v})
     if family in SYNTHETIC_FAMILIES:
@@ -121,11 +131,14 @@ def build_family(
         except ValueError as err:
             raise ConfigError(f"[task] {err}") from err
     if family in IMAGE_FAMILIES:
-        return _image_family(cfg, family, options, part, check_only)
+        return _image_family(cfg, family, options, part, check_only, evaluation=evaluation)
     raise ConfigError(
         f"unknown task family {family!r}; choose one of "
         f"{', '.join([*SYNTHETIC_FAMILIES, *IMAGE_FAMILIES])}"
     )
+
+
+PARTS = ("train", "val", "test")
 
 
 def has_validation(cfg: dict[str, Any]) -> bool:
@@ -153,6 +166,7 @@ def _image_family(
     part: str,
     check_only: bool,
     within_alphabet: bool = False,
+    evaluation: bool = False,
 ) -> Any:
     from metaloop import data
 
@@ -169,6 +183,9 @@ def _image_family(
             raise ConfigError(f"[task] omniglot needs {k} as a positive integer, got {value!r}")
     d = cfg["data"]
     split = d["split"]
+    if part not in PARTS:
+        raise ConfigError(f"unknown part {part!r}; choose one of {', '.join(PARTS)}")
+    training = part == "train" and not evaluation  # augmentation, rotations, episode choice
     if split == "vinyals" and d["val_alphabets"] != DATA_DEFAULTS["val_alphabets"]:
         raise ConfigError(
             "data.val_alphabets applies to Lake's splits (lake, small1, small2); the vinyals "
@@ -190,11 +207,13 @@ def _image_family(
             image_size=d["image_size"],
             # Vinyals: rotations are new classes in every part (the protocol's convention);
             # Lake and small: rotations only augment training, test stays Lake's characters.
-            rotations=(None if split == "vinyals" else ["train"]) if d["rotations"] else False,
+            rotations=(None if split == "vinyals" else ["train"] if training else False)
+            if d["rotations"]
+            else False,
             # training episodes only: augmentation and the choice of classes
             within_alphabet=within_alphabet
-            or (part == "train" and d["train_episodes"] == "within-alphabet"),
-            transform=_train_transform(d) if part == "train" else None,
+            or (training and d["train_episodes"] == "within-alphabet"),
+            transform=_train_transform(d) if training else None,
             cache_dir=d["cache_dir"] or None,
             download=d["download"],
             **({} if split == "vinyals" else {"val_alphabets": d["val_alphabets"]}),
@@ -223,14 +242,17 @@ def build_within_alphabet(
     ways: int | None = None,
     shots: int | None = None,
     queries: int | None = None,
+    part: str = "test",
 ) -> Any:
-    """Lake's within-alphabet test episodes (default 20-way 1-shot, 1 query per class)."""
+    """Lake's within-alphabet episodes (default 20-way 1-shot, 1 query per class) of the
+    test alphabets, or of ``part``'s alphabets (plain evaluation episodes, see
+    ``build_family``)."""
     family, options = _task_options(cfg)
     if family not in IMAGE_FAMILIES:
         raise ConfigError(f"the within-alphabet protocol needs an image family, not {family!r}")
     check_background_only(cfg, "the within-alphabet protocol")
     options = {"ways": ways or 20, "shots": shots or 1, "queries": queries or 1}
-    return _image_family(cfg, family, options, "test", False, within_alphabet=True)
+    return _image_family(cfg, family, options, part, False, within_alphabet=True, evaluation=True)
 
 
 def _model_defaults(cfg: dict[str, Any], name: str) -> dict[str, Any]:

@@ -135,6 +135,13 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=None)
     e.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     e.add_argument("--protocol", choices=("standard", "within-alphabet"), default=None)
+    e.add_argument(
+        "--part",
+        choices=("train", "val", "test"),
+        default="test",
+        help="whose classes the episodes use (default test; train: the meta-training "
+        "classes without augmentation, to measure the generalisation gap)",
+    )
     _add_tta_argument(e)
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     e.add_argument("--json", action="store_true", help="print one JSON object (docs/cli.md)")
@@ -491,11 +498,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if protocol == "within-alphabet":
         from metaloop.cli.build import build_within_alphabet, check_background_only
 
-        family = build_within_alphabet(cfg, **sizes)
+        family = build_within_alphabet(cfg, **sizes, part=args.part)
         for member in members[1:]:
             check_background_only(member.cfg, f"the within-alphabet protocol ({member.path})")
     else:
-        family = build_family(cfg, "test", **sizes)
+        family = build_family(cfg, args.part, evaluation=True, **sizes)
     seed = args.seed if args.seed is not None else ev["seed"]
     learner, tta_shift = _apply_test_time_shift(learner, members, args.tta_shift)
     learner = _apply_balance(learner, args)
@@ -517,6 +524,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "checkpoint_iteration": state.get("iteration"),
             "ensemble": _describe_members(members) if len(members) > 1 else None,
             "protocol": protocol,
+            "part": args.part,
             "tta_shift": tta_shift,
             "balanced": _balance_report(args),
             "task": {k: v for k, v in cfg["task"].items()},
@@ -541,7 +549,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             for m in members
         )
         + (f" (ensemble of {len(members)})" if len(members) > 1 else "")
-        + f", {protocol} protocol, "
+        + f", {protocol} protocol"
+        + (f" on the {args.part} classes" if args.part != "test" else "")
+        + ", "
         f"{getattr(family, 'ways', None) or ''}{'-way ' if getattr(family, 'ways', None) else ''}"
         f"{family.shots}-shot, {family.queries} queries"
         + (f", test-time shift {tta_shift}" if tta_shift else "")
