@@ -115,6 +115,7 @@ def test_train_eval_plot_resume(tmp_path, config, capsys):
         "checkpoint_iteration",
         "ensemble",
         "protocol",
+        "part",
         "tta_shift",
         "balanced",
         "task",
