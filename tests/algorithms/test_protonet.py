@@ -366,6 +366,14 @@ def _with_classes(batch: TaskBatch, num_classes: int, seed: int = 0) -> TaskBatc
     )
 
 
+def _examples_with_dataset_classes(batch: TaskBatch):
+    """``(inputs, dataset classes)`` of every task's support, then query, set."""
+    for t in range(len(batch)):
+        classes = batch.info["classes"][t]
+        yield batch.support_x[t], classes[batch.support_y[t]]
+        yield batch.query_x[t], classes[batch.query_y[t]]
+
+
 def test_global_loss_adds_weighted_cross_entropy_over_dataset_classes():
     torch.manual_seed(0)
     encoder = _Embedder().double()
@@ -376,14 +384,10 @@ def test_global_loss_adds_weighted_cross_entropy_over_dataset_classes():
     # reference: the plain episode loss plus 0.3 x CE of the head on each example's class
     episode = F.cross_entropy(hand_logits(encoder, batch).flatten(0, 1), batch.query_y.flatten())
     head = learner.global_head
-    ce = []
-    for t in range(len(batch)):
-        classes = batch.info["classes"][t]
-        for x, y in [
-            (batch.support_x[t], batch.support_y[t]),
-            (batch.query_x[t], batch.query_y[t]),
-        ]:
-            ce.append(F.cross_entropy(head(encoder(x)), classes[y], reduction="none"))
+    ce = [
+        F.cross_entropy(head(encoder(x)), target, reduction="none")
+        for x, target in _examples_with_dataset_classes(batch)
+    ]
     expected = episode + 0.3 * torch.cat(ce).mean()
     torch.testing.assert_close(loss, expected)
     assert metrics["query_loss"] == pytest.approx(float(episode))
@@ -463,17 +467,11 @@ def test_cosine_global_head_adds_the_cosface_loss():
 
     weight = learner.global_head.weight
     ce = []
-    for t in range(len(batch)):
-        classes = batch.info["classes"][t]
-        for x, y in [
-            (batch.support_x[t], batch.support_y[t]),
-            (batch.query_x[t], batch.query_y[t]),
-        ]:
-            z = encoder(x)
-            cos = (z / z.norm(dim=1, keepdim=True)) @ (weight / weight.norm(dim=1, keepdim=True)).T
-            target = classes[y]
-            margin = 0.25 * F.one_hot(target, 9).double()
-            ce.append(F.cross_entropy(12.0 * (cos - margin), target, reduction="none"))
+    for x, target in _examples_with_dataset_classes(batch):
+        z = encoder(x)
+        cos = (z / z.norm(dim=1, keepdim=True)) @ (weight / weight.norm(dim=1, keepdim=True)).T
+        margin = 0.25 * F.one_hot(target, 9).double()
+        ce.append(F.cross_entropy(12.0 * (cos - margin), target, reduction="none"))
     episode = F.cross_entropy(hand_logits(encoder, batch).flatten(0, 1), batch.query_y.flatten())
     expected = episode + 0.4 * torch.cat(ce).mean()
     torch.testing.assert_close(loss, expected)

@@ -76,11 +76,9 @@ def test_builder_errors(omniglot_root, cache_dir) -> None:
         omniglot_family(omniglot_root, shots=10, queries=15, cache_dir=cache_dir)
 
 
-def test_config_training_augmentation_and_within_alphabet_episodes(omniglot_root, cache_dir):
-    from metaloop.cli.build import build_family
-    from metaloop.cli.config import load_config
-
-    overrides = [
+def _lake_within_alphabet_overrides(omniglot_root, cache_dir) -> list[str]:
+    """Config overrides for 20-way 1-shot 1-query Omniglot episodes on Lake's split."""
+    return [
         'task.family="omniglot"',
         "task.ways=20",
         "task.shots=1",
@@ -88,6 +86,15 @@ def test_config_training_augmentation_and_within_alphabet_episodes(omniglot_root
         'data.split="lake"',
         f'data.root="{omniglot_root}"',
         f'data.cache_dir="{cache_dir}"',
+    ]
+
+
+def test_config_training_augmentation_and_within_alphabet_episodes(omniglot_root, cache_dir):
+    from metaloop.cli.build import build_family
+    from metaloop.cli.config import load_config
+
+    overrides = [
+        *_lake_within_alphabet_overrides(omniglot_root, cache_dir),
         "data.shift=2",
         'data.train_episodes="within-alphabet"',
     ]
@@ -138,13 +145,7 @@ def test_evaluation_episodes_of_the_training_part_are_plain(omniglot_root, cache
     cfg = load_config(
         None,
         [
-            'task.family="omniglot"',
-            "task.ways=20",
-            "task.shots=1",
-            "task.queries=1",
-            'data.split="lake"',
-            f'data.root="{omniglot_root}"',
-            f'data.cache_dir="{cache_dir}"',
+            *_lake_within_alphabet_overrides(omniglot_root, cache_dir),
             "data.val_alphabets=0",
             "data.rotations=true",
             "data.shift=2",

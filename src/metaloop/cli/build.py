@@ -13,7 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from metaloop.cli.config import DATA_DEFAULTS, ConfigError, constructor_kwargs, validate_fixed
+from metaloop.cli.config import (
+    DATA_DEFAULTS,
+    PARTS,
+    ConfigError,
+    constructor_kwargs,
+    validate_fixed,
+)
 from metaloop.tasks import (
     BernoulliBandit,
     GaussianMean,
@@ -138,9 +144,6 @@ def build_family(
     )
 
 
-PARTS = ("train", "val", "test")
-
-
 def has_validation(cfg: dict[str, Any]) -> bool:
     """Whether the run has a meta-validation set: not for Lake's splits with
     ``data.val_alphabets = 0`` (every background alphabet trains)."""
@@ -186,6 +189,11 @@ def _image_family(
     if part not in PARTS:
         raise ConfigError(f"unknown part {part!r}; choose one of {', '.join(PARTS)}")
     training = part == "train" and not evaluation  # augmentation, rotations, episode choice
+    # Vinyals: rotations are new classes in every part (the protocol's convention); Lake and
+    # small: rotations only enlarge training, evaluation sees Lake's upright characters.
+    rotations: Any = False
+    if d["rotations"]:
+        rotations = None if split == "vinyals" else (["train"] if training else False)
     if split == "vinyals" and d["val_alphabets"] != DATA_DEFAULTS["val_alphabets"]:
         raise ConfigError(
             "data.val_alphabets applies to Lake's splits (lake, small1, small2); the vinyals "
@@ -205,11 +213,7 @@ def _image_family(
             shots=options["shots"],
             queries=options["queries"],
             image_size=d["image_size"],
-            # Vinyals: rotations are new classes in every part (the protocol's convention);
-            # Lake and small: rotations only augment training, test stays Lake's characters.
-            rotations=(None if split == "vinyals" else ["train"] if training else False)
-            if d["rotations"]
-            else False,
+            rotations=rotations,
             # training episodes only: augmentation and the choice of classes
             within_alphabet=within_alphabet
             or (training and d["train_episodes"] == "within-alphabet"),

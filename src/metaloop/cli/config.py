@@ -96,6 +96,8 @@ NON_NEGATIVE = (
 FIXED_SECTIONS = {"train": TRAIN_DEFAULTS, "eval": EVAL_DEFAULTS, "data": DATA_DEFAULTS}
 TOP_LEVEL = {"seed": 0, "device": "cpu", "name": ""}
 SECTIONS = ("task", "model", "algorithm", "data", "train", "eval")
+#: the parts of a split whose classes episodes are drawn from
+PARTS = ("train", "val", "test")
 
 
 def defaults() -> dict[str, Any]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metaloop.cli.config import EVAL_DEFAULTS, ConfigError, dump_toml, load_config
+from metaloop.cli.config import EVAL_DEFAULTS, PARTS, ConfigError, dump_toml, load_config
 
 CONFIG_NAME = "config.toml"
 # (section, key) that ``metaloop train RUN_DIR --set ...`` may change when resuming
@@ -137,7 +137,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--protocol", choices=("standard", "within-alphabet"), default=None)
     e.add_argument(
         "--part",
-        choices=("train", "val", "test"),
+        choices=PARTS,
         default="test",
         help="whose classes the episodes use (default test; train: the meta-training "
         "classes without augmentation, to measure the generalisation gap)",

@@ -40,8 +40,9 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
         self.norm = make_norm(norm, out_channels, **norm_kwargs)
         self.act = nn.ReLU()
-        if convs > 1:  # absent at 1, so checkpoints of one-conv blocks keep their names
-            self.more = nn.Sequential(
+        # at convs = 1 an Identity: no parameters, so one-conv checkpoints keep their names
+        self.more = (
+            nn.Sequential(
                 *(
                     layer
                     for _ in range(convs - 1)
@@ -52,13 +53,13 @@ class ConvBlock(nn.Module):
                     )
                 )
             )
+            if convs > 1
+            else nn.Identity()
+        )
         self.pool = nn.MaxPool2d(2) if downsample and not strided else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.act(self.norm(self.conv(x)))
-        if hasattr(self, "more"):
-            x = self.more(x)
-        return self.pool(x)
+        return self.pool(self.more(self.act(self.norm(self.conv(x)))))
 
 
 class Conv4(nn.Module):
