@@ -249,6 +249,52 @@ def test_channels_last_encoder_gives_the_same_loss_and_gradient():
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
 
 
+def _conv_episodes(dtype=torch.float32):
+    g = torch.Generator().manual_seed(4)
+    sx = torch.randn(2, 6, 1, 28, 28, generator=g, dtype=dtype)
+    qx = torch.randn(2, 9, 1, 28, 28, generator=g, dtype=dtype)
+    y = torch.arange(3)
+    return TaskBatch(sx, y.repeat(2).expand(2, -1), qx, y.repeat(3).expand(2, -1), ways=3)
+
+
+def test_bfloat16_autocast_trains_close_to_float32_and_evaluates_in_float32():
+    from metaloop.models import Conv4
+
+    batch = _conv_episodes()
+    results = []
+    for autocast in (None, "bfloat16"):
+        torch.manual_seed(0)
+        encoder = Conv4(1, None, hidden=16, image_size=28, norm="batch_episode")
+        learner = ProtoNet(encoder, channels_last=True, autocast=autocast)
+        loss, _ = learner.meta_loss(batch)
+        assert loss.dtype == torch.float32  # distances and loss are float32
+        grads = torch.autograd.grad(loss, list(encoder.parameters()))
+        assert all(g.dtype == torch.float32 for g in grads)
+        results.append((learner, loss, torch.cat([g.flatten() for g in grads])))
+    (fp32, loss_a, grad_a), (bf16, loss_b, grad_b) = results
+    assert not torch.equal(loss_a, loss_b)  # the encoder really ran in bfloat16
+    torch.testing.assert_close(loss_b, loss_a, rtol=0.03, atol=0)
+    assert F.cosine_similarity(grad_a, grad_b, dim=0) > 0.98
+    # evaluation is the float32 network's, whatever the training precision
+    fp32.eval(), bf16.eval()
+    a, b = fp32.evaluate_batch(batch)[0], bf16.evaluate_batch(batch)[0]
+    torch.testing.assert_close(b["loss"], a["loss"], rtol=0, atol=0)
+
+
+def test_float64_learner_without_autocast_stays_float64():
+    from metaloop.models import Conv4
+
+    encoder = Conv4(1, None, hidden=4, image_size=28, norm="batch_episode").double()
+    loss, _ = ProtoNet(encoder).meta_loss(_conv_episodes(torch.float64))
+    assert loss.dtype == torch.float64
+
+
+@pytest.mark.parametrize("value", ["int8", "float32", torch.float32, 16])
+def test_unknown_autocast_dtype_is_refused(value):
+    with pytest.raises(ValueError, match=r"autocast.*bfloat16"):
+        ProtoNet(nn.Flatten(), autocast=value)
+
+
 def hand_balanced(p, sweeps=300):
     """Matrix scaling in probability space: columns to Q / W, then rows to 1, repeatedly."""
     queries, ways = p.shape

@@ -163,6 +163,19 @@ def test_parse_engine():
         parse_engine("vmap+turbo")
 
 
+def test_protonet_engines_take_channels_last_and_bf16():
+    from metaloop.bench.runner import build_engine
+
+    case = get_workload("protonet").cases[0]
+    engine = build_engine("protonet+channels_last+bf16", case, case.make_model())
+    assert engine.autocast_dtype == torch.bfloat16
+    assert build_engine("protonet", case, case.make_model()).autocast_dtype is None
+    with pytest.raises(ValueError, match="plain ProtoNet loop runs in float32"):
+        build_engine("plain+bf16", case, case.make_model())
+    with pytest.raises(ValueError, match=r"only \+channels_last and \+bf16"):
+        build_engine("protonet+checkpoint", case, case.make_model())
+
+
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
 def test_workload_shapes(name):
     workload = get_workload(name)

@@ -80,6 +80,8 @@ class ProtoNet(MetricMetaLearner):
         learn_temperature: make ``log(1/tau)`` a learned parameter (meta-trained with phi).
         channels_last: lay the encoder's convolution weights out channels-last (faster on
             the CPU; see ``MetricMetaLearner``).
+        autocast: ``"bfloat16"`` (or ``"float16"`` on CUDA): meta-train the encoder in mixed
+            precision (``MetricMetaLearner``); ``None`` (default): float32.
         transductive_steps: soft k-means refinements of the prototypes by the task's
             queries (module docstring); 0 (default) is the paper's inductive classifier.
         transductive_balance: balance the refinement's weights over the classes (module
@@ -102,6 +104,7 @@ class ProtoNet(MetricMetaLearner):
         temperature: float | None = None,
         learn_temperature: bool = False,
         channels_last: bool = False,
+        autocast: str | None = None,
         transductive_steps: int = 0,
         transductive_balance: bool = False,
         global_classes: int | None = None,
@@ -110,7 +113,7 @@ class ProtoNet(MetricMetaLearner):
         global_scale: float = 10.0,
         global_margin: float = 0.0,
     ) -> None:
-        super().__init__(encoder, "cross_entropy", channels_last)
+        super().__init__(encoder, "cross_entropy", channels_last, autocast)
         self._init_global_head(
             global_classes, global_loss_weight, global_classifier, global_scale, global_margin
         )

@@ -191,16 +191,19 @@ def build_engine(name: str, case: Case, model: nn.Module) -> nn.Module:
     base, kwargs = parse_engine(name)
     if case.kind == "protonet":
         channels_last = bool(kwargs.pop("channels_last", False))
+        autocast = kwargs.pop("autocast", None)
         if kwargs:
-            raise ValueError(f"ProtoNet engines take only +channels_last, got {name!r}")
+            raise ValueError(f"ProtoNet engines take only +channels_last and +bf16, got {name!r}")
         if base == "plain":
+            if autocast:
+                raise ValueError(f"the plain ProtoNet loop runs in float32, got {name!r}")
             if channels_last:  # what a user of the plain loop would do: restride the model
                 model.to(memory_format=torch.channels_last)
             return PlainLoopProtoNet(model)
         if base == "protonet":
             from metaloop.algorithms.protonet import ProtoNet
 
-            return ProtoNet(model, channels_last=channels_last)
+            return ProtoNet(model, channels_last=channels_last, autocast=autocast)
         raise ValueError(f"unknown ProtoNet engine {name!r}; use plain or protonet")
     common = dict(
         inner_lr=case.inner_lr,

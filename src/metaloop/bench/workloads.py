@@ -117,7 +117,7 @@ MAML_ENGINES = (
 # channels-last matters for the loop only
 CONV_ENGINES = ("plain", "loop", "loop+channels_last", "loop+compile+channels_last", "vmap")
 MEMORY_ENGINES = ("plain", "loop", "vmap", "vmap+checkpoint", "loop+checkpoint")
-PROTONET_ENGINES = ("plain", "protonet", "protonet+channels_last")
+PROTONET_ENGINES = ("plain", "protonet", "protonet+channels_last", "protonet+channels_last+bf16")
 
 
 def _sinusoid() -> Workload:

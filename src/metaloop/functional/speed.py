@@ -67,7 +67,8 @@ AUTOCAST_DTYPES = {
 }
 
 
-def _autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+def autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    """The dtype named by an ``autocast`` option (``None``/``False``: no autocast)."""
     if value is None or value is False:
         return None
     if isinstance(value, torch.dtype):
@@ -79,6 +80,17 @@ def _autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
     raise ValueError(
         f"autocast must be None, a dtype or one of {', '.join(AUTOCAST_DTYPES)}, got {value!r}"
     )
+
+
+def autocast_context(
+    dtype: torch.dtype | None, *args: Any
+) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` to ``dtype`` on the device of the first tensor in ``args``; a null
+    context when ``dtype`` is ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+    return torch.autocast(device, dtype=dtype)
 
 
 # custom batch-norm layers by class name (``PerStepBatchNorm2d``), not e.g. ``BatchNormNet``
@@ -212,7 +224,7 @@ class SpeedOptions:
             raise ValueError(
                 f"fuse_forward must be True, False or 'auto', got {self.fuse_forward!r}"
             )
-        self.autocast_dtype = _autocast_dtype(self.autocast)
+        self.autocast_dtype = autocast_dtype(self.autocast)
         self.checkpoint = bool(self.checkpoint)
         self.channels_last = bool(self.channels_last)
 
@@ -274,10 +286,7 @@ class SpeedOptions:
 
     def context(self, *args: Any) -> contextlib.AbstractContextManager[Any]:
         """The autocast context for a call on ``args`` (a null context without autocast)."""
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
-        return torch.autocast(device, dtype=self.autocast_dtype)
+        return autocast_context(self.autocast_dtype, *args)
 
     def query_layout(
         self, params: dict[str, Tensor], x: Tensor
