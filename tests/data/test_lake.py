@@ -285,6 +285,56 @@ def test_cli_ensembles_several_runs(tmp_path, omniglot_root, cache_dir, runs_zip
     assert code == 2 and f"({vinyals})" in err and "trained on the 'vinyals' split" in err
 
 
+def test_cli_saved_predictions_combine_to_the_ensemble(tmp_path, omniglot_root, cache_dir, capsys):
+    """``eval --save-predictions`` per run, then ``combine``: the ensemble's (and the
+    balanced ensemble's) numbers without running the models again."""
+    import json
+
+    first = _tiny_protonet_run(capsys, tmp_path, omniglot_root, cache_dir, "lake", seed=0)
+    second = _tiny_protonet_run(capsys, tmp_path, omniglot_root, cache_dir, "lake", seed=1)
+    within = ["--protocol", "within-alphabet", "--episodes", "6", "--json"]
+
+    def cli_json(*argv: str) -> dict:
+        code, out, err = _cli(capsys, *argv)
+        assert code == 0, err
+        return json.loads(out)
+
+    saved = [tmp_path / "preds" / "a.pt", tmp_path / "preds" / "b.pt"]
+    for run, path in zip((first, second), saved):
+        alone = cli_json("eval", str(run), *within)
+        report = cli_json("eval", str(run), *within, "--save-predictions", str(path))
+        # saving changes nothing (the loss up to float rounding: log-softmax, not CE)
+        assert report["steps"]["0"]["accuracy"] == alone["steps"]["0"]["accuracy"]
+        assert report["steps"]["0"]["loss"]["mean"] == pytest.approx(
+            alone["steps"]["0"]["loss"]["mean"], rel=1e-6
+        )
+    combined = cli_json("combine", *map(str, saved), "--json")
+    ensemble = cli_json("eval", str(first), str(second), *within)
+    for key in ("accuracy", "loss"):
+        assert combined["steps"]["0"][key]["mean"] == pytest.approx(
+            ensemble["steps"]["0"][key]["mean"], rel=1e-5
+        )
+    assert [m["runs"] for m in combined["members"]] == [[str(first)], [str(second)]]
+    balanced = cli_json("combine", *map(str, saved), "--balanced", "--json")
+    balanced_ensemble = cli_json("eval", str(first), str(second), *within, "--balanced")
+    assert balanced["balanced"] == {"temperature": 1.0}
+    assert balanced["steps"]["0"]["accuracy"]["mean"] == pytest.approx(
+        balanced_ensemble["steps"]["0"]["accuracy"]["mean"]
+    )
+
+    before = saved[0].read_bytes()
+    code, _, err = _cli(capsys, "eval", str(first), *within, "--save-predictions", str(saved[0]))
+    assert code == 2 and "already exists; predictions are never overwritten" in err
+    assert saved[0].read_bytes() == before
+    argv = ["eval", str(first), *within, "--balanced", "--save-predictions", "x.pt"]
+    code, _, err = _cli(capsys, *argv)
+    assert code == 2 and "balance when combining" in err
+    code, _, err = _cli(capsys, "combine", str(tmp_path / "nothing.pt"))
+    assert code == 2 and "no predictions file" in err
+    code, _, err = _cli(capsys, "combine", str(first / "config.toml"))
+    assert code == 2 and "not a predictions file" in err
+
+
 def test_cli_global_classification_head_spans_the_training_classes(
     tmp_path, omniglot_root, cache_dir, capsys
 ):

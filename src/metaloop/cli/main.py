@@ -145,6 +145,31 @@ def parser() -> argparse.ArgumentParser:
     _add_tta_argument(e)
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     e.add_argument("--json", action="store_true", help="print one JSON object (docs/cli.md)")
+    e.add_argument(
+        "--save-predictions",
+        metavar="PATH",
+        default=None,
+        help="also write every query's log-probabilities to PATH (a new file), for "
+        "`metaloop combine` to score ensembles later without running the models again",
+    )
+
+    c = sub.add_parser(
+        "combine", help="score the ensemble of saved predictions (eval --save-predictions)"
+    )
+    c.add_argument("predictions", nargs="+", help="files written by eval --save-predictions")
+    c.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="inner step count every member contributes (default: each member's largest)",
+    )
+    c.add_argument(
+        "--balanced",
+        action="store_true",
+        help="transductive: Sinkhorn-balance each episode's queries over the classes",
+    )
+    c.add_argument("--balance-temperature", type=float, default=None, metavar="TAU")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
 
     b = sub.add_parser("bench", help="meta-training throughput against a plain per-task loop")
     b.add_argument(
@@ -208,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_diagnose(args)
         if args.command == "lake-runs":
             return cmd_lake(args)
+        if args.command == "combine":
+            return cmd_combine(args)
     except ConfigError as err:
         print(f"metaloop {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -505,16 +532,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
         family = build_family(cfg, args.part, evaluation=True, **sizes)
     seed = args.seed if args.seed is not None else ev["seed"]
     learner, tta_shift = _apply_test_time_shift(learner, members, args.tta_shift)
+    if args.save_predictions and args.balanced:
+        raise ConfigError(
+            "--save-predictions keeps the models' own predictions: leave out --balanced "
+            "here and balance when combining (metaloop combine FILE ... --balanced)"
+        )
     learner = _apply_balance(learner, args)
-    result = evaluate(
-        learner,
-        family,
-        episodes=episodes,
-        steps=steps,
-        seed=seed,
-        batch_size=ev["batch_size"],
-        device=cfg["device"],
-    )
+    if args.save_predictions:
+        from metaloop.evaluation.predictions import collect_predictions, save_predictions
+
+        if Path(args.save_predictions).exists():  # refuse before the evaluation, not after
+            raise ConfigError(
+                f"--save-predictions {args.save_predictions} already exists; predictions "
+                "are never overwritten"
+            )
+        info = {
+            "runs": [str(m.path) for m in members],
+            "checkpoint": args.checkpoint,
+            "iterations": [m.state.get("iteration") for m in members],
+            "protocol": protocol,
+            "part": args.part,
+            "tta_shift": tta_shift,
+        }
+        predictions = collect_predictions(
+            learner, family, episodes, steps, seed, ev["batch_size"], cfg["device"], info
+        )
+        save_predictions(predictions, args.save_predictions)
+        result = predictions.metrics()
+    else:
+        result = evaluate(
+            learner,
+            family,
+            episodes=episodes,
+            steps=steps,
+            seed=seed,
+            batch_size=ev["batch_size"],
+            device=cfg["device"],
+        )
     reference = {str(k): v for k, v in ev.get("reference", {}).items()}
     out = result.to_dict()
     out.update(
@@ -679,6 +733,43 @@ def _balance_temperature(args: argparse.Namespace) -> float:
 
 def _balance_report(args: argparse.Namespace) -> dict[str, float] | None:
     return {"temperature": _balance_temperature(args)} if args.balanced else None
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    """Score the ensemble of saved prediction files (module ``evaluation.predictions``)."""
+    from metaloop.evaluation.predictions import combine_predictions, load_predictions
+
+    if args.balance_temperature is not None and not args.balanced:
+        raise ConfigError("--balance-temperature needs --balanced")
+    try:
+        members = [load_predictions(p) for p in args.predictions]
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from err
+    combined = combine_predictions(members, args.steps)
+    result = combined.metrics(args.balanced, _balance_temperature(args))
+    if args.json:
+        out = result.to_dict()
+        out.update(
+            {
+                "predictions": list(args.predictions),
+                "members": combined.info["members"],
+                "member_steps": combined.info["steps"],
+                "balanced": _balance_report(args),
+            }
+        )
+        print(json.dumps(out))
+        return 0
+    print(
+        " + ".join(args.predictions)
+        + (f" (ensemble of {len(members)})" if len(members) > 1 else "")
+        + (
+            f", balanced assignment (temperature {_balance_temperature(args):g})"
+            if args.balanced
+            else ""
+        )
+    )
+    print(result)
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -1,9 +1,17 @@
 """Evaluation: many test episodes, mean and 95% confidence interval; ensembles;
-test-time shift averaging; balanced (transductive) assignment."""
+test-time shift averaging; balanced (transductive) assignment; saved predictions that
+combine into ensembles later."""
 
 from metaloop.evaluation.balanced import BalancedAssignment
 from metaloop.evaluation.ensemble import Ensemble
 from metaloop.evaluation.evaluate import Estimate, EvalResult, estimate, evaluate
+from metaloop.evaluation.predictions import (
+    Predictions,
+    collect_predictions,
+    combine_predictions,
+    load_predictions,
+    save_predictions,
+)
 from metaloop.evaluation.shift import ShiftAveraged
 
 __all__ = [
@@ -11,7 +19,12 @@ __all__ = [
     "Ensemble",
     "Estimate",
     "EvalResult",
+    "Predictions",
     "ShiftAveraged",
+    "collect_predictions",
+    "combine_predictions",
     "estimate",
     "evaluate",
+    "load_predictions",
+    "save_predictions",
 ]

@@ -1,0 +1,227 @@
+"""Saved predictions: evaluate every model once, combine them afterwards.
+
+An evaluation of ``M`` models as an ensemble, with and without balanced assignment, costs
+``M`` full evaluations per combination when each is run as its own ``Ensemble``.  Saving
+each model's query log-probabilities on the test episodes instead,
+
+    log p_m(y | x_eq)   for every episode e, query q and class y   ([E, Q, ways] per step count),
+
+lets any subset be scored later at no encoder cost, with the ``Ensemble`` rule
+
+    log p(y | x) = log softmax_y( (1/M) sum_m log softmax(f_m(x))_y )
+
+and, optionally, ``BalancedAssignment``'s Sinkhorn balancing of each episode.  The numbers
+are those of ``evaluate`` on the same episodes: the log-probabilities come from
+``scoring.query_log_probs``, the function the ensemble and balanced wrappers use (a
+gradient-based learner is adapted task by task there, which can differ from its own batched
+``evaluate_batch`` in float rounding).
+
+Two prediction sets combine only if they were drawn from the same episodes: the seed, the
+episode count and every query label must agree, which ``combine_predictions`` checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from metaloop.algorithms.base import MetaLearner
+from metaloop.evaluation.evaluate import EvalResult, estimate
+from metaloop.evaluation.scoring import classification_metrics, evaluation_steps, query_log_probs
+from metaloop.functional.assignment import balance_log_probs, check_balance_options
+from metaloop.tasks.base import TaskFamily, check_positive
+
+FORMAT = "metaloop-predictions-1"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Query log-probabilities of one model (or ensemble) on a fixed set of episodes.
+
+    Attributes:
+        log_probs: ``{steps: [E, Q, ways]}`` log-probabilities after ``steps`` inner steps.
+        query_y: ``[E, Q]`` the true labels.
+        seed: the seed the episodes were drawn with.
+        info: a JSON-ready description (run directories, protocol, test-time shift, ...).
+    """
+
+    log_probs: dict[int, Tensor]
+    query_y: Tensor
+    seed: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def episodes(self) -> int:
+        return int(self.query_y.shape[0])
+
+    def metrics(
+        self, balanced: bool = False, temperature: float = 1.0, iterations: int = 100
+    ) -> EvalResult:
+        """Per step count, mean query loss and accuracy with 95% CIs; ``balanced`` applies
+        ``BalancedAssignment``'s Sinkhorn balancing to each episode first (transductive:
+        it assumes every class has the same number of queries)."""
+        if balanced:
+            check_balance_options(iterations, temperature)
+            counts = F.one_hot(self.query_y, self.log_probs_any.shape[-1]).sum(1)
+            if bool((counts != counts[:, :1]).any()):
+                raise ValueError(
+                    "balanced assignment assumes every class has the same number of queries, "
+                    "but these episodes' query sets are not balanced"
+                )
+        out = {}
+        for s, log_p in sorted(self.log_probs.items()):
+            if balanced:
+                log_p = balance_log_probs(log_p, iterations, temperature)
+            per_task = classification_metrics(log_p, self.query_y)
+            out[s] = {k: estimate(v) for k, v in per_task.items()}
+        return EvalResult(out, self.episodes, self.seed)
+
+    @property
+    def log_probs_any(self) -> Tensor:
+        return next(iter(self.log_probs.values()))
+
+
+@torch.no_grad()
+def collect_predictions(
+    learner: MetaLearner,
+    family: TaskFamily,
+    episodes: int = 600,
+    steps: Sequence[int] | int | None = None,
+    seed: int = 12345,
+    batch_size: int = 25,
+    device: str | torch.device = "cpu",
+    info: dict[str, Any] | None = None,
+) -> Predictions:
+    """The query log-probabilities of ``learner`` (a classifier) on ``episodes`` tasks of
+    ``family``, drawn as ``evaluate`` draws them (same seed, same episodes)."""
+    check_positive("episodes", episodes)
+    check_positive("batch_size", batch_size)
+    if not learner.classification:
+        raise ValueError(
+            f"predictions are class log-probabilities, but {type(learner).__name__} is trained "
+            f"with the {learner.loss_name!r} loss"
+        )
+    if isinstance(steps, int):
+        steps = (steps,)
+    steps = evaluation_steps(steps, learner.default_eval_steps)
+    g = torch.Generator().manual_seed(seed)
+    was_training = learner.training
+    learner.eval()
+    log_probs: dict[int, list[Tensor]] = {s: [] for s in steps}
+    labels: list[Tensor] = []
+    done = 0
+    try:
+        while done < episodes:
+            n = min(batch_size, episodes - done)
+            batch = family.sample(n, g).to(device)
+            if done == 0 and hasattr(learner, "check_batch"):
+                learner.check_batch(batch)
+            for s, log_p in query_log_probs(learner, batch, steps).items():
+                log_probs[s].append(log_p.detach().float().cpu())
+            labels.append(batch.query_y.cpu())
+            done += n
+    finally:
+        learner.train(was_training)
+    return Predictions(
+        {s: torch.cat(v) for s, v in log_probs.items()}, torch.cat(labels), seed, dict(info or {})
+    )
+
+
+def save_predictions(predictions: Predictions, path: str | Path) -> Path:
+    """Write ``predictions`` to ``path`` (a new file: an existing one is never replaced)."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(
+            f"{path} already exists; predictions are never overwritten: choose another path "
+            "or remove the file"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "log_probs": predictions.log_probs,
+        "query_y": predictions.query_y,
+        "seed": predictions.seed,
+        "info": predictions.info,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_predictions(path: str | Path) -> Predictions:
+    """Read a file written by ``save_predictions`` (clear errors for anything else)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no predictions file at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip or version errors alike: not our file
+        raise ValueError(f"{path} is not a predictions file ({err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not a predictions file written by `metaloop eval --save-predictions` "
+            f"(expected format {FORMAT!r})"
+        )
+    return Predictions(
+        {int(s): v for s, v in payload["log_probs"].items()},
+        payload["query_y"],
+        int(payload["seed"]),
+        dict(payload.get("info") or {}),
+    )
+
+
+def combine_predictions(members: Sequence[Predictions], steps: int | None = None) -> Predictions:
+    """The ensemble of saved predictions: mean of the members' log-softmax, renormalised
+    (``Ensemble``'s rule).  Each member contributes its log-probabilities at ``steps``
+    inner steps (which it must hold), or by default at its largest step count (a metric
+    learner's 0, a gradient learner's final adaptation); the result is keyed by the
+    largest of the counts used."""
+    members = list(members)
+    if not members:
+        raise ValueError("combine needs at least one predictions set")
+    first = members[0]
+    for i, m in enumerate(members[1:], start=1):
+        same = (
+            m.seed == first.seed
+            and m.query_y.shape == first.query_y.shape
+            and torch.equal(m.query_y, first.query_y)
+        )
+        if not same:
+            raise ValueError(
+                f"predictions {i} were not made on the same episodes as predictions 0 (seed "
+                f"{m.seed} vs {first.seed}, {m.episodes} vs {first.episodes} episodes, or "
+                "different query labels): evaluate every member with the same protocol, "
+                "episodes and seed"
+            )
+    chosen = []
+    for i, m in enumerate(members):
+        s = max(m.log_probs) if steps is None else steps
+        if s not in m.log_probs:
+            raise ValueError(
+                f"predictions {i} hold step counts {sorted(m.log_probs)}, not {s}; evaluate "
+                "it with --steps including it, or leave --steps out"
+            )
+        chosen.append((s, m.log_probs[s]))
+    shapes = {tuple(lp.shape) for _, lp in chosen}
+    if len(shapes) > 1:
+        raise ValueError(f"predictions differ in shape: {sorted(shapes)}")
+    mean = torch.stack([F.log_softmax(lp, -1) for _, lp in chosen]).mean(0)
+    key = max(s for s, _ in chosen)
+    info = {"members": [m.info for m in members], "steps": [s for s, _ in chosen]}
+    return Predictions({key: F.log_softmax(mean, -1)}, first.query_y, first.seed, info)
+
+
+__all__ = [
+    "Predictions",
+    "collect_predictions",
+    "combine_predictions",
+    "load_predictions",
+    "save_predictions",
+]
