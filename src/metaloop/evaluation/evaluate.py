@@ -9,14 +9,14 @@ report per step count the mean query metric with its 95% confidence interval
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from metaloop.algorithms.base import MetaLearner
-from metaloop.tasks.base import TaskFamily, check_positive
+from metaloop.tasks.base import TaskBatch, TaskFamily, check_positive
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,36 @@ class EvalResult:
         return "\n".join(lines)
 
 
+def evaluation_batches(
+    learner: MetaLearner,
+    family: TaskFamily,
+    episodes: int,
+    seed: int,
+    batch_size: int = 25,
+    device: str | torch.device = "cpu",
+) -> Iterator[TaskBatch]:
+    """The evaluation batches: ``episodes`` tasks from ``family`` in batches of
+    ``batch_size``, drawn from ``torch.Generator().manual_seed(seed)``, with ``learner`` in
+    ``eval()`` mode while they are consumed (its mode is restored afterwards) and the first
+    batch checked against it (``check_batch``, when the learner has one)."""
+    check_positive("episodes", episodes)
+    check_positive("batch_size", batch_size)
+    g = torch.Generator().manual_seed(seed)
+    was_training = learner.training
+    learner.eval()
+    done = 0
+    try:
+        while done < episodes:
+            n = min(batch_size, episodes - done)
+            batch = family.sample(n, g).to(device)
+            if done == 0 and hasattr(learner, "check_batch"):
+                learner.check_batch(batch)  # model output vs the episode's ways/targets
+            yield batch
+            done += n
+    finally:
+        learner.train(was_training)
+
+
 def evaluate(
     learner: MetaLearner,
     family: TaskFamily,
@@ -93,29 +123,15 @@ def evaluate(
 
     ``steps`` lists the inner step counts to report (gradient-based learners; metric
     learners ignore it and report under their own key).  Tasks come from
-    ``torch.Generator().manual_seed(seed)``, so two learners evaluated with the same seed
-    see the same episodes.
+    ``torch.Generator().manual_seed(seed)`` (``evaluation_batches``), so two learners evaluated
+    with the same seed see the same episodes.
     """
-    check_positive("episodes", episodes)
-    check_positive("batch_size", batch_size)
     if isinstance(steps, int):
         steps = (steps,)
-    g = torch.Generator().manual_seed(seed)
-    was_training = learner.training
-    learner.eval()
     collected: dict[int, dict[str, list[torch.Tensor]]] = {}
-    done = 0
-    try:
-        while done < episodes:
-            n = min(batch_size, episodes - done)
-            batch = family.sample(n, g).to(device)
-            if done == 0 and hasattr(learner, "check_batch"):
-                learner.check_batch(batch)  # model output vs the episode's ways/targets
-            for s, metrics in learner.evaluate_batch(batch, steps).items():
-                for k, v in metrics.items():
-                    collected.setdefault(s, {}).setdefault(k, []).append(v.detach().cpu())
-            done += n
-    finally:
-        learner.train(was_training)
+    for batch in evaluation_batches(learner, family, episodes, seed, batch_size, device):
+        for s, metrics in learner.evaluate_batch(batch, steps).items():
+            for k, v in metrics.items():
+                collected.setdefault(s, {}).setdefault(k, []).append(v.detach().cpu())
     result = {s: {k: estimate(torch.cat(vs)) for k, vs in m.items()} for s, m in collected.items()}
     return EvalResult(result, episodes, seed)

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metaloop.algorithms.base import MetaLearner
-from metaloop.evaluation.evaluate import EvalResult, estimate
+from metaloop.evaluation.evaluate import EvalResult, estimate, evaluation_batches
 from metaloop.evaluation.scoring import classification_metrics, evaluation_steps, query_log_probs
 from metaloop.functional.assignment import balance_log_probs, check_balance_options
-from metaloop.tasks.base import TaskFamily, check_positive
+from metaloop.tasks.base import TaskFamily
 
 FORMAT = "metaloop-predictions-1"
 
@@ -100,8 +100,6 @@ def collect_predictions(
 ) -> Predictions:
     """The query log-probabilities of ``learner`` (a classifier) on ``episodes`` tasks of
     ``family``, drawn as ``evaluate`` draws them (same seed, same episodes)."""
-    check_positive("episodes", episodes)
-    check_positive("batch_size", batch_size)
     if not learner.classification:
         raise ValueError(
             f"predictions are class log-probabilities, but {type(learner).__name__} is trained "
@@ -110,24 +108,12 @@ def collect_predictions(
     if isinstance(steps, int):
         steps = (steps,)
     steps = evaluation_steps(steps, learner.default_eval_steps)
-    g = torch.Generator().manual_seed(seed)
-    was_training = learner.training
-    learner.eval()
     log_probs: dict[int, list[Tensor]] = {s: [] for s in steps}
     labels: list[Tensor] = []
-    done = 0
-    try:
-        while done < episodes:
-            n = min(batch_size, episodes - done)
-            batch = family.sample(n, g).to(device)
-            if done == 0 and hasattr(learner, "check_batch"):
-                learner.check_batch(batch)
-            for s, log_p in query_log_probs(learner, batch, steps).items():
-                log_probs[s].append(log_p.detach().float().cpu())
-            labels.append(batch.query_y.cpu())
-            done += n
-    finally:
-        learner.train(was_training)
+    for batch in evaluation_batches(learner, family, episodes, seed, batch_size, device):
+        for s, log_p in query_log_probs(learner, batch, steps).items():
+            log_probs[s].append(log_p.detach().float().cpu())
+        labels.append(batch.query_y.cpu())
     return Predictions(
         {s: torch.cat(v) for s, v in log_probs.items()}, torch.cat(labels), seed, dict(info or {})
     )
