@@ -105,16 +105,21 @@ class BalancedAssignment(MetaLearner):
 
 def check_balanced(batch: TaskBatch) -> None:
     """Raise ``TaskError`` unless every task's queries are spread evenly over its classes."""
-    ways = infer_ways(batch.support_y, batch.ways)
-    counts = F.one_hot(batch.query_y, ways).sum(1)  # [T, ways]
+    check_balanced_labels(batch.query_y, infer_ways(batch.support_y, batch.ways))
+
+
+def check_balanced_labels(query_y: Tensor, ways: int) -> None:
+    """Raise ``TaskError`` unless every row of ``query_y [T, Q]`` holds each of the
+    ``ways`` classes equally often."""
+    counts = F.one_hot(query_y, ways).sum(1)  # [T, ways]
     uneven = (counts != counts[:, :1]).any(1)
     if bool(uneven.any()):
         t = int(uneven.nonzero()[0])
         raise TaskError(
             "balanced assignment assumes every class has the same number of queries, but "
-            f"task {t} of the batch has per-class query counts {counts[t].tolist()}; use it "
-            "only on balanced episodes (N-way K-shot Q-query, Lake's runs)"
+            f"task {t} has per-class query counts {counts[t].tolist()}: its query set is not "
+            "balanced; use it only on balanced episodes (N-way K-shot Q-query, Lake's runs)"
         )
 
 
-__all__ = ["BalancedAssignment", "check_balanced"]
+__all__ = ["BalancedAssignment", "check_balanced", "check_balanced_labels"]

@@ -27,6 +27,7 @@ from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_sup
 from metaloop.algorithms.metric import MetricMetaLearner
 from metaloop.evaluation.scoring import (
     classification_metrics,
+    ensemble_log_probs,
     evaluation_steps,
     query_log_probs,
 )
@@ -79,9 +80,7 @@ class Ensemble(MetaLearner):
         """``{s: [T, Q, ways]}`` log of the ensemble's renormalised geometric-mean
         probabilities after ``s`` inner steps (metric members are scored once)."""
         per_member = [query_log_probs(m, batch, steps) for m in self.members]
-        return {
-            s: F.log_softmax(torch.stack([lp[s] for lp in per_member]).mean(0), -1) for s in steps
-        }
+        return {s: ensemble_log_probs([lp[s] for lp in per_member]) for s in steps}
 
     @torch.no_grad()
     def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:

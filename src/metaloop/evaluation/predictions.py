@@ -28,12 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from metaloop.algorithms.base import MetaLearner
+from metaloop.evaluation.balanced import check_balanced_labels
 from metaloop.evaluation.evaluate import EvalResult, estimate, evaluation_batches
-from metaloop.evaluation.scoring import classification_metrics, evaluation_steps, query_log_probs
+from metaloop.evaluation.scoring import (
+    classification_metrics,
+    ensemble_log_probs,
+    evaluation_steps,
+    query_log_probs,
+)
 from metaloop.functional.assignment import balance_log_probs, check_balance_options
 from metaloop.tasks.base import TaskFamily
 
@@ -68,12 +73,8 @@ class Predictions:
         it assumes every class has the same number of queries)."""
         if balanced:
             check_balance_options(iterations, temperature)
-            counts = F.one_hot(self.query_y, self.log_probs_any.shape[-1]).sum(1)
-            if bool((counts != counts[:, :1]).any()):
-                raise ValueError(
-                    "balanced assignment assumes every class has the same number of queries, "
-                    "but these episodes' query sets are not balanced"
-                )
+            ways = next(iter(self.log_probs.values())).shape[-1]
+            check_balanced_labels(self.query_y, ways)
         out = {}
         for s, log_p in sorted(self.log_probs.items()):
             if balanced:
@@ -81,10 +82,6 @@ class Predictions:
             per_task = classification_metrics(log_p, self.query_y)
             out[s] = {k: estimate(v) for k, v in per_task.items()}
         return EvalResult(out, self.episodes, self.seed)
-
-    @property
-    def log_probs_any(self) -> Tensor:
-        return next(iter(self.log_probs.values()))
 
 
 @torch.no_grad()
@@ -198,10 +195,10 @@ def combine_predictions(members: Sequence[Predictions], steps: int | None = None
     shapes = {tuple(lp.shape) for _, lp in chosen}
     if len(shapes) > 1:
         raise ValueError(f"predictions differ in shape: {sorted(shapes)}")
-    mean = torch.stack([F.log_softmax(lp, -1) for _, lp in chosen]).mean(0)
     key = max(s for s, _ in chosen)
     info = {"members": [m.info for m in members], "steps": [s for s, _ in chosen]}
-    return Predictions({key: F.log_softmax(mean, -1)}, first.query_y, first.seed, info)
+    combined = ensemble_log_probs([lp for _, lp in chosen])
+    return Predictions({key: combined}, first.query_y, first.seed, info)
 
 
 __all__ = [

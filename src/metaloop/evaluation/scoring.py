@@ -45,6 +45,15 @@ def _adapted_log_probs(learner: MetaLearner, batch: TaskBatch, steps: int) -> Te
     return torch.stack(rows)
 
 
+def ensemble_log_probs(members: Sequence[Tensor]) -> Tensor:
+    """The ensemble's log-probabilities from its members' ``[..., ways]`` scores: the mean
+    of the members' log-softmax, renormalised,
+
+        log p(y | x) = log softmax_y( (1/M) sum_m log softmax(s_m(x))_y ).
+    """
+    return F.log_softmax(torch.stack([F.log_softmax(m, -1) for m in members]).mean(0), -1)
+
+
 def evaluation_steps(steps: Sequence[int] | None, default: Sequence[int]) -> tuple[int, ...]:
     """``steps`` (else ``default``) as a tuple, checked to be counts >= 0."""
     steps = tuple(steps) if steps is not None else tuple(default)
@@ -61,4 +70,4 @@ def classification_metrics(log_p: Tensor, query_y: Tensor) -> dict[str, Tensor]:
     return {"loss": loss, "accuracy": acc}
 
 
-__all__ = ["classification_metrics", "evaluation_steps", "query_log_probs"]
+__all__ = ["classification_metrics", "ensemble_log_probs", "evaluation_steps", "query_log_probs"]
