@@ -59,6 +59,7 @@ ALGORITHMS: dict[str, str] = {
 MODELS: dict[str, str] = {
     "mlp": "metaloop.models.mlp:MLP",
     "conv4": "metaloop.models.conv:Conv4",
+    "resnet12": "metaloop.models.resnet:ResNet12",
     # the Relation Network paper's embedding (feature maps, not vectors)
     "relation_embedding": "metaloop.algorithms.relation:relation_embedding",
 }
@@ -280,7 +281,7 @@ def _model_defaults(cfg: dict[str, Any], name: str) -> dict[str, Any]:
             return {"in_features": 2, "out_features": 2}
         if family == "bandit":
             return {"in_features": options.get("arms", 5), "out_features": 1}
-    if name == "conv4":
+    if name in ("conv4", "resnet12"):
         return {
             "in_channels": 1,
             "ways": None if embedding else options.get("ways", 5),

@@ -10,6 +10,7 @@ from metaloop.models.norm import (
     make_norm,
     set_norm_step,
 )
+from metaloop.models.resnet import ResidualBlock, ResNet12
 
 __all__ = [
     "MLP",
@@ -19,6 +20,8 @@ __all__ = [
     "ConvBlock",
     "CosineClassifier",
     "PerStepBatchNorm2d",
+    "ResNet12",
+    "ResidualBlock",
     "make_norm",
     "set_norm_step",
 ]
