@@ -38,24 +38,6 @@ def flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
     )
 
 
-@torch.no_grad()
-def finite_difference(fn, params: list[torch.Tensor], eps: float = 1e-6) -> torch.Tensor:
-    """Central differences ``(f(p + eps e_i) - f(p - eps e_i)) / 2 eps``, one coordinate at a
-    time, perturbing the tensors in place (and restoring them)."""
-    out = []
-    for p in params:
-        flat = p.view(-1)
-        for i in range(flat.numel()):
-            orig = flat[i].item()
-            flat[i] = orig + eps
-            plus = float(fn())
-            flat[i] = orig - eps
-            minus = float(fn())
-            flat[i] = orig
-            out.append((plus - minus) / (2 * eps))
-    return torch.tensor(out, dtype=torch.float64)
-
-
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
@@ -73,14 +55,14 @@ def sine_batch(tasks: int = 2, seed: int = 0):
 
 # -- finite differences -------------------------------------------------------------------
 @pytest.mark.parametrize("steps", [1, 3])
-def test_maml_meta_gradient_matches_finite_differences(steps):
+def test_maml_meta_gradient_matches_finite_differences(steps, numeric_gradient):
     model = small_mlp()
     learner = MAML(model, inner_lr=0.05, inner_steps=steps)
     batch = sine_batch()
     params = list(model.parameters())
     loss, _ = learner.meta_loss(batch)
     analytic = flat_grad(loss, params)
-    numeric = finite_difference(lambda: learner.meta_loss(batch)[0], params)
+    numeric = numeric_gradient(lambda: learner.meta_loss(batch)[0], params)
     assert rel_err(analytic, numeric) < 1e-5
     # the check is discriminative: the first-order approximation is far from it
     fo_loss, _ = FOMAML(model, inner_lr=0.05, inner_steps=steps).meta_loss(batch)
@@ -96,7 +78,7 @@ def test_maml_meta_gradient_matches_finite_differences(steps):
         ("adam", {}),
     ],
 )
-def test_maml_meta_gradient_through_inner_optimizer_state(optimizer, kwargs):
+def test_maml_meta_gradient_through_inner_optimizer_state(optimizer, kwargs, numeric_gradient):
     """3 inner steps, so the momentum buffer / Adam moments carry gradient between steps."""
     model = small_mlp(1)
     learner = MAML(
@@ -110,7 +92,7 @@ def test_maml_meta_gradient_through_inner_optimizer_state(optimizer, kwargs):
     params = list(model.parameters())
     loss, _ = learner.meta_loss(batch)
     analytic = flat_grad(loss, params)
-    numeric = finite_difference(lambda: learner.meta_loss(batch)[0], params)
+    numeric = numeric_gradient(lambda: learner.meta_loss(batch)[0], params)
     assert rel_err(analytic, numeric) < 1e-5
 
 

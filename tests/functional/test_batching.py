@@ -155,7 +155,7 @@ def test_auto_falls_back_to_loop_with_a_warning_and_vmap_mode_raises():
         strict.meta_loss(batch)
 
 
-def test_loop_engine_updates_running_statistics_and_differentiates_correctly():
+def test_loop_engine_updates_running_statistics_and_differentiates_correctly(numeric_gradient):
     """With the loop engine a batch-norm model in training mode updates its running
     statistics inside the inner loop (buffers enter the gradient transform as inputs), and
     the second-order meta-gradient still matches central finite differences (float64; in
@@ -174,20 +174,7 @@ def test_loop_engine_updates_running_statistics_and_differentiates_correctly():
     assert not torch.equal(model.net[1].running_mean, mean_before)
     params = list(model.parameters())
     analytic = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
-    numeric = []
-    eps = 1e-6
-    with torch.no_grad():
-        for p in params:
-            view = p.view(-1)
-            for i in range(view.numel()):
-                orig = view[i].item()
-                view[i] = orig + eps
-                plus = float(learner.meta_loss(batch)[0])
-                view[i] = orig - eps
-                minus = float(learner.meta_loss(batch)[0])
-                view[i] = orig
-                numeric.append((plus - minus) / (2 * eps))
-    numeric = torch.tensor(numeric, dtype=torch.float64)
+    numeric = numeric_gradient(lambda: learner.meta_loss(batch)[0], params)
     assert float((analytic - numeric).norm() / numeric.norm()) < 1e-5
 
 
