@@ -1,5 +1,6 @@
 """Backbones: plain ``nn.Module``s, nothing meta-specific."""
 
+from metaloop.models.backbone import Backbone
 from metaloop.models.conv import Conv4, ConvBlock
 from metaloop.models.heads import CosineClassifier
 from metaloop.models.mlp import MLP
@@ -16,6 +17,7 @@ __all__ = [
     "MLP",
     "NORM_POLICIES",
     "VMAP_POLICIES",
+    "Backbone",
     "Conv4",
     "ConvBlock",
     "CosineClassifier",

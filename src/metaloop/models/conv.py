@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from metaloop.models.backbone import Backbone, check_ways
 from metaloop.models.norm import make_norm
 
 
@@ -62,8 +63,8 @@ class ConvBlock(nn.Module):
         return self.pool(self.more(self.act(self.norm(self.conv(x)))))
 
 
-class Conv4(nn.Module):
-    """Conv-4 backbone with an optional linear head.
+class Conv4(Backbone):
+    """Conv-4 backbone with an optional linear head (``metaloop.models.Backbone``).
 
     ``x [N, in_channels, S, S] -> logits [N, ways]`` (or the embedding ``[N,
     embedding_dim]`` when ``ways=None``, as Prototypical Networks need).
@@ -119,8 +120,7 @@ class Conv4(nn.Module):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if ways is not None and (isinstance(ways, bool) or not isinstance(ways, int) or ways < 1):
-            raise ValueError(f"ways must be a positive integer or None (no head), got {ways!r}")
+        check_ways(ways)
         pool_blocks = blocks if pool_blocks is None else pool_blocks
         if (
             isinstance(pool_blocks, bool)
@@ -155,19 +155,5 @@ class Conv4(nn.Module):
             layers.append(nn.AdaptiveAvgPool2d(1))
             size = 1
         layers.append(nn.Flatten())
-        self.features = nn.Sequential(*layers)
-        self.embedding_dim = hidden * size * size
-        self.head: nn.Linear | None = (
-            nn.Linear(self.embedding_dim, ways) if ways is not None else None
-        )
-        self.in_channels, self.image_size, self.ways = in_channels, image_size, ways
-        self.norm = norm
-        self.out_features = ways if ways is not None else self.embedding_dim
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.features(x)
-        return z if self.head is None else self.head(z)
-
-    def embed(self, x: Tensor) -> Tensor:
-        """The embedding ``[N, embedding_dim]`` (the input of the head)."""
-        return self.features(x)
+        self.set_features(nn.Sequential(*layers), hidden * size * size, ways)
+        self.in_channels, self.image_size, self.norm = in_channels, image_size, norm

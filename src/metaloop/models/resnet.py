@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from metaloop.models.backbone import Backbone, check_ways
 from metaloop.models.norm import make_norm
 
 
@@ -58,7 +59,7 @@ class ResidualBlock(nn.Module):
         return self.pool(self.act(self.body(x) + self.shortcut(x)))
 
 
-class ResNet12(nn.Module):
+class ResNet12(Backbone):
     """ResNet-12 with an optional linear head; the same interface as ``Conv4``.
 
     ``x [N, in_channels, S, S] -> logits [N, ways]``, or the embedding ``[N,
@@ -99,8 +100,7 @@ class ResNet12(nn.Module):
             raise ValueError(
                 f"widths must be a non-empty list of positive integers, got {widths!r}"
             )
-        if ways is not None and (isinstance(ways, bool) or not isinstance(ways, int) or ways < 1):
-            raise ValueError(f"ways must be a positive integer or None (no head), got {ways!r}")
+        check_ways(ways)
         if image_size < 2 ** len(widths):
             raise ValueError(
                 f"image_size={image_size} is too small for {len(widths)} pooling blocks; use "
@@ -112,19 +112,7 @@ class ResNet12(nn.Module):
             ResidualBlock(c_in, c_out, norm, slope=float(slope), **norm_kwargs)
             for c_in, c_out in zip((in_channels, *widths[:-1]), widths)
         ]
-        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.embedding_dim = widths[-1]
-        self.head: nn.Linear | None = (
-            nn.Linear(self.embedding_dim, ways) if ways is not None else None
-        )
-        self.in_channels, self.image_size, self.ways = in_channels, image_size, ways
+        features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.set_features(features, widths[-1], ways)
+        self.in_channels, self.image_size = in_channels, image_size
         self.widths, self.norm = widths, norm
-        self.out_features = ways if ways is not None else self.embedding_dim
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.features(x)
-        return z if self.head is None else self.head(z)
-
-    def embed(self, x: Tensor) -> Tensor:
-        """The embedding ``[N, embedding_dim]`` (the input of the head)."""
-        return self.features(x)
