@@ -74,13 +74,15 @@ def test_bad_arguments_are_refused_by_name(kwargs, message) -> None:
         ResNet12(**{"widths": (4, 4, 4, 4), "image_size": 28, **kwargs})
 
 
-def image_batch(tasks: int = 2, ways: int = 3, size: int = 8, seed: int = 0) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
+def image_batch(
+    tasks: int = 2, ways: int = 3, size: int = 8, dtype: torch.dtype = torch.float64
+) -> TaskBatch:
+    g = torch.Generator().manual_seed(0)
     y = torch.arange(ways).repeat(tasks, 1)
     return TaskBatch(
-        torch.rand(tasks, ways, 1, size, size, generator=g, dtype=torch.float64),
+        torch.rand(tasks, ways, 1, size, size, generator=g, dtype=dtype),
         y,
-        torch.rand(tasks, ways, 1, size, size, generator=g, dtype=torch.float64),
+        torch.rand(tasks, ways, 1, size, size, generator=g, dtype=dtype),
         y.clone(),
     )
 
@@ -103,10 +105,7 @@ def test_second_order_maml_meta_gradient_matches_finite_differences(numeric_grad
 
 
 def test_metric_and_proto_maml_learners_run_on_it() -> None:
-    batch = image_batch(size=28)
-    batch = TaskBatch(
-        batch.support_x.float(), batch.support_y, batch.query_x.float(), batch.query_y
-    )
+    batch = image_batch(size=28, dtype=torch.float32)
     protonet = ProtoNet(ResNet12(1, ways=None, widths=(4, 4, 8, 8), image_size=28))
     loss, _ = protonet.meta_loss(batch)
     loss.backward()
