@@ -34,7 +34,8 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -x --timeout=600 tests
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

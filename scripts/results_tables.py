@@ -30,25 +30,31 @@ def sinusoid():
         for s in ("1", "5", "10"):
             e = d["steps"][s]["loss"]
             cells.append(f"{e['mean']:.3f} +- {e['ci95']:.3f} (median {e['median']:.3f})")
-        print(f"| {algo} | {done:,} ({d['checkpoint_iteration']:,}) | " + " | ".join(cells)
-              + f" | {secs / 60:.0f} min |")
+        print(
+            f"| {algo} | {done:,} ({d['checkpoint_iteration']:,}) | "
+            + " | ".join(cells)
+            + f" | {secs / 60:.0f} min |"
+        )
 
 
 def accuracy_row(label, run, name, published=""):
     d = load(run, name)
     if d is None:
         return
-    (s, m), = d["steps"].items()
+    ((_, m),) = d["steps"].items()
     a = m["accuracy"]
     done, secs = iters(run)
     ep = d["episode"]
-    print(f"| {label} | {ep['ways']}-way {ep['shots']}-shot, {ep['queries']} q | "
-          f"{100 * a['mean']:.2f} +- {100 * a['ci95']:.2f}% | {100 - 100 * a['mean']:.2f}% | "
-          f"{published} | {done:,} ({d['checkpoint_iteration']:,}) | {secs / 60:.0f} min |")
+    print(
+        f"| {label} | {ep['ways']}-way {ep['shots']}-shot, {ep['queries']} q | "
+        f"{100 * a['mean']:.2f} +- {100 * a['ci95']:.2f}% | {100 - 100 * a['mean']:.2f}% | "
+        f"{published} | {done:,} ({d['checkpoint_iteration']:,}) | {secs / 60:.0f} min |"
+    )
 
 
 def omniglot():
-    print("| method | episodes | accuracy (600) | error | published | iterations (best ckpt) | training time |")
+    columns = ("episodes", "accuracy (600)", "error", "published", "iterations (best ckpt)")
+    print("| method | " + " | ".join(columns) + " | training time |")
     print("|---|---|---|---|---|---|---|")
     accuracy_row("MAML", "omniglot-5w1s-maml", "5w1s", "98.7 +- 0.4%")
     accuracy_row("first-order MAML", "omniglot-5w1s-fomaml", "5w1s", "98.3 +- 0.5%")
@@ -58,13 +64,25 @@ def omniglot():
     accuracy_row("ProtoNet (same model)", "omniglot-protonet-1shot", "20w1s", "96.0%")
     accuracy_row("ProtoNet (same model)", "omniglot-protonet-1shot", "5w5s", "99.7%")
     accuracy_row("ProtoNet (same model)", "omniglot-protonet-1shot", "20w5s", "98.9%")
-    accuracy_row("ProtoNet, background only", "omniglot-lake-protonet", "within-alphabet",
-                 "20 runs: Siamese 8.0%, humans 4.5% error")
-    accuracy_row("MAML, background only", "omniglot-lake-20w1s-maml", "within-alphabet",
-                 "20 runs: deep convnet 13.5% error")
+    accuracy_row(
+        "ProtoNet, background only",
+        "omniglot-lake-protonet",
+        "within-alphabet",
+        "20 runs: Siamese 8.0%, humans 4.5% error",
+    )
+    accuracy_row(
+        "MAML, background only",
+        "omniglot-lake-20w1s-maml",
+        "within-alphabet",
+        "20 runs: deep convnet 13.5% error",
+    )
     for split in ("small1", "small2"):
-        accuracy_row(f"ProtoNet, {split} only", f"omniglot-{split}-protonet", "within-alphabet",
-                     "20 runs, deep convnet: 24.0% / 22.3% error")
+        accuracy_row(
+            f"ProtoNet, {split} only",
+            f"omniglot-{split}-protonet",
+            "within-alphabet",
+            "20 runs, deep convnet: 24.0% / 22.3% error",
+        )
 
 
 PUBLISHED = {  # 5w1s, 20w1s, 5w5s, 20w5s (BENCHMARKS.md)
@@ -78,7 +96,8 @@ PUBLISHED = {  # 5w1s, 20w1s, 5w5s, 20w5s (BENCHMARKS.md)
 def metric():
     """One model per method, tested at the four shapes: measured (published) per cell."""
     shapes = ("5w1s", "20w1s", "5w5s", "20w5s")
-    print("| method | 5-way 1-shot | 20-way 1-shot | 5-way 5-shot | 20-way 5-shot | iterations (best ckpt) | training time |")
+    columns = ("5-way 1-shot", "20-way 1-shot", "5-way 5-shot", "20-way 5-shot")
+    print("| method | " + " | ".join(columns) + " | iterations (best ckpt) | training time |")
     print("|---|---|---|---|---|---|---|")
     for method, (label, published) in PUBLISHED.items():
         cells, best = [], None
@@ -88,7 +107,7 @@ def metric():
             if d is None:
                 cells.append("")
                 continue
-            (_, m), = d["steps"].items()
+            ((_, m),) = d["steps"].items()
             a = m["accuracy"]
             pub = f" ({published[j]})" if published else ""
             cells.append(f"{100 * a['mean']:.2f} +- {100 * a['ci95']:.2f}{pub}")
@@ -96,7 +115,8 @@ def metric():
         if best is None:
             continue
         done, secs = iters(f"omniglot-{method}")
-        print(f"| {label} | " + " | ".join(cells) + f" | {done:,} ({best:,}) | {secs / 60:.1f} min |")
+        timing = f" | {done:,} ({best:,}) | {secs / 60:.1f} min |"
+        print(f"| {label} | " + " | ".join(cells) + timing)
 
 
 {"sinusoid": sinusoid, "omniglot": omniglot, "metric": metric}[sys.argv[1]]()
