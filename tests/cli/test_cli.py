@@ -133,8 +133,13 @@ def test_train_eval_plot_resume(tmp_path, config, capsys):
     again = json.loads(run(capsys, "eval", str(run_dir), "--json", "--checkpoint", "latest")[1])
     assert again["steps"] == result["steps"]  # seeded: the same episodes, the same numbers
 
-    code, out, _ = run(capsys, "eval", str(run_dir), "--episodes", "5", "--steps", "2")
+    code, out, err = run(capsys, "eval", str(run_dir), "--episodes", "5", "--steps", "2")
     assert code == 0 and "5 episodes, mean +- 95% CI" in out and "2 steps" in out
+    assert "5/5" in err  # the progress bar, on stderr
+    code, out, err = run(
+        capsys, "eval", str(run_dir), "--episodes", "5", "--steps", "2", "--no-progress"
+    )
+    assert code == 0 and "5 episodes, mean +- 95% CI" in out and err == ""
 
     png = tmp_path / "curve.png"
     code, out, _ = run(capsys, "plot", str(run_dir), "--out", str(png))

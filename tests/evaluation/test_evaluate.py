@@ -55,6 +55,18 @@ def test_evaluate_is_reproducible_with_a_seed():
     # batches from one generator (docs/reliability.md)
 
 
+def test_progress_bar_counts_episodes_on_stderr_and_changes_nothing(capsys):
+    family = Sinusoid(shots=5, queries=5)
+    quiet = evaluate(learner(), family, episodes=30, steps=(0, 1), seed=11, batch_size=7)
+    assert capsys.readouterr().err == ""
+    shown = evaluate(
+        learner(), family, episodes=30, steps=(0, 1), seed=11, batch_size=7, progress=True
+    )
+    captured = capsys.readouterr()
+    assert "evaluate" in captured.err and "30/30" in captured.err and captured.out == ""
+    assert shown.to_dict() == quiet.to_dict()
+
+
 def test_evaluate_does_not_touch_the_learner_or_global_rng():
     m = learner()
     before = {k: v.clone() for k, v in m.state_dict().items()}

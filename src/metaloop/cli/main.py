@@ -145,6 +145,7 @@ def parser() -> argparse.ArgumentParser:
     _add_tta_argument(e)
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     e.add_argument("--json", action="store_true", help="print one JSON object (docs/cli.md)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument(
         "--save-predictions",
         metavar="PATH",
@@ -555,7 +556,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "tta_shift": tta_shift,
         }
         predictions = collect_predictions(
-            learner, family, episodes, steps, seed, ev["batch_size"], cfg["device"], info
+            learner,
+            family,
+            episodes,
+            steps,
+            seed,
+            ev["batch_size"],
+            cfg["device"],
+            info,
+            progress=not args.no_progress,
         )
         save_predictions(predictions, args.save_predictions)
         result = predictions.metrics()
@@ -568,6 +577,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             seed=seed,
             batch_size=ev["batch_size"],
             device=cfg["device"],
+            progress=not args.no_progress,
         )
     reference = {str(k): v for k, v in ev.get("reference", {}).items()}
     out = result.to_dict()

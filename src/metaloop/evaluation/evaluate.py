@@ -87,17 +87,24 @@ def evaluation_batches(
     seed: int,
     batch_size: int = 25,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> Iterator[TaskBatch]:
     """The evaluation batches: ``episodes`` tasks from ``family`` in batches of
     ``batch_size``, drawn from ``torch.Generator().manual_seed(seed)``, with ``learner`` in
     ``eval()`` mode while they are consumed (its mode is restored afterwards) and the first
-    batch checked against it (``check_batch``, when the learner has one)."""
+    batch checked against it (``check_batch``, when the learner has one).  ``progress``
+    shows a progress bar (stderr) counting the episodes consumed."""
     check_positive("episodes", episodes)
     check_positive("batch_size", batch_size)
+    from tqdm.auto import tqdm
+
     g = torch.Generator().manual_seed(seed)
     was_training = learner.training
     learner.eval()
     done = 0
+    bar = tqdm(
+        total=episodes, disable=not progress, dynamic_ncols=True, unit="episode", desc="evaluate"
+    )
     try:
         while done < episodes:
             n = min(batch_size, episodes - done)
@@ -106,7 +113,9 @@ def evaluation_batches(
                 learner.check_batch(batch)  # model output vs the episode's ways/targets
             yield batch
             done += n
+            bar.update(n)
     finally:
+        bar.close()
         learner.train(was_training)
 
 
@@ -118,18 +127,20 @@ def evaluate(
     seed: int = 12345,
     batch_size: int = 25,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> EvalResult:
     """Evaluate ``learner`` on ``episodes`` tasks from ``family``.
 
     ``steps`` lists the inner step counts to report (gradient-based learners; metric
     learners ignore it and report under their own key).  Tasks come from
     ``torch.Generator().manual_seed(seed)`` (``evaluation_batches``), so two learners evaluated
-    with the same seed see the same episodes.
+    with the same seed see the same episodes.  ``progress`` shows a progress bar.
     """
     if isinstance(steps, int):
         steps = (steps,)
     collected: dict[int, dict[str, list[torch.Tensor]]] = {}
-    for batch in evaluation_batches(learner, family, episodes, seed, batch_size, device):
+    batches = evaluation_batches(learner, family, episodes, seed, batch_size, device, progress)
+    for batch in batches:
         for s, metrics in learner.evaluate_batch(batch, steps).items():
             for k, v in metrics.items():
                 collected.setdefault(s, {}).setdefault(k, []).append(v.detach().cpu())

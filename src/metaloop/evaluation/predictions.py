@@ -94,9 +94,11 @@ def collect_predictions(
     batch_size: int = 25,
     device: str | torch.device = "cpu",
     info: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> Predictions:
     """The query log-probabilities of ``learner`` (a classifier) on ``episodes`` tasks of
-    ``family``, drawn as ``evaluate`` draws them (same seed, same episodes)."""
+    ``family``, drawn as ``evaluate`` draws them (same seed, same episodes); ``progress``
+    shows a progress bar."""
     if not learner.classification:
         raise ValueError(
             f"predictions are class log-probabilities, but {type(learner).__name__} is trained "
@@ -107,7 +109,8 @@ def collect_predictions(
     steps = evaluation_steps(steps, learner.default_eval_steps)
     log_probs: dict[int, list[Tensor]] = {s: [] for s in steps}
     labels: list[Tensor] = []
-    for batch in evaluation_batches(learner, family, episodes, seed, batch_size, device):
+    batches = evaluation_batches(learner, family, episodes, seed, batch_size, device, progress)
+    for batch in batches:
         for s, log_p in query_log_probs(learner, batch, steps).items():
             log_probs[s].append(log_p.detach().float().cpu())
         labels.append(batch.query_y.cpu())
