@@ -3,6 +3,7 @@
 from metaloop.algorithms.anil import ANIL
 from metaloop.algorithms.base import MetaLearner
 from metaloop.algorithms.cavia import CAVIA, ContextModel
+from metaloop.algorithms.cnp import ConditionalNeuralProcess
 from metaloop.algorithms.finetune import FineTuneBaseline
 from metaloop.algorithms.gradient import GradientMetaLearner
 from metaloop.algorithms.imaml import IMAML
@@ -23,6 +24,7 @@ __all__ = [
     "FOMAML",
     "IMAML",
     "MAML",
+    "ConditionalNeuralProcess",
     "ContextModel",
     "FineTuneBaseline",
     "GradientMetaLearner",

@@ -55,6 +55,7 @@ ALGORITHMS: dict[str, str] = {
     "relation": "metaloop.algorithms.relation:RelationNet",
     "siamese": "metaloop.algorithms.siamese:SiameseNet",
     "finetune": "metaloop.algorithms.finetune:FineTuneBaseline",
+    "cnp": "metaloop.algorithms.cnp:ConditionalNeuralProcess",
 }
 MODELS: dict[str, str] = {
     "mlp": "metaloop.models.mlp:MLP",
@@ -62,9 +63,11 @@ MODELS: dict[str, str] = {
     "resnet12": "metaloop.models.resnet:ResNet12",
     # the Relation Network paper's embedding (feature maps, not vectors)
     "relation_embedding": "metaloop.algorithms.relation:relation_embedding",
+    # raw vector inputs for learners that take an encoder (the CNP on synthetic families)
+    "identity": "torch.nn:Identity",
 }
 # learners whose model is an embedding (no classification head)
-EMBEDDING_LEARNERS = {"protonet", "matching", "siamese", "relation", "finetune"}
+EMBEDDING_LEARNERS = {"protonet", "matching", "siamese", "relation", "finetune", "cnp"}
 
 
 def _load(spec: str, kind: str, name: str, registry: dict[str, str]) -> Any:
@@ -309,9 +312,18 @@ def build_learner(cfg: dict[str, Any], model: nn.Module) -> Any:
     family, _ = _task_options(cfg)
     from metaloop.algorithms.gradient import GradientMetaLearner
 
-    if "loss" not in kwargs and isinstance(cls, type) and issubclass(cls, GradientMetaLearner):
-        classification = family in ("omniglot", "rotating_boundary")
+    classification = family in ("omniglot", "rotating_boundary")
+    takes_task_loss = isinstance(cls, type) and issubclass(cls, GradientMetaLearner)
+    if "loss" not in kwargs and (takes_task_loss or name == "cnp"):
         kwargs["loss"] = "cross_entropy" if classification else "mse"
+    if name == "cnp":
+        # sizes from the encoder (images) or from the family's inputs and targets
+        sizes = _model_defaults(cfg, "mlp")
+        if "x_dim" not in kwargs:
+            kwargs["x_dim"] = getattr(model, "embedding_dim", None) or sizes.get("in_features")
+        if "y_dim" not in kwargs:
+            ways = _task_options(cfg)[1].get("ways", 5) if family == "omniglot" else None
+            kwargs["y_dim"] = ways or sizes.get("out_features")
     if name == "finetune" and "num_classes" not in kwargs:
         kwargs["num_classes"] = getattr(build_family(cfg, "train"), "num_classes", None)
     if name == "protonet" and kwargs.get("global_loss_weight") and "global_classes" not in kwargs:
