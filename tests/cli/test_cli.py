@@ -118,6 +118,7 @@ def test_train_eval_plot_resume(tmp_path, config, capsys):
         "part",
         "tta_shift",
         "balanced",
+        "attack_epsilon",
         "task",
         "episode",
         "algorithm",
@@ -140,6 +141,23 @@ def test_train_eval_plot_resume(tmp_path, config, capsys):
         capsys, "eval", str(run_dir), "--episodes", "5", "--steps", "2", "--no-progress"
     )
     assert code == 0 and "5 episodes, mean +- 95% CI" in out and err == ""
+    attacked = json.loads(
+        run(
+            capsys,
+            "eval",
+            str(run_dir),
+            "--json",
+            "--checkpoint",
+            "latest",
+            "--attack-epsilon",
+            "0.5",
+        )[1]
+    )
+    assert attacked["attack_epsilon"] == 0.5 and result["attack_epsilon"] is None
+    assert attacked["steps"]["1"]["loss"]["mean"] > result["steps"]["1"]["loss"]["mean"]
+    assert "epsilon must be a finite number >= 0" in user_error(
+        capsys, "eval", str(run_dir), "--attack-epsilon", "-1"
+    )
 
     png = tmp_path / "curve.png"
     code, out, _ = run(capsys, "plot", str(run_dir), "--out", str(png))

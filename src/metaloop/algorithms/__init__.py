@@ -1,5 +1,6 @@
 """Algorithms: one file each, all speaking the ``MetaLearner`` protocol."""
 
+from metaloop.algorithms.adml import ADML
 from metaloop.algorithms.anil import ANIL
 from metaloop.algorithms.base import MetaLearner
 from metaloop.algorithms.cavia import CAVIA, ContextModel
@@ -19,6 +20,7 @@ from metaloop.algorithms.reptile import Reptile
 from metaloop.algorithms.siamese import SiameseNet
 
 __all__ = [
+    "ADML",
     "ANIL",
     "CAVIA",
     "FOMAML",

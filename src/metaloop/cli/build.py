@@ -43,6 +43,7 @@ IMAGE_FAMILIES = ("omniglot",)
 ALGORITHMS: dict[str, str] = {
     "maml": "metaloop.algorithms.maml:MAML",
     "fomaml": "metaloop.algorithms.maml:FOMAML",
+    "adml": "metaloop.algorithms.adml:ADML",
     "reptile": "metaloop.algorithms.reptile:Reptile",
     "metasgd": "metaloop.algorithms.metasgd:MetaSGD",
     "joint": "metaloop.algorithms.pretrain:JointTraining",

@@ -145,6 +145,14 @@ def parser() -> argparse.ArgumentParser:
     _add_tta_argument(e)
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     e.add_argument("--json", action="store_true", help="print one JSON object (docs/cli.md)")
+    e.add_argument(
+        "--attack-epsilon",
+        type=float,
+        default=None,
+        metavar="E",
+        help="robustness: score FGSM queries of radius E against the adapted model "
+        "(metaloop.evaluation.AdversarialQueries)",
+    )
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument(
         "--save-predictions",
@@ -539,6 +547,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "here and balance when combining (metaloop combine FILE ... --balanced)"
         )
     learner = _apply_balance(learner, args)
+    if args.attack_epsilon is not None:
+        from metaloop.evaluation import AdversarialQueries
+
+        if args.save_predictions:
+            raise ConfigError(
+                "--attack-epsilon scores attacked queries and --save-predictions keeps the "
+                "models' own predictions: use one of them"
+            )
+        try:
+            learner = AdversarialQueries(learner, args.attack_epsilon)
+        except ValueError as err:
+            raise ConfigError(f"--attack-epsilon: {err}") from err
     if args.save_predictions:
         from metaloop.evaluation.predictions import collect_predictions, save_predictions
 
@@ -591,6 +611,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "part": args.part,
             "tta_shift": tta_shift,
             "balanced": _balance_report(args),
+            "attack_epsilon": args.attack_epsilon,
             "task": {k: v for k, v in cfg["task"].items()},
             "episode": {
                 "ways": getattr(family, "ways", None),

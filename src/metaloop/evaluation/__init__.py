@@ -1,7 +1,8 @@
 """Evaluation: many test episodes, mean and 95% confidence interval; ensembles;
-test-time shift averaging; balanced (transductive) assignment; saved predictions that
-combine into ensembles later."""
+test-time shift averaging; balanced (transductive) assignment; adversarial (FGSM) queries;
+saved predictions that combine into ensembles later."""
 
+from metaloop.evaluation.adversarial import AdversarialQueries
 from metaloop.evaluation.balanced import BalancedAssignment
 from metaloop.evaluation.ensemble import Ensemble
 from metaloop.evaluation.evaluate import Estimate, EvalResult, estimate, evaluate
@@ -15,6 +16,7 @@ from metaloop.evaluation.predictions import (
 from metaloop.evaluation.shift import ShiftAveraged
 
 __all__ = [
+    "AdversarialQueries",
     "BalancedAssignment",
     "Ensemble",
     "Estimate",
