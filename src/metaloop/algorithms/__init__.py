@@ -8,6 +8,7 @@ from metaloop.algorithms.cnp import ConditionalNeuralProcess
 from metaloop.algorithms.finetune import FineTuneBaseline
 from metaloop.algorithms.gradient import GradientMetaLearner
 from metaloop.algorithms.imaml import IMAML
+from metaloop.algorithms.learned_optimizer import LearnedOptimizer
 from metaloop.algorithms.maml import FOMAML, MAML
 from metaloop.algorithms.matching import MatchingNet
 from metaloop.algorithms.metasgd import MetaSGD
@@ -31,6 +32,7 @@ __all__ = [
     "FineTuneBaseline",
     "GradientMetaLearner",
     "JointTraining",
+    "LearnedOptimizer",
     "MatchingNet",
     "MetaLearner",
     "MetaSGD",

@@ -46,6 +46,7 @@ ALGORITHMS: dict[str, str] = {
     "adml": "metaloop.algorithms.adml:ADML",
     "reptile": "metaloop.algorithms.reptile:Reptile",
     "metasgd": "metaloop.algorithms.metasgd:MetaSGD",
+    "learned_optimizer": "metaloop.algorithms.learned_optimizer:LearnedOptimizer",
     "joint": "metaloop.algorithms.pretrain:JointTraining",
     "anil": "metaloop.algorithms.anil:ANIL",
     "protomaml": "metaloop.algorithms.protomaml:ProtoMAML",

@@ -110,6 +110,40 @@ def adam(
     return InnerOptimizer(init, update)
 
 
+#: ``rule(features [N, F]) -> [N]``: a learned per-coordinate correction to the step
+UpdateRule = Callable[[Tensor], Tensor]
+
+
+def learned(lr: LearningRate, rule: UpdateRule, beta: float = 0.9) -> InnerOptimizer:
+    """A learned update rule, applied coordinate-wise (Andrychowicz et al. 2016; the
+    feed-forward per-parameter form of Metz et al. 2019):
+
+        m_{t+1} = beta m_t + (1 - beta) g_t,
+        theta_{t+1} = theta_t - alpha * (g_t + rule([g_t, m_{t+1}])),
+
+    where ``rule`` maps the features of every coordinate (its gradient and its running
+    mean) to a correction of the step.  A ``rule`` that returns zeros makes this plain
+    gradient descent; the rule's own parameters receive their meta-gradient through the
+    inner loop like every other quantity here.
+    """
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"learned optimizer beta must lie in [0, 1), got {beta}")
+
+    def init(params: Params) -> State:
+        return {k: torch.zeros_like(p) for k, p in params.items()}
+
+    def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        mean = {k: beta * state[k] + (1 - beta) * grads[k] for k in params}
+        new = {}
+        for k, p in params.items():
+            features = torch.stack([grads[k].reshape(-1), mean[k].reshape(-1)], -1)
+            correction = rule(features).reshape(p.shape)
+            new[k] = p - _lr_for(lr, k) * (grads[k] + correction)
+        return new, mean
+
+    return InnerOptimizer(init, update)
+
+
 INNER_OPTIMIZERS: dict[str, Callable[..., InnerOptimizer]] = {
     "sgd": sgd,
     "momentum": momentum,
