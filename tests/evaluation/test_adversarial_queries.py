@@ -45,12 +45,14 @@ def test_attack_against_a_hand_written_loop():
     assert bool((got > m.evaluate_batch(batch, steps=(1,))[1]["loss"]).all())
 
 
-def test_training_and_adapt_are_refused():
+def test_training_is_refused_and_adapt_is_the_learners():
     wrapped = AdversarialQueries(learner(), 0.1)
     batch = Sinusoid(shots=5, queries=5).sample(1, torch.Generator().manual_seed(0))
     with pytest.raises(NotImplementedError, match="for evaluation"):
         wrapped.meta_loss(batch)
-    with pytest.raises(NotImplementedError, match="attacks with the query labels"):
-        wrapped.adapt(batch[0].support)
+    task = batch[0]  # adapt is the wrapped learner's, unattacked
+    torch.testing.assert_close(
+        wrapped.adapt(task.support)(task.query_x), wrapped.learner.adapt(task.support)(task.query_x)
+    )
     with pytest.raises(TypeError, match="wraps a MetaLearner"):
         AdversarialQueries(torch.nn.Linear(1, 1), 0.1)

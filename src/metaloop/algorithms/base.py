@@ -140,6 +140,11 @@ class MetaLearner(nn.Module):
             metrics["accuracy"] = accuracy(prediction, target)
         return metrics
 
+    def task_metrics(self, predictor: Predictor, task: Task) -> dict[str, Tensor]:
+        """Query metrics of one adapted task (``evaluate_batch``'s scoring; evaluation
+        wrappers override it to change what the queries are)."""
+        return self.query_metrics(predictor(task.query_x), task.query_y)
+
     @torch.no_grad()
     def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:
         """Per-task query metrics after adapting with each step count in ``steps``.
@@ -153,7 +158,7 @@ class MetaLearner(nn.Module):
             for task in batch:
                 with torch.enable_grad():
                     predictor = self.adapt(task.support, steps=s)
-                metrics = self.query_metrics(predictor(task.query_x), task.query_y)
+                metrics = self.task_metrics(predictor, task)
                 for k, v in metrics.items():
                     per_task.setdefault(k, []).append(v.detach())
             out[s] = {k: torch.stack(v) for k, v in per_task.items()}

@@ -8,18 +8,15 @@ true query labels):
 
 and the query metrics are those of ``f_adapted(x_adv)``.  The predictor adapts on the
 clean support set, once per step count.  ``epsilon = 0`` is the plain evaluation.  An
-evaluation construct: ``meta_loss`` and ``adapt`` (which has no labels to attack with)
-are refused.
+evaluation construct: ``meta_loss`` is refused, and ``adapt`` returns the wrapped
+learner's predictor (it has no labels to attack with).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
 from torch import Tensor
 
-from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics
+from metaloop.algorithms.base import MetaLearner, Predictor
 from metaloop.functional.adversarial import check_epsilon, fgsm
 from metaloop.tasks.base import Task, TaskBatch
 
@@ -43,28 +40,16 @@ class AdversarialQueries(MetaLearner):
         )
 
     def adapt(self, support: Task | tuple[Tensor, Tensor], steps: int | None = None) -> Predictor:
-        raise NotImplementedError(
-            "AdversarialQueries attacks with the query labels: use evaluate / evaluate_batch"
-        )
+        """The wrapped learner's predictor, unattacked: the attack needs the query labels,
+        so it happens in ``task_metrics`` (``evaluate``, ``evaluate_batch``)."""
+        return self.learner.adapt(support, steps)
 
-    @torch.no_grad()
-    def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:
-        steps = tuple(steps) if steps is not None else self.default_eval_steps
-        out: StepMetrics = {}
-        for s in steps:
-            per_task: dict[str, list[Tensor]] = {}
-            for task in batch:
-                with torch.enable_grad():
-                    predictor = self.learner.adapt(task.support, steps=s)
-                attacked = fgsm(
-                    lambda x, p=predictor, y=task.query_y: self.loss_fn(p(x), y),
-                    task.query_x,
-                    self.epsilon,
-                )
-                for k, v in self.query_metrics(predictor(attacked), task.query_y).items():
-                    per_task.setdefault(k, []).append(v.detach())
-            out[s] = {k: torch.stack(v) for k, v in per_task.items()}
-        return out
+    def task_metrics(self, predictor: Predictor, task: Task) -> dict[str, Tensor]:
+        """Metrics of ``predictor`` on the FGSM examples of the task's queries."""
+        attacked = fgsm(
+            lambda x: self.loss_fn(predictor(x), task.query_y), task.query_x, self.epsilon
+        )
+        return self.query_metrics(predictor(attacked), task.query_y)
 
     def extra_repr(self) -> str:
         return f"epsilon={self.epsilon}"
