@@ -1,6 +1,7 @@
-"""Conditional Neural Process: the equations against a hand computation, order invariance,
-the likelihood against torch.distributions, the meta-gradient against central differences,
-learning on sinusoids and rotating boundaries, and bad input."""
+"""Conditional Neural Process: the equations (mean and attention aggregation) against a
+hand computation, order invariance, the likelihood against torch.distributions, the
+meta-gradient against central differences, learning on sinusoids and rotating boundaries,
+and bad input."""
 
 from __future__ import annotations
 
@@ -36,8 +37,24 @@ def test_prediction_is_the_decoded_mean_representation():
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_order_of_the_support_set_does_not_matter():
-    learner = cnp()
+def test_attention_reads_a_weighted_sum_per_query():
+    learner = cnp(aggregation="attention", likelihood="deterministic")
+    task = Sinusoid(shots=6, queries=4).sample(1, torch.Generator().manual_seed(9))[0]
+    xs, ys, xq = task.support_x, task.support_y, task.query_x
+    encoded = torch.stack([learner.context_net(torch.cat([x, y])) for x, y in zip(xs, ys)])
+    expected = []
+    for x in xq:
+        scores = torch.stack([learner.query_key(x) @ learner.support_key(s) for s in xs])
+        weights = torch.softmax(scores / 8**0.5, 0)  # representation = 8
+        r = (weights[:, None] * encoded).sum(0)
+        expected.append(learner.decoder(torch.cat([x, r])))
+    got = learner.adapt((xs, ys))(xq)
+    torch.testing.assert_close(got, torch.stack(expected), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "attention"])
+def test_order_of_the_support_set_does_not_matter(aggregation):
+    learner = cnp(aggregation=aggregation)
     task = Sinusoid(shots=10, queries=5).sample(1, torch.Generator().manual_seed(2))[0]
     xs, ys = task.support
     order = torch.randperm(10, generator=torch.Generator().manual_seed(3))
@@ -67,10 +84,21 @@ def test_batch_evaluation_matches_adapt_task_by_task():
     torch.testing.assert_close(metrics[0]["loss"], per_task)
 
 
-@pytest.mark.parametrize("likelihood", ["gaussian", "deterministic"])
-@pytest.mark.parametrize("support_in_loss", [True, False])
-def test_meta_gradient_against_central_differences(likelihood, support_in_loss, numeric_gradient):
-    learner = cnp(likelihood=likelihood, support_in_loss=support_in_loss).double()
+@pytest.mark.parametrize(
+    ("likelihood", "support_in_loss", "aggregation"),
+    [
+        ("gaussian", True, "mean"),
+        ("gaussian", False, "mean"),
+        ("deterministic", True, "mean"),
+        ("gaussian", True, "attention"),
+    ],
+)
+def test_meta_gradient_against_central_differences(
+    likelihood, support_in_loss, aggregation, numeric_gradient
+):
+    learner = cnp(
+        likelihood=likelihood, support_in_loss=support_in_loss, aggregation=aggregation
+    ).double()
     batch = Sinusoid(shots=3, queries=2, dtype=torch.float64).sample(
         2, torch.Generator().manual_seed(6)
     )
@@ -114,6 +142,8 @@ def test_bad_input_is_named():
         ConditionalNeuralProcess(nn.Identity(), x_dim=0, y_dim=1)
     with pytest.raises(ValueError, match="likelihood must be 'gaussian' or 'deterministic'"):
         ConditionalNeuralProcess(nn.Identity(), x_dim=1, y_dim=1, likelihood="laplace")
+    with pytest.raises(ValueError, match="aggregation must be 'mean' or 'attention'"):
+        ConditionalNeuralProcess(nn.Identity(), x_dim=1, y_dim=1, aggregation="max")
     with pytest.raises(ValueError, match=r"min_std must lie in \(0, 1\)"):
         ConditionalNeuralProcess(nn.Identity(), x_dim=1, y_dim=1, min_std=1.5)
     batch = Sinusoid(shots=3, queries=2).sample(2, torch.Generator().manual_seed(7))

@@ -7,6 +7,13 @@ in one forward pass:
     r   = (1/S) sum_i r_i                      one task representation (order-free)
     out(x) = g_theta([phi(x), r])              every query, decoded
 
+With ``aggregation="attention"`` (the deterministic path of the Attentive Neural Process,
+Kim et al. 2019) each query reads its own representation instead of the mean,
+
+    r(x) = sum_i softmax_i(<W_q phi(x), W_k phi(x_i)> / sqrt(R)) r_i,
+
+so a query is decoded mostly from the support points that resemble it.
+
 ``phi`` is the ``encoder`` given (``nn.Identity()`` for vector inputs, a ``Conv4``
 embedding for images), ``e(y)`` is ``y`` itself for regression and ``one_hot(y, ways)``
 for classification, and ``h`` and ``g`` are MLPs.  The mean makes the prediction invariant
@@ -59,7 +66,8 @@ class ConditionalNeuralProcess(MetaLearner):
             output, flattened after the batch dimension, must have ``x_dim`` features.
         x_dim: features of ``phi(x)``.
         y_dim: target dimension (regression) or ``ways`` (classification).
-        representation: size of ``r``.
+        representation: size of ``r`` (and of the attention keys).
+        aggregation: ``"mean"`` (CNP) or ``"attention"`` (one representation per query).
         hidden: hidden layer sizes of both ``h`` and ``g``.
         likelihood: ``"gaussian"`` or ``"deterministic"`` (regression only).
         loss: ``"mse"`` (regression) or ``"cross_entropy"`` (classification).
@@ -78,6 +86,7 @@ class ConditionalNeuralProcess(MetaLearner):
         loss: str | LossFn = "mse",
         min_std: float = 0.1,
         support_in_loss: bool = True,
+        aggregation: Literal["mean", "attention"] = "mean",
     ) -> None:
         super().__init__(loss)
         for name, value in (("x_dim", x_dim), ("y_dim", y_dim), ("representation", representation)):
@@ -87,6 +96,8 @@ class ConditionalNeuralProcess(MetaLearner):
             raise ValueError(
                 f"likelihood must be 'gaussian' or 'deterministic', got {likelihood!r}"
             )
+        if aggregation not in ("mean", "attention"):
+            raise ValueError(f"aggregation must be 'mean' or 'attention', got {aggregation!r}")
         if self.classification and likelihood == "gaussian":
             likelihood = "deterministic"  # classification: the decoder's logits are the model
         if not (isinstance(min_std, (int, float)) and 0 < min_std < 1):
@@ -97,8 +108,12 @@ class ConditionalNeuralProcess(MetaLearner):
         self.min_std = float(min_std)
         self.support_in_loss = bool(support_in_loss)
         outputs = 2 * y_dim if likelihood == "gaussian" else y_dim
+        self.aggregation = aggregation
         self.context_net = MLP(x_dim + y_dim, representation, hidden=tuple(hidden))
         self.decoder = MLP(x_dim + representation, outputs, hidden=tuple(hidden))
+        if aggregation == "attention":
+            self.query_key = nn.Linear(x_dim, representation, bias=False)
+            self.support_key = nn.Linear(x_dim, representation, bias=False)
 
     # -- the functional core: [T, N, ...] tensors in, [T, N, outputs] out --------------------
 
@@ -129,20 +144,33 @@ class ConditionalNeuralProcess(MetaLearner):
             )
         return y
 
-    def represent(self, zs: Tensor, ys: Tensor) -> Tensor:
-        """``r = mean_i h([phi(x_i), e(y_i)])``: ``zs [T, S, x_dim]``, ``ys [T, S, ...]``
-        -> ``[T, representation]``."""
+    def encode(self, zs: Tensor, ys: Tensor) -> Tensor:
+        """``r_i = h([phi(x_i), e(y_i)])``: ``zs [T, S, x_dim]``, ``ys [T, S, ...]``
+        -> ``[T, S, representation]``."""
         pairs = torch.cat([zs, self.encode_targets(ys).to(zs.dtype)], -1)
-        return self.context_net(pairs).mean(1)
+        return self.context_net(pairs)
+
+    def aggregate(self, zq: Tensor, zs: Tensor, encoded: Tensor) -> Tensor:
+        """The representation each query reads, ``[T, Q, representation]``: the mean of
+        the support encodings, or their attention-weighted sum."""
+        if self.aggregation == "mean":
+            return encoded.mean(1, keepdim=True).expand(-1, zq.shape[1], -1)
+        scores = self.query_key(zq) @ self.support_key(zs).transpose(1, 2)
+        weights = torch.softmax(scores / math.sqrt(self.representation), -1)  # [T, Q, S]
+        return weights @ encoded
 
     def decode(self, zq: Tensor, r: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``g([phi(x), r])`` -> ``(mu or logits [T, Q, y_dim], sigma [T, Q, y_dim] or None)``."""
-        r = r.unsqueeze(1).expand(-1, zq.shape[1], -1)
+        """``g([phi(x), r(x)])`` -> ``(mu or logits [T, Q, y_dim], sigma or None)``."""
         out = self.decoder(torch.cat([zq, r], -1))
         if self.likelihood == "deterministic":
             return out, None
         mu, raw = out.split(self.y_dim, -1)
         return mu, self.min_std + (1 - self.min_std) * F.softplus(raw)
+
+    def predict(self, zs: Tensor, ys: Tensor, zq: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Support features and targets, query features (all ``[T, N, ...]``) -> the
+        decoded queries: the whole learner as one function."""
+        return self.decode(zq, self.aggregate(zq, zs, self.encode(zs, ys)))
 
     # -- the protocol ----------------------------------------------------------------------
 
@@ -151,13 +179,12 @@ class ConditionalNeuralProcess(MetaLearner):
         ``support_in_loss``) of every task, with their targets."""
         s = batch.support_x.shape[1]
         z = self.features(torch.cat([batch.support_x, batch.query_x], 1))
-        r = self.represent(z[:, :s], batch.support_y)
         if self.support_in_loss:
             targets = torch.cat([batch.support_y, batch.query_y], 1)
-            mu, sigma = self.decode(z, r)
+            mu, sigma = self.predict(z[:, :s], batch.support_y, z)
         else:
             targets = batch.query_y
-            mu, sigma = self.decode(z[:, s:], r)
+            mu, sigma = self.predict(z[:, :s], batch.support_y, z[:, s:])
         return mu, sigma, targets
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
@@ -175,10 +202,12 @@ class ConditionalNeuralProcess(MetaLearner):
     def adapt(self, support: Task | tuple[Tensor, Tensor], steps: int | None = None) -> Predictor:
         """Read the support set once; the predictor decodes queries ``[Q, ...]``."""
         x, y = as_support(support)
-        r = self.represent(self.features(x.unsqueeze(0)), y.unsqueeze(0))
+        zs, ys = self.features(x.unsqueeze(0)), y.unsqueeze(0)
+        encoded = self.encode(zs, ys)
 
         def predict(query_x: Tensor) -> Tensor:
-            return self.decode(self.features(query_x.unsqueeze(0)), r)[0].squeeze(0)
+            zq = self.features(query_x.unsqueeze(0))
+            return self.decode(zq, self.aggregate(zq, zs, encoded))[0].squeeze(0)
 
         return predict
 
@@ -188,7 +217,7 @@ class ConditionalNeuralProcess(MetaLearner):
         every requested count reports the same numbers)."""
         s = batch.support_x.shape[1]
         z = self.features(torch.cat([batch.support_x, batch.query_x], 1))
-        prediction, _ = self.decode(z[:, s:], self.represent(z[:, :s], batch.support_y))
+        prediction, _ = self.predict(z[:, :s], batch.support_y, z[:, s:])
         per_task: dict[str, list[Tensor]] = {}
         for p, y in zip(prediction, batch.query_y):
             for k, v in self.query_metrics(p, y).items():
@@ -199,7 +228,7 @@ class ConditionalNeuralProcess(MetaLearner):
     def extra_repr(self) -> str:
         return (
             f"x_dim={self.x_dim}, y_dim={self.y_dim}, representation={self.representation}, "
-            f"likelihood={self.likelihood}, loss={self.loss_name}"
+            f"aggregation={self.aggregation}, likelihood={self.likelihood}, loss={self.loss_name}"
         )
 
 
