@@ -69,7 +69,8 @@ class ConditionalNeuralProcess(MetaLearner):
         representation: size of ``r`` (and of the attention keys).
         aggregation: ``"mean"`` (CNP) or ``"attention"`` (one representation per query).
         hidden: hidden layer sizes of both ``h`` and ``g``.
-        likelihood: ``"gaussian"`` or ``"deterministic"`` (regression only).
+        likelihood: ``"gaussian"`` or ``"deterministic"`` for regression; classification
+            always decodes logits (deterministic).
         loss: ``"mse"`` (regression) or ``"cross_entropy"`` (classification).
         min_std: the smallest ``sigma`` of the Gaussian likelihood, in (0, 1).
         support_in_loss: include the support points in the meta-loss.
