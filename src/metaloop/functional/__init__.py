@@ -1,10 +1,18 @@
 """The functional engine: pure functions over parameter dicts on ``torch.func``."""
 
+from metaloop.functional.adversarial import fgsm
 from metaloop.functional.assignment import balance_log_probs
 from metaloop.functional.batching import VectorizePolicy, map_tasks
 from metaloop.functional.inner import GRADIENT_MODES, inner_loop, inner_steps_iter
 from metaloop.functional.losses import accuracy, cross_entropy, get_loss, mse
-from metaloop.functional.optim import InnerOptimizer, adam, make_inner_optimizer, momentum, sgd
+from metaloop.functional.optim import (
+    InnerOptimizer,
+    adam,
+    learned,
+    make_inner_optimizer,
+    momentum,
+    sgd,
+)
 from metaloop.functional.params import Params, call, detach, split_module
 
 __all__ = [
@@ -18,9 +26,11 @@ __all__ = [
     "call",
     "cross_entropy",
     "detach",
+    "fgsm",
     "get_loss",
     "inner_loop",
     "inner_steps_iter",
+    "learned",
     "make_inner_optimizer",
     "map_tasks",
     "momentum",
