@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from metaloop.algorithms.maml import MAML
 from metaloop.functional.adversarial import check_epsilon, fgsm
-from metaloop.functional.params import call, split_module
+from metaloop.functional.params import split_module
 from metaloop.tasks.base import TaskBatch
 
 
@@ -48,12 +48,10 @@ class ADML(MAML):
         batch statistics, where the model uses them, are those of one task's set)."""
         params, buffers = split_module(self.model)
         params = {k: v.detach() for k, v in params.items()}
+        task_loss = self.task_loss(buffers)
 
         def loss(inputs: Tensor) -> Tensor:
-            return sum(
-                self.loss_fn(call(self.model, params, buffers, inputs[t]), y[t])
-                for t in range(inputs.shape[0])
-            )
+            return sum(task_loss(params, inputs[t], y[t]) for t in range(inputs.shape[0]))
 
         return fgsm(loss, x, self.epsilon)
 

@@ -137,7 +137,7 @@ class ConditionalNeuralProcess(MetaLearner):
                     f"labels must lie in 0..{self.y_dim - 1} (y_dim = ways = {self.y_dim}), "
                     f"got {int(y.min())}..{int(y.max())}"
                 )
-            return F.one_hot(y.long(), self.y_dim).to(torch.get_default_dtype())
+            return F.one_hot(y.long(), self.y_dim)
         if y.shape[-1] != self.y_dim:
             raise TaskError(
                 f"targets have {y.shape[-1]} dimensions but the CNP was built with "
@@ -175,11 +175,17 @@ class ConditionalNeuralProcess(MetaLearner):
 
     # -- the protocol ----------------------------------------------------------------------
 
+    def _batch_features(self, batch: TaskBatch) -> tuple[Tensor, int]:
+        """``phi`` of every support and query input, ``[T, S + Q, x_dim]`` (one encoder
+        call), and ``S``."""
+        return self.features(torch.cat([batch.support_x, batch.query_x], 1)), batch.support_x.shape[
+            1
+        ]
+
     def _forward(self, batch: TaskBatch) -> tuple[Tensor, Tensor | None, Tensor]:
         """Predictions for the query points (and the support points with
         ``support_in_loss``) of every task, with their targets."""
-        s = batch.support_x.shape[1]
-        z = self.features(torch.cat([batch.support_x, batch.query_x], 1))
+        z, s = self._batch_features(batch)
         if self.support_in_loss:
             targets = torch.cat([batch.support_y, batch.query_y], 1)
             mu, sigma = self.predict(z[:, :s], batch.support_y, z)
@@ -216,8 +222,7 @@ class ConditionalNeuralProcess(MetaLearner):
     def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:
         """Per-task query metrics from one forward pass over the batch (``steps`` ignored:
         every requested count reports the same numbers)."""
-        s = batch.support_x.shape[1]
-        z = self.features(torch.cat([batch.support_x, batch.query_x], 1))
+        z, s = self._batch_features(batch)
         prediction, _ = self.predict(z[:, :s], batch.support_y, z[:, s:])
         per_task: dict[str, list[Tensor]] = {}
         for p, y in zip(prediction, batch.query_y):

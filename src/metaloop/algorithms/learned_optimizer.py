@@ -73,11 +73,11 @@ class LearnedOptimizer(MAML):
                 "LearnedOptimizer's rule is a module called inside the inner loop; "
                 "compile=True and checkpoint=True are not supported: leave them off"
             )
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"beta must lie in [0, 1), got {beta!r}")
-        self.beta = float(beta)
         ref = next(model.parameters())
         self.rule = UpdateRule(rule_hidden, feature_scale).to(dtype=ref.dtype, device=ref.device)
+        self.beta = beta
+        self.make_optimizer()  # validates beta where the rule is built, before any training
+        self.beta = float(beta)
 
     def optimizer_for(self, lr: LearningRate) -> InnerOptimizer:
         return learned(lr, self.rule, self.beta)

@@ -126,8 +126,8 @@ def learned(lr: LearningRate, rule: UpdateRule, beta: float = 0.9) -> InnerOptim
     gradient descent; the rule's own parameters receive their meta-gradient through the
     inner loop like every other quantity here.
     """
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"learned optimizer beta must lie in [0, 1), got {beta}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
+        raise ValueError(f"learned optimizer beta must lie in [0, 1), got {beta!r}")
 
     def init(params: Params) -> State:
         return {k: torch.zeros_like(p) for k, p in params.items()}
