@@ -26,11 +26,13 @@ from typing import Any
 from torch import Tensor, nn
 
 from metaloop.algorithms.maml import MAML
+from metaloop.algorithms.registry import register
 from metaloop.functional.adversarial import check_epsilon, fgsm
 from metaloop.functional.params import split_module
 from metaloop.tasks.base import TaskBatch
 
 
+@register("adml")
 class ADML(MAML):
     """ADML; ``epsilon`` is the FGSM radius (in input units).  Other arguments: ``MAML``."""
 

@@ -19,10 +19,12 @@ from typing import Any
 from torch import nn
 
 from metaloop.algorithms.maml import MAML
+from metaloop.algorithms.registry import register
 
 HeadSpec = str | Sequence[str] | Callable[[str], bool]
 
 
+@register("anil")
 class ANIL(MAML):
     """MAML adapting only the parameters picked by ``head``.
 

@@ -17,13 +17,16 @@ this protocol, so they never know which algorithm they run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from metaloop.functional.losses import LossFn, accuracy, get_loss, is_classification
 from metaloop.tasks.base import Task, TaskBatch, TaskError
+from metaloop.tasks.registry import TaskSpec
 
 Predictor = Callable[[Tensor], Tensor]
 StepMetrics = dict[int, dict[str, Tensor]]
@@ -34,6 +37,24 @@ def as_support(support: Task | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         return support.support
     x, y = support
     return x, y
+
+
+def constructor_accepts(cls: type, name: str) -> bool:
+    """Whether ``cls(...)`` takes the keyword ``name``: declared by its ``__init__`` or by
+    a base class's ``__init__`` reached through ``**kwargs``."""
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        if name in params and params[name].kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        ):
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return False
+    return False
 
 
 class OutputShapeError(TaskError):
@@ -84,6 +105,25 @@ class MetaLearner(nn.Module):
 
     #: step counts at which ``evaluate_batch`` reports by default
     default_eval_steps: tuple[int, ...] = (0,)
+
+    #: what the model handed to the constructor is, for the CLI's model defaults:
+    #: ``"classifier"``: it outputs the task's predictions (``spec.y_dim`` outputs: the
+    #: ``ways`` class scores, or the targets); ``"embedding"``: a feature extractor with no
+    #: task head (the learner compares, decodes or classifies its features itself).
+    model_role: ClassVar[Literal["classifier", "embedding"]] = "classifier"
+
+    @classmethod
+    def config_defaults(
+        cls, spec: TaskSpec, model: nn.Module, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Constructor keyword defaults this learner derives from the task family.
+
+        ``spec`` is the family's ``TaskSpec``, ``model`` the model already built, and
+        ``options`` the ``[algorithm]`` keys the config gives (they override whatever
+        this returns).  The default gives ``loss = spec.loss`` (cross-entropy for
+        classification families, else MSE) when the constructor takes a ``loss``.
+        """
+        return {"loss": spec.loss} if constructor_accepts(cls, "loss") else {}
 
     def __init__(self, loss: str | LossFn = "mse") -> None:
         super().__init__()

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from metaloop.algorithms.base import StepMetrics
 from metaloop.algorithms.maml import MAML
+from metaloop.algorithms.registry import register
 from metaloop.functional.inner import GradientMode
 from metaloop.functional.params import Params
 from metaloop.tasks.base import TaskBatch
@@ -58,6 +59,7 @@ class ContextModel(nn.Module):
         return f"num_context={self.num_context}"
 
 
+@register("cavia")
 class CAVIA(MAML):
     """CAVIA: adapt only the context parameters in the inner loop.
 

@@ -36,17 +36,19 @@ the meta-loss averages over the support and query points; otherwise over the que
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
+from metaloop.algorithms.registry import register
 from metaloop.functional.losses import LossFn
 from metaloop.models.mlp import MLP
 from metaloop.tasks.base import Task, TaskBatch, TaskError
+from metaloop.tasks.registry import TaskSpec
 
 Likelihood = Literal["gaussian", "deterministic"]
 
@@ -58,6 +60,7 @@ def gaussian_nll(mu: Tensor, sigma: Tensor, y: Tensor) -> Tensor:
     return per_dim.sum(-1).mean()
 
 
+@register("cnp")
 class ConditionalNeuralProcess(MetaLearner):
     """A CNP over ``encoder``'s features (see the module docstring for the equations).
 
@@ -75,6 +78,19 @@ class ConditionalNeuralProcess(MetaLearner):
         min_std: the smallest ``sigma`` of the Gaussian likelihood, in (0, 1).
         support_in_loss: include the support points in the meta-loss.
     """
+
+    #: the model is the encoder ``phi`` (``identity`` on raw vectors, a headless Conv4 ...)
+    model_role = "embedding"
+
+    @classmethod
+    def config_defaults(
+        cls, spec: TaskSpec, model: nn.Module, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """``x_dim``: the encoder's ``embedding_dim``, else the family's flattened input
+        size; ``y_dim``: the family's outputs (``ways`` for classification); ``loss``:
+        the family's."""
+        x_dim = getattr(model, "embedding_dim", None) or spec.x_dim
+        return {"loss": spec.loss, "x_dim": x_dim, "y_dim": spec.y_dim}
 
     def __init__(
         self,

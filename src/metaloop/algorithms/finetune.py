@@ -36,7 +36,7 @@ running statistics follow) the batches it sees, as in any forward pass; evaluate
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -54,9 +54,11 @@ from metaloop.algorithms.metric import (
     episode_global_labels,
     infer_ways,
 )
+from metaloop.algorithms.registry import register
 from metaloop.functional.params import call
 from metaloop.functional.speed import uses_batch_statistics
 from metaloop.tasks.base import Task, TaskBatch, TaskError
+from metaloop.tasks.registry import TaskSpec
 
 FineTune = Literal["head", "all"]
 HeadInit = Literal["zeros", "prototypes"]
@@ -231,6 +233,7 @@ def _last(iterator: Iterator[Any]) -> Any:
     return item
 
 
+@register("finetune")
 class FineTuneBaseline(MetaLearner):
     """Pretrained encoder + a new linear head fitted per task (optionally fine-tuning all).
 
@@ -248,6 +251,16 @@ class FineTuneBaseline(MetaLearner):
             ``Conv4(ways=None)``).
         global_labels_key: ``batch.info`` key holding global labels ``[T, S+Q]``.
     """
+
+    #: the model is the encoder ``f_phi`` (its pretraining head is built here)
+    model_role = "embedding"
+
+    @classmethod
+    def config_defaults(
+        cls, spec: TaskSpec, model: nn.Module, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """``num_classes``: the family's training classes (the pretraining head's size)."""
+        return {} if spec.num_classes is None else {"num_classes": spec.num_classes}
 
     def __init__(
         self,

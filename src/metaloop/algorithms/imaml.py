@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.func import grad_and_value
 
 from metaloop.algorithms.gradient import GradientMetaLearner
+from metaloop.algorithms.registry import register
 from metaloop.functional.batching import map_tasks
 from metaloop.functional.implicit import implicit_meta_gradient
 from metaloop.functional.inner import TaskLoss
@@ -35,6 +36,7 @@ from metaloop.functional.params import Params, call, detach, split_module, squar
 from metaloop.tasks.base import TaskBatch
 
 
+@register("imaml")
 class IMAML(GradientMetaLearner):
     """Implicit MAML.
 

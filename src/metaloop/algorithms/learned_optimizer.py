@@ -23,6 +23,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from metaloop.algorithms.maml import MAML
+from metaloop.algorithms.registry import register
 from metaloop.functional.optim import InnerOptimizer, LearningRate, learned
 from metaloop.models.mlp import MLP
 
@@ -45,6 +46,7 @@ class UpdateRule(nn.Module):
         return self.net(features * s).squeeze(-1) / s
 
 
+@register("learned_optimizer")
 class LearnedOptimizer(MAML):
     """MAML with a meta-learned inner update rule (see the module docstring).
 

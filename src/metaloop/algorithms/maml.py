@@ -18,9 +18,11 @@ from typing import Any
 from torch import nn
 
 from metaloop.algorithms.gradient import GradientMetaLearner
+from metaloop.algorithms.registry import register
 from metaloop.functional.inner import GradientMode
 
 
+@register("maml")
 class MAML(GradientMetaLearner):
     """MAML; ``first_order=True`` gives FOMAML.  See ``GradientMetaLearner`` for arguments."""
 
@@ -33,6 +35,7 @@ class MAML(GradientMetaLearner):
         return "first_order" if self.first_order else "second_order"
 
 
+@register("fomaml")
 class FOMAML(MAML):
     """First-order MAML: ``MAML(..., first_order=True)``."""
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaloop.algorithms.metric import MetricMetaLearner, cosine_similarity
+from metaloop.algorithms.registry import register
 
 
 def log_probabilities(logits: Tensor, y_support: Tensor, ways: int) -> Tensor:
@@ -85,6 +86,7 @@ class FullContextEmbedding(nn.Module):
         return h.view(t, q, d)
 
 
+@register("matching")
 class MatchingNet(MetricMetaLearner):
     """Matching network over any encoder.
 

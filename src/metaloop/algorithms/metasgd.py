@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from metaloop.algorithms.maml import MAML
+from metaloop.algorithms.registry import register
 from metaloop.functional.optim import LearningRate
 
 GRANULARITIES = ("element", "tensor", "global")
@@ -25,6 +26,7 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
+@register("metasgd")
 class MetaSGD(MAML):
     """MAML with learned inner learning rates ``alpha`` (initialised to ``inner_lr``)."""
 

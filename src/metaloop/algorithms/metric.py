@@ -337,6 +337,8 @@ class MetricMetaLearner(MetaLearner):
     """
 
     default_eval_steps: tuple[int, ...] = (0,)
+    #: the encoder is a feature extractor (never a classifier with a ``ways`` head)
+    model_role = "embedding"
     #: test-time augmentation in ``evaluate_batch`` and ``adapt``: embeddings averaged over
     #: translations by up to this many pixels per axis (0: off; see ``embed_batch``)
     test_time_shift: int = 0

@@ -12,10 +12,12 @@ import torch
 from torch import Tensor
 
 from metaloop.algorithms.gradient import GradientMetaLearner
+from metaloop.algorithms.registry import register
 from metaloop.functional.params import call
 from metaloop.tasks.base import TaskBatch
 
 
+@register("joint")
 class JointTraining(GradientMetaLearner):
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         x = torch.cat([batch.support_x, batch.query_x], dim=1).flatten(0, 1)

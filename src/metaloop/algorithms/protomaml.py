@@ -51,9 +51,11 @@ from metaloop.algorithms.metric import (
     soft_kmeans_step,
     squared_euclidean,
 )
+from metaloop.algorithms.registry import register
 from metaloop.functional.params import Params, call
 
 
+@register("protomaml")
 class ProtoMAML(MAML):
     """MAML with the output layer initialised from support prototypes (see module doc).
 

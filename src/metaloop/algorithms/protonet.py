@@ -43,7 +43,8 @@ training with more ways (60) than testing (5 or 20) works as is.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +58,8 @@ from metaloop.algorithms.metric import (
     soft_kmeans_step,
     squared_euclidean,
 )
+from metaloop.algorithms.registry import register
+from metaloop.tasks.registry import TaskSpec
 
 Distance = Literal["squared_euclidean", "cosine"]
 DISTANCES = ("squared_euclidean", "cosine")
@@ -68,6 +71,7 @@ def _drop_saved_fixed_scale(state: dict, prefix: str, *args: object) -> None:
     state.pop(prefix + "log_scale", None)
 
 
+@register("protonet")
 class ProtoNet(MetricMetaLearner):
     """Prototypical network over any encoder.
 
@@ -96,6 +100,18 @@ class ProtoNet(MetricMetaLearner):
         global_scale, global_margin: the cosine head's scale ``s`` and additive margin
             ``m`` (``0 <= m < 1``; a margin needs the cosine head).
     """
+
+    @classmethod
+    def config_defaults(
+        cls, spec: TaskSpec, model: nn.Module, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """With a global loss (``global_loss_weight > 0``), the auxiliary head spans the
+        family's training classes (``spec.num_classes``), at evaluation too (so the
+        checkpoint's head shape is rebuilt)."""
+        defaults = super().config_defaults(spec, model, options)
+        if options.get("global_loss_weight") and spec.num_classes is not None:
+            defaults["global_classes"] = spec.num_classes
+        return defaults
 
     def __init__(
         self,

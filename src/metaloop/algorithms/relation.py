@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaloop.algorithms.metric import MetricMetaLearner, class_sums
+from metaloop.algorithms.registry import register
 
 Aggregate = Literal["sum", "mean"]
 
@@ -155,6 +156,7 @@ def default_relation_module(
     )
 
 
+@register("relation")
 class RelationNet(MetricMetaLearner):
     """Relation network: learned similarity between class and query feature maps.
 

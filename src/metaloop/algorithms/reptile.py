@@ -22,12 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from metaloop.algorithms.gradient import GradientMetaLearner
+from metaloop.algorithms.registry import register
 from metaloop.functional.batching import map_tasks
 from metaloop.functional.losses import accuracy
 from metaloop.functional.params import call, split_module
 from metaloop.tasks.base import TaskBatch
 
 
+@register("reptile")
 class Reptile(GradientMetaLearner):
     gradient_mode = "first_order"
 

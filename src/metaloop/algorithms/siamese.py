@@ -47,6 +47,7 @@ from metaloop.algorithms.metric import (
     infer_ways,
     squared_euclidean,
 )
+from metaloop.algorithms.registry import register
 from metaloop.tasks.base import TaskBatch, TaskError
 from metaloop.tasks.pairs import pair_masks, sample_pair_indices, sample_triplet_indices
 
@@ -112,6 +113,7 @@ def nearest_neighbour_scores(sq_dist: Tensor, y_support: Tensor, ways: int) -> T
     return -masked.amin(dim=2)
 
 
+@register("siamese")
 class SiameseNet(MetricMetaLearner):
     """Siamese (twin) network trained with a contrastive or triplet loss on episodes.
 

@@ -1,6 +1,7 @@
 """Tasks, task batches and the synthetic task families of the literature."""
 
 from metaloop.tasks.base import Task, TaskBatch, TaskError, TaskFamily, validate_batch
+from metaloop.tasks.registry import FamilyContext, TaskSpec, register_family
 from metaloop.tasks.synthetic import (
     BernoulliBandit,
     GaussianMean,
@@ -12,6 +13,7 @@ from metaloop.tasks.synthetic import (
 
 __all__ = [
     "BernoulliBandit",
+    "FamilyContext",
     "GaussianMean",
     "LinearRegression",
     "Quadratic",
@@ -21,5 +23,7 @@ __all__ = [
     "TaskBatch",
     "TaskError",
     "TaskFamily",
+    "TaskSpec",
+    "register_family",
     "validate_batch",
 ]
