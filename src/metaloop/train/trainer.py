@@ -257,20 +257,38 @@ class Trainer:
 
     # -- validation ----------------------------------------------------------------------
     def evaluate_tasks(
-        self, batches: Sequence[TaskBatch], steps: Sequence[int] | None = None
+        self,
+        batches: Sequence[TaskBatch],
+        steps: Sequence[int] | None = None,
+        select: int | None = None,
     ) -> dict[str, float]:
-        """Mean query metrics of the learner over fixed task batches."""
+        """Mean query metrics of the learner over fixed task batches.
+
+        The metrics at step count ``select`` (default: the largest evaluated) keep their
+        plain names (``loss``, ``accuracy``); when several step counts are evaluated, each
+        one's metrics are also given as ``name@steps`` (``loss@1``, ``loss@10``).
+        """
         self.learner.eval()
-        sums: dict[str, float] = {}
+        sums: dict[int, dict[str, float]] = {}
         count = 0
         for batch in batches:
             result = self.learner.evaluate_batch(batch.to(self.device), steps)
-            last = result[max(result)]
-            for k, v in last.items():
-                sums[k] = sums.get(k, 0.0) + float(v.sum())
+            for s, metrics in result.items():
+                for k, v in metrics.items():
+                    sums.setdefault(s, {})[k] = sums.get(s, {}).get(k, 0.0) + float(v.sum())
             count += len(batch)
         self.learner.train()
-        return {k: v / count for k, v in sums.items()}
+        chosen = max(sums) if select is None else select
+        if chosen not in sums:
+            raise ValueError(
+                f"validation at {chosen} steps was asked for, but the learner reported step "
+                f"counts {sorted(sums)}"
+            )
+        out = {k: v / count for k, v in sums[chosen].items()}
+        if len(sums) > 1:
+            for s in sorted(sums):
+                out.update({f"{k}@{s}": v / count for k, v in sums[s].items()})
+        return out
 
     # -- the loop --------------------------------------------------------------------------
     def fit(
@@ -281,6 +299,7 @@ class Trainer:
         validate_every: int = 1000,
         validation_tasks: int = 100,
         validation_steps: Sequence[int] | None = None,
+        select_on: str | None = None,
         patience: int | None = None,
         run_dir: str | os.PathLike | None = None,
         checkpoint_every: int = 1000,
@@ -294,6 +313,15 @@ class Trainer:
         ``run_dir/best.pt``.  With ``patience`` set, training stops after that many
         validations without improvement.  A run directory that already holds a checkpoint
         is resumed from it.
+
+        Validation adapts with every step count in ``validation_steps`` (default: the
+        learner's ``default_eval_steps``) and logs each one's metrics (``loss@10``).  The
+        best checkpoint is chosen on ``select_on``, ``"metric@steps"`` (``"loss@10"``: the
+        mean query loss after 10 steps, lowest wins; ``accuracy`` highest wins) or a bare
+        metric name (at the largest validation step count); default: accuracy for
+        classification, else loss, at the largest validation step count.  To validate on
+        the protocol that is reported, give ``validate_on`` the test episodes' shape (shots)
+        and ``validation_steps`` the reported step counts.
         """
         _positive_int("iterations", iterations)
         _positive_int("validate_every", validate_every)
@@ -301,6 +329,9 @@ class Trainer:
         _positive_int("checkpoint_every", checkpoint_every)
         _positive_int("log_every", log_every)
         _positive_int("patience", patience, allow_none=True)
+        validation_steps, select_step, select_metric = _selection(
+            validation_steps, select_on, self.learner.classification
+        )
         run_path = Path(run_dir) if run_dir is not None else None
         if run_path is not None:
             run_path.mkdir(parents=True, exist_ok=True)
@@ -316,8 +347,8 @@ class Trainer:
             torch.manual_seed(self.seed)
 
         validation = self._validation_batches(validate_on, validation_tasks)
-        maximize = self.learner.classification
-        metric_name = "accuracy" if maximize else "loss"
+        maximize = select_metric == "accuracy"
+        metric_name = select_metric if select_on is None else select_on
         write_path = run_path if self.is_main else None
         writer = _tensorboard(write_path) if (self.tensorboard and write_path) else None
         log_file = open(write_path / METRICS_LOG, "a") if write_path else None
@@ -361,8 +392,13 @@ class Trainer:
                 if validation and (
                     self.iteration % validate_every == 0 or self.iteration == iterations
                 ):
-                    val = self.evaluate_tasks(validation, validation_steps)
-                    value = val[metric_name]
+                    val = self.evaluate_tasks(validation, validation_steps, select_step)
+                    if select_metric not in val:
+                        raise ValueError(
+                            f"select_on {metric_name!r}: the learner's validation reports "
+                            f"{', '.join(k for k in val if '@' not in k)}"
+                        )
+                    value = val[select_metric]
                     improved = math.isfinite(value) and (
                         self.best_metric is None
                         or (value > self.best_metric if maximize else value < self.best_metric)
@@ -525,6 +561,38 @@ class _Running:
 
     def state(self) -> dict[str, Any]:
         return {"sums": dict(self.sums), "counts": dict(self.counts), "steps": self.steps}
+
+
+def _selection(
+    steps: Sequence[int] | None, select_on: str | None, classification: bool
+) -> tuple[tuple[int, ...] | None, int | None, str]:
+    """``(validation step counts, step count that selects, metric that selects)`` from
+    ``fit``'s ``validation_steps`` and ``select_on`` (``"loss@10"``, ``"accuracy"``)."""
+    if steps is not None:
+        steps = tuple(steps)
+        if not steps or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps):
+            raise ValueError(
+                f"validation_steps must be a non-empty list of integers >= 0, got {list(steps)}"
+            )
+    if select_on is None:
+        return steps, None, "accuracy" if classification else "loss"
+    metric, at, step_text = str(select_on).partition("@")
+    if not metric or (at and not step_text.isdigit()):
+        raise ValueError(
+            f"select_on must be 'metric' or 'metric@steps' (for example 'loss@10' or "
+            f"'accuracy@1'), got {select_on!r}"
+        )
+    if not at:
+        return steps, None, metric
+    step = int(step_text)
+    if steps is None:
+        steps = (step,)
+    elif step not in steps:
+        raise ValueError(
+            f"select_on {select_on!r} names {step} steps, which validation_steps "
+            f"{list(steps)} does not include"
+        )
+    return steps, step, metric
 
 
 def _short(metrics: dict[str, float]) -> str:
