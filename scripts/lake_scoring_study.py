@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from metaloop.algorithms.metric import cosine_similarity, squared_euclidean
 from metaloop.cli.build import build_within_alphabet
-from metaloop.cli.main import load_run
+from metaloop.cli.runs import load_run
 from metaloop.data.transforms import RandomAffine, shift_views, translate
 from metaloop.evaluation.evaluate import evaluation_batches
 

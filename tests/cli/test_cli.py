@@ -355,7 +355,8 @@ def test_a_run_being_trained_is_not_trained_twice(tmp_path):
     import subprocess
     import sys
 
-    from metaloop.cli.main import LOCK_NAME, main
+    from metaloop.cli.main import main
+    from metaloop.train.lock import LOCK_NAME
 
     run = tmp_path / "run"
     run.mkdir()

@@ -101,7 +101,7 @@ def test_bad_input_is_refused():
 
 def test_the_command_line_wraps_gradient_members_and_sets_metric_ones():
     from metaloop.cli.config import ConfigError
-    from metaloop.cli.main import _apply_test_time_shift
+    from metaloop.cli.runs import apply_test_time_shift as _apply_test_time_shift
 
     def member(learner, name, tta=0):
         cfg = {"eval": {"tta_shift": tta}, "algorithm": {"name": name}}

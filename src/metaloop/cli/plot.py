@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from metaloop.cli.config import ConfigError
 
@@ -52,3 +54,15 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def add_parser(sub: Any) -> None:
+    pl = sub.add_parser("plot", help="learning curves of a run directory as a PNG")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png)")
+    pl.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(plot_run(args.run_dir, args.out))
+    return 0

@@ -1,0 +1,314 @@
+"""``metaloop eval`` (one run or an ensemble), ``metaloop combine`` (saved predictions)
+and ``metaloop lake-runs`` (Lake et al.'s 20-run one-shot benchmark)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from metaloop.cli.args import add_overrides, add_tta_arguments, positive_int, steps_list
+from metaloop.cli.config import PARTS, ConfigError
+from metaloop.cli.runs import (
+    apply_balance,
+    apply_test_time_shift,
+    balance_report,
+    balance_temperature,
+    describe_members,
+    load_members,
+    runtime,
+)
+
+
+def add_parsers(sub: Any) -> None:
+    e = sub.add_parser("eval", help="evaluate a run: mean +- 95%% CI per inner step count")
+    e.add_argument(
+        "run_dir",
+        nargs="+",
+        help="a run directory; several evaluate their ensemble (mean log-probability) on the "
+        "first run's test episodes",
+    )
+    e.add_argument("--episodes", type=positive_int, default=None)
+    e.add_argument("--steps", type=steps_list, default=None, help="e.g. 1,5,10")
+    e.add_argument("--shots", type=positive_int, default=None)
+    e.add_argument("--queries", type=positive_int, default=None)
+    e.add_argument("--ways", type=positive_int, default=None)
+    e.add_argument("--seed", type=int, default=None)
+    e.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    e.add_argument("--protocol", choices=("standard", "within-alphabet"), default=None)
+    e.add_argument(
+        "--part",
+        choices=PARTS,
+        default="test",
+        help="whose classes the episodes use (default test; train: the meta-training "
+        "classes without augmentation, to measure the generalisation gap)",
+    )
+    add_tta_arguments(e)
+    add_overrides(e)
+    e.add_argument("--json", action="store_true", help="print one JSON object (docs/cli.md)")
+    e.add_argument(
+        "--attack-epsilon",
+        type=float,
+        default=None,
+        metavar="E",
+        help="robustness: score FGSM queries of radius E against the adapted model "
+        "(metaloop.evaluation.AdversarialQueries)",
+    )
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument(
+        "--save-predictions",
+        metavar="PATH",
+        default=None,
+        help="also write every query's log-probabilities to PATH (a new file), for "
+        "`metaloop combine` to score ensembles later without running the models again",
+    )
+
+    e.set_defaults(func=run_eval)
+
+    c = sub.add_parser(
+        "combine", help="score the ensemble of saved predictions (eval --save-predictions)"
+    )
+    c.add_argument("predictions", nargs="+", help="files written by eval --save-predictions")
+    c.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="inner step count every member contributes (default: each member's largest)",
+    )
+    c.add_argument(
+        "--balanced",
+        action="store_true",
+        help="transductive: Sinkhorn-balance each episode's queries over the classes",
+    )
+    c.add_argument("--balance-temperature", type=float, default=None, metavar="TAU")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+
+    c.set_defaults(func=run_combine)
+
+    lk = sub.add_parser("lake-runs", help="Lake et al.'s 20-run one-shot benchmark")
+    lk.add_argument("run_dir", nargs="+", help="a run directory; several score their ensemble")
+    lk.add_argument("--runs", required=True, help="all_runs.zip or its extracted folder")
+    lk.add_argument("--steps", type=int, default=None)
+    lk.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    add_tta_arguments(lk)
+    lk.add_argument("--json", action="store_true")
+    lk.set_defaults(func=run_lake)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from metaloop.cli.build import build_family
+    from metaloop.evaluation import evaluate
+
+    learner, members = load_members(args, args.overrides)
+    cfg, state = members[0].cfg, members[0].state
+    runtime(cfg)
+    ev = cfg["eval"]
+    episodes = args.episodes or ev["episodes"]
+    steps = args.steps or ev["steps"] or None
+    protocol = args.protocol or ev["protocol"]
+    sizes = {
+        "ways": args.ways or ev["ways"] or None,
+        "shots": args.shots or ev["shots"] or None,
+        "queries": args.queries or ev["queries"] or None,
+    }
+    if protocol == "within-alphabet":
+        from metaloop.cli.build import build_within_alphabet, check_background_only
+
+        family = build_within_alphabet(cfg, **sizes, part=args.part)
+        for member in members[1:]:
+            check_background_only(member.cfg, f"the within-alphabet protocol ({member.path})")
+    else:
+        family = build_family(cfg, args.part, evaluation=True, **sizes)
+    seed = args.seed if args.seed is not None else ev["seed"]
+    learner, tta_shift = apply_test_time_shift(learner, members, args.tta_shift)
+    if args.save_predictions and args.balanced:
+        raise ConfigError(
+            "--save-predictions keeps the models' own predictions: leave out --balanced "
+            "here and balance when combining (metaloop combine FILE ... --balanced)"
+        )
+    learner = apply_balance(learner, args)
+    if args.attack_epsilon is not None:
+        from metaloop.evaluation import AdversarialQueries
+
+        if args.save_predictions:
+            raise ConfigError(
+                "--attack-epsilon scores attacked queries and --save-predictions keeps the "
+                "models' own predictions: use one of them"
+            )
+        try:
+            learner = AdversarialQueries(learner, args.attack_epsilon)
+        except ValueError as err:
+            raise ConfigError(f"--attack-epsilon: {err}") from err
+    if args.save_predictions:
+        from metaloop.evaluation.predictions import collect_predictions, save_predictions
+
+        if Path(args.save_predictions).exists():  # refuse before the evaluation, not after
+            raise ConfigError(
+                f"--save-predictions {args.save_predictions} already exists; predictions "
+                "are never overwritten"
+            )
+        info = {
+            "runs": [str(m.path) for m in members],
+            "checkpoint": args.checkpoint,
+            "iterations": [m.state.get("iteration") for m in members],
+            "protocol": protocol,
+            "part": args.part,
+            "tta_shift": tta_shift,
+        }
+        predictions = collect_predictions(
+            learner,
+            family,
+            episodes,
+            steps,
+            seed,
+            ev["batch_size"],
+            cfg["device"],
+            info,
+            progress=not args.no_progress,
+        )
+        save_predictions(predictions, args.save_predictions)
+        result = predictions.metrics()
+    else:
+        result = evaluate(
+            learner,
+            family,
+            episodes=episodes,
+            steps=steps,
+            seed=seed,
+            batch_size=ev["batch_size"],
+            device=cfg["device"],
+            progress=not args.no_progress,
+        )
+    reference = {str(k): v for k, v in ev.get("reference", {}).items()}
+    out = result.to_dict()
+    out.update(
+        {
+            "run_dir": str(members[0].path),
+            "checkpoint": args.checkpoint,
+            "checkpoint_iteration": state.get("iteration"),
+            "ensemble": describe_members(members) if len(members) > 1 else None,
+            "protocol": protocol,
+            "part": args.part,
+            "tta_shift": tta_shift,
+            "balanced": balance_report(args),
+            "attack_epsilon": args.attack_epsilon,
+            "task": {k: v for k, v in cfg["task"].items()},
+            "episode": {
+                "ways": getattr(family, "ways", None),
+                "shots": family.shots,
+                "queries": family.queries,
+            },
+            "algorithm": cfg["algorithm"].get("name"),
+            "reference": {"name": ev.get("reference_name", ""), "values": reference}
+            if reference
+            else None,
+        }
+    )
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(
+        " + ".join(
+            f"{m.path} ({m.cfg['algorithm'].get('name')}, checkpoint {args.checkpoint} "
+            f"at iteration {m.state.get('iteration')})"
+            for m in members
+        )
+        + (f" (ensemble of {len(members)})" if len(members) > 1 else "")
+        + f", {protocol} protocol"
+        + (f" on the {args.part} classes" if args.part != "test" else "")
+        + ", "
+        f"{getattr(family, 'ways', None) or ''}{'-way ' if getattr(family, 'ways', None) else ''}"
+        f"{family.shots}-shot, {family.queries} queries"
+        + (f", test-time shift {tta_shift}" if tta_shift else "")
+        + (
+            f", balanced assignment (temperature {balance_temperature(args):g})"
+            if args.balanced
+            else ""
+        )
+    )
+    print(result)
+    if reference:
+        name = ev.get("reference_name") or "reference"
+        print(f"  {name}: " + ", ".join(f"{k} steps {v}" for k, v in reference.items()))
+    return 0
+
+
+def run_combine(args: argparse.Namespace) -> int:
+    """Score the ensemble of saved prediction files (module ``evaluation.predictions``)."""
+    from metaloop.evaluation.predictions import combine_predictions, load_predictions
+
+    if args.balance_temperature is not None and not args.balanced:
+        raise ConfigError("--balance-temperature needs --balanced")
+    try:
+        members = [load_predictions(p) for p in args.predictions]
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from err
+    combined = combine_predictions(members, args.steps)
+    result = combined.metrics(args.balanced, balance_temperature(args))
+    if args.json:
+        out = result.to_dict()
+        out.update(
+            {
+                "predictions": list(args.predictions),
+                "members": combined.info["members"],
+                "member_steps": combined.info["steps"],
+                "balanced": balance_report(args),
+            }
+        )
+        print(json.dumps(out))
+        return 0
+    print(
+        " + ".join(args.predictions)
+        + (f" (ensemble of {len(members)})" if len(members) > 1 else "")
+        + (
+            f", balanced assignment (temperature {balance_temperature(args):g})"
+            if args.balanced
+            else ""
+        )
+    )
+    print(result)
+    return 0
+
+
+def run_lake(args: argparse.Namespace) -> int:
+    from metaloop.cli.build import check_background_only
+    from metaloop.data import lake
+
+    learner, members = load_members(args)
+    cfg, state = members[0].cfg, members[0].state
+    for member in members:
+        check_background_only(member.cfg, f"Lake's 20-run benchmark ({member.path})")
+    runtime(cfg)
+    learner, tta_shift = apply_test_time_shift(learner, members, args.tta_shift)
+    learner = apply_balance(learner, args)
+    runs = lake.load_runs(args.runs, image_size=cfg["data"]["image_size"])
+    steps = args.steps
+
+    def predict(task):
+        import torch
+
+        learner.eval()
+        with torch.enable_grad():
+            predictor = learner.adapt(task.support, steps=steps)
+        with torch.no_grad():
+            return predictor(task.query_x).argmax(-1)
+
+    score = lake.score_runs(predict, runs)
+    report = {
+        "errors": list(score.errors),
+        "mean_error": score.mean_error,
+        "runs": len(score.errors),
+        "run_dir": str(members[0].path),
+        "checkpoint_iteration": state.get("iteration"),
+        "ensemble": describe_members(members) if len(members) > 1 else None,
+        "tta_shift": tta_shift,
+        "balanced": balance_report(args),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for i, err in enumerate(score.errors, start=1):
+            print(f"run {i:02d}: {err:.1f}% error")
+        print(f"mean error over {len(score.errors)} runs: {score.mean_error:.2f}%")
+    return 0

@@ -1,0 +1,219 @@
+"""``metaloop train CONFIG --run-dir DIR`` and ``metaloop train RUN_DIR`` (resume)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from metaloop.cli.args import add_overrides
+from metaloop.cli.config import EVAL_DEFAULTS, ConfigError, dump_toml, load_config
+from metaloop.cli.runs import CONFIG_NAME, runtime
+
+RESUMABLE = (
+    {
+        ("train", k)
+        for k in (
+            "iterations",
+            "progress",
+            "nonfinite",
+            "threads",
+            "retain_memory",
+            "log_every",
+            "checkpoint_every",
+            "validate_every",
+            "patience",
+            "tensorboard",
+            "grad_clip",
+        )
+    }
+    | {("eval", k) for k in EVAL_DEFAULTS}
+    | {
+        # how tasks are batched and compiled changes speed and memory, not the mathematics:
+        # results agree to float rounding (tested in tests/functional/test_speed_options.py)
+        ("algorithm", "vectorize"),
+        ("algorithm", "chunk_size"),
+        ("algorithm", "compile"),
+        ("algorithm", "channels_last"),
+    }
+)
+
+
+def add_parser(sub: Any) -> None:
+    t = sub.add_parser("train", help="meta-train from a TOML config, or resume a run directory")
+    t.add_argument("config", help="a TOML config file, or an existing run directory to resume")
+    t.add_argument("--run-dir", help="where config, metrics, checkpoints and plots go")
+    add_overrides(t, "override a config key, e.g. train.iterations=1000 (repeatable)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    t.set_defaults(func=run)
+
+
+def _resolve_train_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    source = Path(args.config)
+    if source.is_dir():
+        run_dir = Path(args.run_dir) if args.run_dir else source
+        if run_dir != source:
+            raise ConfigError(f"resuming {source}: --run-dir must be omitted or equal to it")
+        saved = source / CONFIG_NAME
+        if not saved.exists():
+            raise ConfigError(f"{source} is a directory without {CONFIG_NAME}; give a config file")
+        cfg = load_config(saved, args.overrides)
+        changed = _differences(load_config(saved), cfg, ignore=RESUMABLE)
+        if changed:
+            raise ConfigError(
+                f"resuming {source}: {'; '.join(changed)} cannot change in a running run (the "
+                "checkpoint would override or contradict it); settings that may change on "
+                "resume: "
+                + ", ".join(sorted(f"{a}.{b}" for a, b in RESUMABLE if a == "train"))
+                + " and [eval]"
+            )
+        return cfg, run_dir
+    if not args.run_dir:
+        raise ConfigError("train needs --run-dir (where checkpoints and logs go)")
+    run_dir = Path(args.run_dir)
+    cfg = load_config(source, args.overrides)
+    saved = run_dir / CONFIG_NAME
+    if saved.exists():
+        previous = load_config(saved)
+        changed = _differences(
+            previous, cfg, ignore={("train", "iterations"), ("train", "progress")}
+        )
+        if changed:
+            raise ConfigError(
+                f"{run_dir} already holds a run with a different config ({'; '.join(changed)}); "
+                "resume it with `metaloop train " + str(run_dir) + "` or choose a new --run-dir"
+            )
+    return cfg, run_dir
+
+
+def _differences(a: dict, b: dict, ignore: set[tuple[str, str]]) -> list[str]:
+    out = []
+    for section in set(a) | set(b):
+        va, vb = a.get(section), b.get(section)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            for k in set(va) | set(vb):
+                if (section, k) not in ignore and va.get(k) != vb.get(k):
+                    out.append(f"{section}.{k}: {va.get(k)!r} -> {vb.get(k)!r}")
+        elif va != vb:
+            out.append(f"{section}: {va!r} -> {vb!r}")
+    return sorted(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from metaloop.cli.build import (
+        build_family,
+        build_learner,
+        build_model,
+        build_optimizer,
+        has_validation,
+        validate,
+    )
+    from metaloop.train import Trainer
+    from metaloop.train.checkpoint import LATEST
+    from metaloop.train.lock import acquire_run_lock
+
+    cfg, run_dir = _resolve_train_config(args)
+    if args.no_progress:
+        cfg["train"]["progress"] = False
+    validate(cfg)
+    runtime(cfg)
+    import torch
+
+    torch.manual_seed(cfg["seed"])  # model initialisation is part of the seeded run
+    family = build_family(cfg, "train")
+    val_family = build_family(cfg, "val") if has_validation(cfg) else None
+    model = build_model(cfg)
+    if cfg["train"]["init_from"] and not (run_dir / LATEST).exists():  # not when resuming
+        _warm_start(model, cfg["train"]["init_from"])
+    learner = build_learner(cfg, model)
+    optimizer, scheduler = build_optimizer(cfg, learner)
+    trainer_cls = Trainer
+    from metaloop import distributed
+
+    launched = distributed.launched_by_torchrun()
+    if launched:
+        distributed.init_from_env()
+        trainer_cls = distributed.DistributedTrainer
+    main_process = distributed.world()[0] == 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    release_lock = acquire_run_lock(run_dir) if main_process else (lambda: None)
+    try:
+        status = _train(
+            cfg,
+            run_dir,
+            trainer_cls,
+            main_process,
+            family,
+            val_family,
+            learner,
+            optimizer,
+            scheduler,
+        )
+        if launched:
+            distributed.shutdown()  # only on success: a failed rank cannot reach the barrier
+        return status
+    finally:
+        release_lock()
+
+
+def _warm_start(model, source: str) -> None:
+    from metaloop.train.checkpoint import CheckpointError, warm_start
+
+    if not Path(source).exists():
+        raise ConfigError(
+            f"[train] init_from = {source!r}: no such run directory or checkpoint file"
+        )
+    try:
+        names = warm_start(model, source)
+    except CheckpointError as err:
+        raise ConfigError(f"[train] {err}") from err
+    print(f"init_from {source}: {len(names)} tensors loaded", file=sys.stderr)
+
+
+def _train(
+    cfg, run_dir, trainer_cls, main_process, family, val_family, learner, optimizer, scheduler
+) -> int:
+    from metaloop.train.checkpoint import atomic_write_text
+
+    t = cfg["train"]
+    if main_process:
+        atomic_write_text(dump_toml(cfg), run_dir / CONFIG_NAME)  # a kill never truncates it
+    trainer = trainer_cls(
+        learner,
+        optimizer,
+        meta_batch_size=t["meta_batch_size"],
+        seed=cfg["seed"],
+        scheduler=scheduler,
+        grad_clip=t["grad_clip"] or None,
+        nonfinite=t["nonfinite"],
+        tasks_per_chunk=t["tasks_per_chunk"] or None,
+        device=cfg["device"],
+        progress=t["progress"],
+        tensorboard=t["tensorboard"],
+    )
+    result = trainer.fit(
+        family,
+        t["iterations"],
+        validate_on=val_family,
+        validate_every=t["validate_every"],
+        validation_tasks=t["validation_tasks"],
+        patience=t["patience"] or None,
+        run_dir=run_dir,
+        checkpoint_every=t["checkpoint_every"],
+        log_every=t["log_every"],
+        config=cfg,
+    )
+    summary = {
+        "run_dir": str(run_dir),
+        "iterations": result.iteration,
+        "seconds": round(result.seconds, 1),
+        "best_iteration": result.best_iteration,
+        "best_" + (result.metric_name or "metric"): result.best_metric,
+        "stopped_early": result.stopped_early,
+    }
+    if main_process:
+        print(json.dumps(summary))
+    return 0
