@@ -11,7 +11,7 @@ from torch import nn
 from metaloop.algorithms import MAML, LearnedOptimizer
 from metaloop.algorithms.learned_optimizer import UpdateRule
 from metaloop.evaluation import evaluate
-from metaloop.functional.optim import learned
+from metaloop.functional.optim import apply_updates, learned
 from metaloop.models import MLP
 from metaloop.tasks import LinearRegression, Sinusoid
 from metaloop.train import Trainer
@@ -57,7 +57,8 @@ def test_update_against_a_hand_written_step():
     params = {"w": torch.randn(2, 3, generator=g, dtype=torch.float64)}
     grads = {"w": torch.randn(2, 3, generator=g, dtype=torch.float64)}
     opt = learned(0.1, rule, beta=0.8)
-    new, mean = opt.update(grads, opt.init(params), params)
+    updates, state = opt.update(grads, opt.init(params), params)
+    new, mean = apply_updates(params, updates), state.states[0]
     m = 0.2 * grads["w"]
     expected = torch.empty(2, 3, dtype=torch.float64)
     for i in range(2):

@@ -20,7 +20,8 @@ from metaloop.functional.batching import VectorizePolicy, has_convolution, map_t
 from metaloop.functional.checkpoint import remat
 from metaloop.functional.inner import GradientMode, TaskLoss, inner_steps_iter
 from metaloop.functional.losses import LossFn, accuracy
-from metaloop.functional.optim import InnerOptimizer, LearningRate, make_inner_optimizer
+from metaloop.functional.optim import InnerOptimizer, LearningRate, apply_updates
+from metaloop.functional.optim import by_name as make_inner_optimizer
 from metaloop.functional.params import Params, call, detach, name_filter, split_module
 from metaloop.functional.speed import (
     SpeedOptions,
@@ -372,7 +373,8 @@ class GradientMetaLearner(MetaLearner):
             if row is not None:
                 set_norm_step(self.model, row)
             grads = grad(lambda f: task_loss({**fixed, **f}, x, y))(fast)
-            return self.optimizer_for(lrs).update(grads, state, fast)
+            updates, state = self.optimizer_for(lrs).update(grads, state, fast)
+            return apply_updates(fast, updates), state
 
         for k in range(steps):
             row = (k,) if self.per_step_norm else ()
@@ -593,7 +595,8 @@ class GradientMetaLearner(MetaLearner):
                 grads, query_out = grad(support_loss, has_aux=True)(fast, t in wanted)
                 if t in wanted:
                     record(query_out)
-                fast, state = optimizer.update(grads, state, fast)
+                updates, state = optimizer.update(grads, state, fast)
+                fast = apply_updates(fast, updates)
             self.set_norm_row(max(steps))
             record(call(model, {**fixed, **fast}, buffers, qx))
             return torch.stack(losses), torch.stack(accs)

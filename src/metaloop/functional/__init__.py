@@ -7,10 +7,14 @@ from metaloop.functional.inner import GRADIENT_MODES, inner_loop, inner_steps_it
 from metaloop.functional.losses import accuracy, cross_entropy, get_loss, mse
 from metaloop.functional.optim import (
     InnerOptimizer,
+    LearnedRates,
     adam,
+    add_decayed_weights,
+    apply_updates,
+    chain,
     learned,
-    make_inner_optimizer,
     momentum,
+    scale_by_learning_rate,
     sgd,
 )
 from metaloop.functional.params import Params, call, detach, split_module
@@ -18,12 +22,16 @@ from metaloop.functional.params import Params, call, detach, split_module
 __all__ = [
     "GRADIENT_MODES",
     "InnerOptimizer",
+    "LearnedRates",
     "Params",
     "VectorizePolicy",
     "accuracy",
     "adam",
+    "add_decayed_weights",
+    "apply_updates",
     "balance_log_probs",
     "call",
+    "chain",
     "cross_entropy",
     "detach",
     "fgsm",
@@ -31,10 +39,10 @@ __all__ = [
     "inner_loop",
     "inner_steps_iter",
     "learned",
-    "make_inner_optimizer",
     "map_tasks",
     "momentum",
     "mse",
+    "scale_by_learning_rate",
     "sgd",
     "split_module",
 ]

@@ -1,7 +1,8 @@
 """The inner loop: adapt parameters to one task's support set.
 
-``theta_0 = theta``; ``theta_{t+1}, s_{t+1} = update(grad L_support(theta_t), s_t, theta_t)``
-for ``t = 0 .. steps-1``, where ``update`` is a differentiable ``InnerOptimizer``.
+``theta_0 = theta``; ``u_t, s_{t+1} = update(grad L_support(theta_t), s_t, theta_t)`` and
+``theta_{t+1} = theta_t + u_t`` for ``t = 0 .. steps-1``, where ``update`` is a
+differentiable ``InnerOptimizer`` (``metaloop.functional.optim``).
 
 Gradient modes decide what the meta-gradient sees:
 
@@ -25,13 +26,13 @@ one of them would also follow a path through another that is computed from it, w
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.func import grad_and_value
 
-from metaloop.functional.optim import InnerOptimizer
+from metaloop.functional.optim import InnerOptimizer, apply_updates
 from metaloop.functional.params import Params, detach
 
 GradientMode = Literal["second_order", "first_order"]
@@ -49,6 +50,14 @@ def check_mode(mode: str) -> None:
         )
 
 
+def split_fast(params: Params, adapt: Sequence[str] | None = None) -> tuple[Params, Params]:
+    """``(fast, fixed)``: the parameters named in ``adapt`` (all by default), which the inner
+    loop changes, and the rest, which it holds fixed."""
+    names = list(params) if adapt is None else list(adapt)
+    fast = {k: params[k] for k in names}
+    return fast, {k: v for k, v in params.items() if k not in fast}
+
+
 def inner_steps_iter(
     loss_fn: TaskLoss,
     params: Params,
@@ -60,8 +69,13 @@ def inner_steps_iter(
     adapt: Sequence[str] | None = None,
     buffers: Params | None = None,
     backend: GradientBackend = "func",
-) -> Iterator[tuple[Params, Tensor]]:
+    has_aux: bool = False,
+) -> Iterator[tuple[Params, Any]]:
     """Yield ``(theta_t, L_support(theta_{t-1}))`` after each of ``steps`` inner steps.
+
+    With ``has_aux=True`` ``loss_fn`` returns ``(loss, aux)`` and the second item yielded is
+    that pair (the aux of the forward at ``theta_{t-1}``, e.g. query outputs computed in
+    the same call as the support loss); ``backend`` must then be ``"func"``.
 
     Only the parameters named in ``adapt`` (all by default) change; the rest are held
     fixed inside the loop but still receive meta-gradient through the query loss.
@@ -72,28 +86,29 @@ def inner_steps_iter(
     norm's running statistics in training mode, with the loop engine).
     """
     check_mode(mode)
-    names = list(params) if adapt is None else list(adapt)
-    fast = {k: params[k] for k in names}
-    fixed = {k: v for k, v in params.items() if k not in fast}
+    fast, fixed = split_fast(params, adapt)
     state = optimizer.init(fast)
     first_order = mode == "first_order"
     fixed_for_grad = detach(fixed) if first_order else fixed
 
-    def support_loss(fast_params: Params, bufs: Params | None) -> Tensor:
+    def support_loss(fast_params: Params, bufs: Params | None) -> Any:
         merged = {**fixed_for_grad, **fast_params}
         return loss_fn(merged, x, y) if bufs is None else loss_fn(merged, x, y, bufs)
 
     if backend not in ("func", "autograd"):
         raise ValueError(f"backend must be 'func' or 'autograd', got {backend!r}")
+    if has_aux and backend != "func":
+        raise ValueError("has_aux=True needs backend='func'")
     for _ in range(steps):
         if backend == "autograd":
             grads, loss = _autograd_grad_and_value(support_loss, fast, buffers, first_order)
         elif first_order:
-            grads, loss = grad_and_value(support_loss)(detach(fast), buffers)
+            grads, loss = grad_and_value(support_loss, has_aux=has_aux)(detach(fast), buffers)
             grads = detach(grads)
         else:
-            grads, loss = grad_and_value(support_loss)(fast, buffers)
-        fast, state = optimizer.update(grads, state, fast)
+            grads, loss = grad_and_value(support_loss, has_aux=has_aux)(fast, buffers)
+        updates, state = optimizer.update(grads, state, fast)
+        fast = apply_updates(fast, updates)
         yield {**fixed, **fast}, loss
 
 
