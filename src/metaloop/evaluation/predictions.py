@@ -41,8 +41,10 @@ from metaloop.evaluation.scoring import (
 )
 from metaloop.functional.assignment import balance_log_probs, check_balance_options
 from metaloop.tasks.base import TaskFamily
+from metaloop.train.checkpoint import CheckpointError, UnsafeCheckpointError, safe_load
 
 FORMAT = "metaloop-predictions-1"
+_REMAKE_HINT = "make it again with `metaloop eval --save-predictions`"
 
 
 @dataclass(frozen=True)
@@ -147,20 +149,86 @@ def load_predictions(path: str | Path) -> Predictions:
     if not path.is_file():
         raise FileNotFoundError(f"no predictions file at {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip or version errors alike: not our file
-        raise ValueError(f"{path} is not a predictions file ({err})") from err
+        payload = safe_load(path, "predictions file", _REMAKE_HINT)
+    except UnsafeCheckpointError:
+        raise  # a file that tries to import code is refused, not "not ours"
+    except CheckpointError as err:  # pickle, zip or version errors alike: not our file
+        raise ValueError(f"{err}; not a predictions file") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(
             f"{path} is not a predictions file written by `metaloop eval --save-predictions` "
             f"(expected format {FORMAT!r})"
         )
+    _check_payload(payload, path)
     return Predictions(
         {int(s): v for s, v in payload["log_probs"].items()},
         payload["query_y"],
         int(payload["seed"]),
         dict(payload.get("info") or {}),
     )
+
+
+def _check_payload(payload: dict[str, Any], path: str | Path) -> None:
+    """Raise ``ValueError`` (one line, naming ``path`` and the entry) unless ``payload`` is
+    what ``save_predictions`` writes: ``log_probs`` a non-empty ``{steps: [E, Q, ways]}``
+    of floating tensors of one shape, no NaN and no ``+inf`` (steps integers >= 0);
+    ``query_y`` an integer ``[E, Q]`` tensor with labels in ``0..ways-1``; ``seed`` an
+    integer; ``info`` a dict or absent."""
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{path} is not a valid predictions file: {what}")
+
+    log_probs, query_y = payload.get("log_probs"), payload.get("query_y")
+    missing = [k for k in ("log_probs", "query_y", "seed") if k not in payload]
+    if missing:
+        raise bad(f"missing {', '.join(missing)}")
+    if not isinstance(log_probs, dict) or not log_probs:
+        raise bad(f"log_probs must be a non-empty dict {{steps: tensor}}, got {_kind(log_probs)}")
+    shape = None
+    for steps, value in log_probs.items():
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise bad(f"log_probs keys must be step counts (integers >= 0), got {steps!r}")
+        if not isinstance(value, Tensor) or not value.is_floating_point() or value.dim() != 3:
+            raise bad(
+                f"log_probs[{steps}] must be a floating [episodes, queries, ways] tensor, got "
+                f"{_kind(value)}"
+            )
+        if shape is not None and tuple(value.shape) != shape:
+            raise bad(f"log_probs[{steps}] has shape {tuple(value.shape)}, the others {shape}")
+        shape = tuple(value.shape)
+        if bool(torch.isnan(value).any()) or bool((value == float("inf")).any()):
+            raise bad(f"log_probs[{steps}] holds NaN or +inf values")
+    assert shape is not None
+    if (
+        not isinstance(query_y, Tensor)
+        or query_y.is_floating_point()
+        or query_y.is_complex()
+        or query_y.dtype == torch.bool
+    ):
+        raise bad(f"query_y must be an integer tensor of labels, got {_kind(query_y)}")
+    if tuple(query_y.shape) != shape[:2]:
+        raise bad(
+            f"query_y has shape {tuple(query_y.shape)} but log_probs are {shape} "
+            f"(expected ({shape[0]}, {shape[1]}))"
+        )
+    if query_y.numel() and (int(query_y.min()) < 0 or int(query_y.max()) >= shape[2]):
+        raise bad(
+            f"query_y holds labels {int(query_y.min())}..{int(query_y.max())}, outside "
+            f"0..{shape[2] - 1} for {shape[2]} ways"
+        )
+    seed = payload["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise bad(f"seed must be an integer, got {_kind(seed)}")
+    info = payload.get("info")
+    if info is not None and not isinstance(info, dict):
+        raise bad(f"info must be a dict, got {_kind(info)}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
 def combine_predictions(members: Sequence[Predictions], steps: int | None = None) -> Predictions:

@@ -11,14 +11,26 @@ tensor's dtype, shape and bytes and every other value's ``repr``.  ``torch.load`
 verify the CRCs of the zip records it reads, so a file with garbled tensor bytes would
 otherwise load silently with wrong weights; ``load_checkpoint`` / ``load_latest`` recompute
 the digest and treat a mismatch as corruption.  The files stay plain ``torch.save`` dicts.
+
+Loading never runs code from the file: every checkpoint is read with
+``torch.load(..., weights_only=True)``, whose unpickler builds only tensors, numbers,
+strings, bytes and containers (dict, list, tuple, set, ``OrderedDict``) and refuses any
+other import (``os.system``, a class of the writer's, ``pathlib.Path``).  A refused file
+raises ``UnsafeCheckpointError`` (never a fallback to another copy or to an unsafe load).
+To keep its own files loadable, ``atomic_save`` first turns ``pathlib`` paths into strings
+and NumPy values into Python numbers or tensors (``to_plain``) and refuses, before writing,
+any other object a safe load could not read back.  The checksum is verified after loading.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 import tempfile
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +44,54 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint could be read."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint asks to import a Python object a safe (``weights_only``) load refuses."""
+
+
+#: leaf values a ``weights_only=True`` load reads back (containers are handled apart)
+_PLAIN_LEAVES = (bool, int, float, complex, str, bytes, bytearray, type(None))
+_PLAIN_TORCH = (torch.Tensor, torch.dtype, torch.device, torch.Size)
+
+
+def to_plain(obj: Any, where: str = "checkpoint") -> Any:
+    """``obj`` with only the types a ``weights_only=True`` load reads back.
+
+    Tensors, numbers, strings, bytes, ``None``, torch dtypes/devices/sizes and dicts,
+    ``OrderedDict``s, lists, tuples and sets of them pass unchanged; ``os.PathLike`` values
+    become strings, NumPy scalars Python numbers and NumPy arrays tensors; other dict
+    subclasses become dicts.  Anything else raises ``TypeError`` naming the entry
+    (``where``), before anything is written.
+    """
+    if isinstance(obj, _PLAIN_TORCH) or type(obj) in _PLAIN_LEAVES:
+        return obj
+    if isinstance(obj, dict):
+        items = (
+            (to_plain(k, f"{where} key {k!r}"), to_plain(v, f"{where}[{k!r}]"))
+            for k, v in obj.items()
+        )
+        return OrderedDict(items) if isinstance(obj, OrderedDict) else dict(items)
+    if type(obj) in (list, tuple, set):
+        return type(obj)(to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if type(obj).__module__ == "numpy":
+        import numpy as np
+
+        if isinstance(obj, np.generic) and obj.dtype.kind in "biufc":
+            return obj.item()
+        if isinstance(obj, np.ndarray) and obj.dtype.kind in "biufc":
+            return torch.from_numpy(obj.copy())
+    if isinstance(obj, (bool, int, float, str)):  # an enum or other subclass of a plain type
+        for base in (bool, int, float, str):
+            if isinstance(obj, base):
+                return base(obj)
+    raise TypeError(
+        f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}, which a safe "
+        "checkpoint load (torch.load with weights_only=True) cannot read back; store "
+        "tensors, numbers, strings, None, or dicts/lists/tuples/sets of them"
+    )
 
 
 def checksum(obj: Any) -> str:
@@ -81,8 +141,10 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to ``path`` atomically (temporary file, fsync, rename); a dict gets a
-    ``"checksum"`` entry that ``load_checkpoint`` verifies."""
-    obj = _with_checksum(obj)
+    ``"checksum"`` entry that ``load_checkpoint`` verifies.  The content is made plain first
+    (``to_plain``): an object a safe load could not read back raises ``TypeError`` and
+    nothing is written."""
+    obj = _with_checksum(to_plain(obj))
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -143,13 +205,38 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | os.PathLike) -> Path:
     return latest
 
 
-def _read(path: Path) -> dict[str, Any]:
+CONVERT_HINT = "see 'Converting an old checkpoint' in docs/reliability.md"
+
+
+def safe_load(path: str | os.PathLike, what: str = "checkpoint", hint: str = CONVERT_HINT) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU, with one-line errors.
+
+    A file whose pickle asks to import anything but tensors and plain containers (a
+    malicious ``__reduce__`` calling ``os.system``, or any class of the writer's) raises
+    ``UnsafeCheckpointError`` naming the import, without running it; any other failure
+    (truncated, garbled, not a torch file) raises ``CheckpointError``.  ``what`` names the
+    file in the messages and ``hint`` says what to do about a refused one.
+    """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on the pickle protocol
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        refused = _refused_import(err)
+        if refused is not None:
+            raise UnsafeCheckpointError(
+                f"{what} {path} refused: it asks to import {refused}, which a safe load does "
+                "not allow (metaloop reads files with torch.load(weights_only=True) and never "
+                f"runs code from them); if the file is yours and you trust it, {hint}"
+            ) from err
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(err).__name__}: {err})"
+            f"{what} {path} is unreadable ({type(err).__name__}: {_one_line(err)})"
         ) from err
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """Load a checkpoint safely (``safe_load``) and verify its checksum."""
+    state = safe_load(path)
     if not isinstance(state, dict) or "iteration" not in state:
         raise CheckpointError(f"checkpoint {path} does not hold a metaloop training state")
     expected = state.pop("checksum", None)
@@ -158,6 +245,35 @@ def _read(path: Path) -> dict[str, Any]:
             f"checkpoint {path} is corrupt (its content does not match its checksum)"
         )
     return state
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _refused_import(err: Exception) -> str | None:
+    """The ``module.name`` a ``weights_only`` load refused to import, if that was the error."""
+    if isinstance(err, pickle.UnpicklingError):
+        match = _GLOBAL.search(str(err))
+        if match:
+            return match.group(1)
+    return None
+
+
+def _one_line(err: Exception) -> str:
+    """The informative part of an exception message, on one line (torch's ``weights_only``
+    errors span a dozen lines of advice around the actual reason)."""
+    text = _ANSI.sub("", str(err))
+    if "Weights only load failed" in text:
+        reasons = [
+            line.strip()
+            for line in text.splitlines()[1:]
+            if line.strip()
+            and not line.strip().startswith(("(1)", "(2)", "Check the documentation", "Please"))
+        ]
+        if reasons:
+            text = "safe load failed: " + " ".join(reasons)
+    return " ".join(text.split())
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -182,6 +298,8 @@ def load_latest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     for p in present:
         try:
             state = _read(p)
+        except UnsafeCheckpointError:
+            raise  # a planted file is not a kill's leftover: never resume past it
         except CheckpointError as err:
             errors.append(str(err))
             continue
