@@ -288,3 +288,66 @@ def test_every_command_refuses_a_malicious_file(tmp_path, trained_run, capsys, p
     assert not marker.exists()
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert after == before  # nothing of the run rewritten on the way to the refusal
+
+
+# -- predictions files that carry the right format tag but not the right content ---------
+
+
+def _good_predictions() -> dict:
+    return {
+        "format": FORMAT,
+        "log_probs": {0: torch.log_softmax(torch.randn(2, 3, 4), -1), 1: torch.zeros(2, 3, 4)},
+        "query_y": torch.tensor([[0, 1, 3], [2, 2, 1]]),
+        "seed": 7,
+        "info": {"runs": ["a"]},
+    }
+
+
+MALFORMED = {
+    "missing query_y": (lambda p: p.pop("query_y"), "missing query_y"),
+    "missing several": (lambda p: [p.pop("seed"), p.pop("log_probs")], "missing log_probs, seed"),
+    "log_probs a list": (lambda p: p.update(log_probs=[1]), "log_probs must be a non-empty dict"),
+    "log_probs empty": (lambda p: p.update(log_probs={}), "log_probs must be a non-empty dict"),
+    "step a string": (lambda p: p["log_probs"].update({"x": torch.zeros(2, 3, 4)}), "step counts"),
+    "step negative": (lambda p: p["log_probs"].update({-1: torch.zeros(2, 3, 4)}), "step counts"),
+    "log_probs 2-d": (lambda p: p["log_probs"].update({0: torch.zeros(2, 3)}), "log_probs[0] must"),
+    "log_probs ints": (
+        lambda p: p["log_probs"].update({0: torch.zeros(2, 3, 4, dtype=torch.long)}),
+        "floating [episodes, queries, ways]",
+    ),
+    "log_probs not a tensor": (lambda p: p["log_probs"].update({0: [[0.0]]}), "got list"),
+    "shapes differ": (
+        lambda p: p["log_probs"].update({1: torch.zeros(2, 3, 5)}),
+        "log_probs[1] has shape (2, 3, 5), the others (2, 3, 4)",
+    ),
+    "NaN": (lambda p: p["log_probs"][1].fill_(float("nan")), "NaN or +inf"),
+    "labels float": (lambda p: p.update(query_y=torch.zeros(2, 3)), "query_y must be an integer"),
+    "labels shape": (
+        lambda p: p.update(query_y=torch.zeros(3, 2, dtype=torch.long)),
+        "query_y has shape (3, 2)",
+    ),
+    "label too large": (lambda p: p["query_y"].__setitem__((0, 0), 4), "outside 0..3 for 4 ways"),
+    "label negative": (lambda p: p["query_y"].__setitem__((0, 0), -1), "outside 0..3"),
+    "seed float": (lambda p: p.update(seed=1.5), "seed must be an integer"),
+    "seed bool": (lambda p: p.update(seed=True), "seed must be an integer"),
+    "info a list": (lambda p: p.update(info=[1]), "info must be a dict"),
+}
+
+
+def test_a_well_formed_predictions_file_loads(tmp_path):
+    torch.save(_good_predictions(), tmp_path / "p.pt")
+    loaded = load_predictions(tmp_path / "p.pt")
+    assert loaded.seed == 7 and sorted(loaded.log_probs) == [0, 1]
+
+
+@pytest.mark.parametrize("fault", sorted(MALFORMED))
+def test_combine_validates_the_structure_of_predictions_files(tmp_path, capsys, fault):
+    damage, expected = MALFORMED[fault]
+    payload = _good_predictions()
+    damage(payload)
+    torch.save(payload, tmp_path / "p.pt")
+    with pytest.raises(ValueError) as info:
+        load_predictions(tmp_path / "p.pt")
+    assert expected in one_line(info.value) and str(tmp_path / "p.pt") in str(info.value)
+    line = cli_error(capsys, "combine", str(tmp_path / "p.pt"))
+    assert "is not a valid predictions file" in line and expected in line
