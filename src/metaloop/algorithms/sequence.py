@@ -1,0 +1,171 @@
+"""The shared shell of the black-box sequence learners (transformer, LSTM, SNAIL).
+
+A sequence learner has no inner loop: it reads a task's support pairs and predicts every
+query in one forward pass,
+
+    prediction(x_q) = f_theta( [(phi(x_1), e(y_1)), ..., (phi(x_S), e(y_S))], phi(x_q) ),
+
+where ``phi`` is any input encoder (``nn.Identity()`` for vectors, a ``Conv4`` embedding
+for images) and ``e(y)`` is the target itself (regression) or ``one_hot(y, ways)``
+(classification).  Each query is predicted from the support set alone, never from the
+other queries, so a prediction does not depend on which other queries share the batch.
+What ``f_theta`` does with the support sequence (attention without order, a recurrence, or
+causal convolutions and attention) is the subclass's ``predict``.
+
+The meta-loss is the task loss of the query predictions (MSE, or cross-entropy over
+``ways`` logits), averaged over the queries of all tasks.  With ``min_support = m``,
+training reads only a random prefix of ``L ~ U{m, ..., S}`` support points per
+meta-batch (one length for the whole batch), so one learner serves every shot count from
+``m`` to ``S`` at test time (the random context sizes of Garnelo et al. 2018).
+``steps`` in ``adapt`` / ``evaluate_batch`` is accepted for the protocol and ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
+from metaloop.functional.losses import LossFn
+from metaloop.tasks.base import Task, TaskBatch, TaskError
+
+
+def check_size(name: str, value: object) -> int:
+    """A positive integer, or a one-line ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class SequenceLearner(MetaLearner):
+    """Base of the black-box sequence learners (see the module docstring).
+
+    Args:
+        encoder: ``phi``; its output, flattened after the batch dimension, has ``x_dim``
+            features.
+        x_dim: features of ``phi(x)``.
+        y_dim: target dimension (regression) or ``ways`` (classification).
+        loss: ``"mse"`` or ``"cross_entropy"``.
+        min_support: train on random support prefixes of at least this many points
+            (``None``: always the whole support set).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        x_dim: int,
+        y_dim: int,
+        loss: str | LossFn = "mse",
+        min_support: int | None = None,
+    ) -> None:
+        super().__init__(loss)
+        self.x_dim = check_size("x_dim", x_dim)
+        self.y_dim = check_size("y_dim", y_dim)
+        if min_support is not None:
+            check_size("min_support", min_support)
+        self.min_support = min_support
+        self.encoder = encoder
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def features(self, x: Tensor) -> Tensor:
+        """``phi(x)`` for ``x [T, N, ...]`` -> ``[T, N, x_dim]`` (one encoder call)."""
+        if x.dim() < 3:
+            raise TaskError(
+                f"inputs must be [tasks, points, features...], got shape {tuple(x.shape)}"
+            )
+        t, n = x.shape[:2]
+        z = self.encoder(x.reshape(t * n, *x.shape[2:])).reshape(t, n, -1)
+        if z.shape[-1] != self.x_dim:
+            raise TaskError(
+                f"the encoder gives {z.shape[-1]} features per input but the learner was built "
+                f"with x_dim={self.x_dim}: set x_dim to the encoder's output size"
+            )
+        return z
+
+    def encode_targets(self, y: Tensor, dtype: torch.dtype) -> Tensor:
+        """``e(y)``: one-hot labels (classification) or the targets, ``[T, S, y_dim]``."""
+        if self.classification:
+            if y.is_floating_point():
+                raise TaskError(f"classification labels must be integers, got {y.dtype}")
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.y_dim):
+                raise TaskError(
+                    f"labels must lie in 0..{self.y_dim - 1} (y_dim = ways = {self.y_dim}), "
+                    f"got {int(y.min())}..{int(y.max())}"
+                )
+            return F.one_hot(y.long(), self.y_dim).to(dtype)
+        if y.dim() != 3 or y.shape[-1] != self.y_dim:
+            raise TaskError(
+                f"regression targets must be [tasks, points, y_dim={self.y_dim}], "
+                f"got shape {tuple(y.shape)}"
+            )
+        return y.to(dtype)
+
+    # -- the model ---------------------------------------------------------------------------
+
+    def predict(self, zs: Tensor, es: Tensor, zq: Tensor) -> Tensor:
+        """Support features ``zs [T, S, x_dim]`` and encoded targets ``es [T, S, y_dim]``,
+        query features ``zq [T, Q, x_dim]`` -> outputs ``[T, Q, y_dim]``."""
+        raise NotImplementedError
+
+    def forward_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        """The whole learner as one function of ``[T, N, ...]`` tensors."""
+        if support_x.shape[:2] != support_y.shape[:2]:
+            raise TaskError(
+                f"support inputs {tuple(support_x.shape)} and targets {tuple(support_y.shape)} "
+                "disagree on the number of tasks or points"
+            )
+        s = support_x.shape[1]
+        if s < 1:
+            raise TaskError("the support set is empty: a sequence learner needs >= 1 point")
+        z = self.features(torch.cat([support_x, query_x], 1))
+        return self.predict(z[:, :s], self.encode_targets(support_y, z.dtype), z[:, s:])
+
+    def _loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        if self.classification:
+            return self.loss_fn(prediction.reshape(-1, self.y_dim), target.reshape(-1))
+        return self.loss_fn(prediction, target)
+
+    # -- the protocol ------------------------------------------------------------------------
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        sx, sy = batch.support_x, batch.support_y
+        if self.min_support is not None and self.training and self.min_support < sx.shape[1]:
+            length = int(torch.randint(self.min_support, sx.shape[1] + 1, ()))
+            sx, sy = sx[:, :length], sy[:, :length]
+        prediction = self.forward_task(sx, sy, batch.query_x)
+        loss = self._loss(prediction, batch.query_y)
+        metrics = {"loss": float(loss.detach())}
+        if self.classification:
+            hits = prediction.detach().argmax(-1) == batch.query_y
+            metrics["accuracy"] = float(hits.double().mean())
+        return loss, metrics
+
+    def adapt(self, support: Task | tuple[Tensor, Tensor], steps: int | None = None) -> Predictor:
+        """Read the support set; the predictor maps queries ``[Q, ...]`` to ``[Q, y_dim]``."""
+        x, y = as_support(support)
+
+        def predictor(query_x: Tensor) -> Tensor:
+            return self.forward_task(x.unsqueeze(0), y.unsqueeze(0), query_x.unsqueeze(0))[0]
+
+        return predictor
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:
+        """Per-task query metrics from one forward pass (every step count reports the same)."""
+        prediction = self.forward_task(batch.support_x, batch.support_y, batch.query_x)
+        per_task: dict[str, list[Tensor]] = {}
+        for p, y in zip(prediction, batch.query_y):
+            for k, v in self.query_metrics(p, y).items():
+                per_task.setdefault(k, []).append(v)
+        metrics = {k: torch.stack(v) for k, v in per_task.items()}
+        return {s: metrics for s in (tuple(steps) if steps else self.default_eval_steps)}
+
+    def extra_repr(self) -> str:
+        return f"x_dim={self.x_dim}, y_dim={self.y_dim}, loss={self.loss_name}"
+
+
+__all__ = ["SequenceLearner", "check_size"]
