@@ -13,12 +13,14 @@ from metaloop.diagnostics.core import (
     meta_gradient_stats,
     parameter_distance,
 )
+from metaloop.diagnostics.sharpness import Sharpness, sharpness, support_sharpness
 
 __all__ = [
     "Curve",
     "GradientStats",
     "LeaveOneOut",
     "OrderGap",
+    "Sharpness",
     "adaptation_curve",
     "adapted_copy",
     "first_second_order_gap",
@@ -26,4 +28,6 @@ __all__ = [
     "linear_regression_oracle",
     "meta_gradient_stats",
     "parameter_distance",
+    "sharpness",
+    "support_sharpness",
 ]
