@@ -409,6 +409,8 @@ class TextDataset(ClassDataset):
         texts: Sequence[str] | None = None,
         *,
         truncated: int = 0,
+        vocab_size: int | None = None,
+        max_length: int | None = None,
         name: str = "text",
     ) -> None:
         if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
@@ -434,6 +436,11 @@ class TextDataset(ClassDataset):
         self.name = name
         self.texts = list(texts) if texts is not None else None
         self.truncated = int(truncated)
+        #: the id range models must embed (``None``: the largest id stored + 1)
+        largest = int(tokens.max()) if tokens.numel() else 2
+        self.vocab_size = vocab_size if vocab_size is not None else largest + 1
+        #: the most tokens per utterance the encoding allowed (``None``: the storage width)
+        self.max_length = max_length if max_length is not None else int(tokens.shape[1])
         counts = torch.bincount(labels, minlength=num_classes)
         self.class_sizes = counts
         width = int(counts.max()) if num_classes and labels.numel() else 0
@@ -469,6 +476,8 @@ class TextDataset(ClassDataset):
             [self.class_info[c] for c in classes],
             texts,
             truncated=self.truncated,
+            vocab_size=self.vocab_size,
+            max_length=self.max_length,
             name=name or self.name,
         )
 
@@ -612,6 +621,13 @@ class TextEpisodicFamily(EpisodicFamily):
             **kwargs,
         )
 
+    @property
+    def spec(self) -> Any:
+        """Token ids ``[max_length]`` in, ``ways`` class scores out, the part's intents as
+        ``num_classes``; ``model_hints`` size the text models (vocabulary, positions)."""
+        ds = self.dataset
+        return _text_spec(self.ways, ds.max_length, ds.vocab_size, self.num_classes)
+
     def __repr__(self) -> str:
         oos = f", oos_queries={self.oos_queries}" if self.oos_queries else ""
         return (
@@ -647,7 +663,12 @@ class TextSplit(ClassSplit):
 
 
 def _build_part(
-    data: Clinc150, intents: list[str], tokenizer: Any, max_length: int, name: str
+    data: Clinc150,
+    intents: list[str],
+    tokenizer: Any,
+    max_length: int,
+    name: str,
+    vocab_size: int,
 ) -> TextDataset:
     texts: list[str] = []
     labels: list[int] = []
@@ -657,7 +678,16 @@ def _build_part(
         labels.extend([c] * len(us))
     enc = encode(tokenizer, texts, max_length)
     info = [{"name": i, "intent": i, "domain": data.domain_of(i)} for i in intents]
-    return TextDataset(enc.ids, labels, info, texts, truncated=enc.truncated, name=name)
+    return TextDataset(
+        enc.ids,
+        labels,
+        info,
+        texts,
+        truncated=enc.truncated,
+        vocab_size=max(vocab_size, tokenizer.get_vocab_size()),
+        max_length=max_length,
+        name=name,
+    )
 
 
 def meta_training_utterances(data: Clinc150, intents: Sequence[str]) -> list[str]:
@@ -698,7 +728,7 @@ def clinc150_split(
     parts: dict[str, TextDataset | None] = {}
     for part in CLINC_PARTS:
         parts[part] = (
-            _build_part(data, intents[part], tokenizer, max_length, f"clinc150:{part}")
+            _build_part(data, intents[part], tokenizer, max_length, f"clinc150:{part}", vocab_size)
             if intents[part]
             else None
         )
@@ -731,3 +761,116 @@ def clinc150_split(
     )
     check_disjoint(split, "intent")
     return split
+
+
+# -- the registered family: [task] family = "clinc150" -----------------------------------------
+
+#: the ``[data]`` keys of CLINC150 runs and their defaults (``root`` is shared with Omniglot)
+CLINC_DATA_KEYS: dict[str, Any] = {
+    "root": "",
+    "text_split": "random",
+    "tokenizer": "wordpiece",
+    "vocab_size": 4000,
+    "max_length": 32,
+    # out-of-scope queries per evaluation episode under the "oos" protocol
+    "oos_queries": 15,
+}
+TOKENIZER_FILE = "tokenizer.json"
+#: model names the family sizes (``vocab_size``, and the transformer's ``max_length``)
+TEXT_MODELS = ("text_bag", "text_cnn", "text_transformer")
+
+
+def _clinc_data(context: Any) -> dict[str, Any]:
+    d = {**CLINC_DATA_KEYS, **context.data}
+    if d["text_split"] not in PROTOCOLS:
+        raise TextDataError(
+            f"data.text_split must be one of {', '.join(PROTOCOLS)}, got {d['text_split']!r}"
+        )
+    if d["tokenizer"] not in TOKENIZER_KINDS:
+        raise TextDataError(
+            f"data.tokenizer must be one of {', '.join(TOKENIZER_KINDS)}, got {d['tokenizer']!r}"
+        )
+    for key, low in (("vocab_size", 8), ("max_length", 2), ("oos_queries", 0)):
+        v = d[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise TextDataError(f"data.{key} must be an integer >= {low}, got {v!r}")
+    return d
+
+
+def _text_spec(ways: int, max_length: int, vocab_size: int, num_classes: int | None) -> Any:
+    from metaloop.tasks.registry import TaskSpec
+
+    sizes = {"vocab_size": vocab_size}
+    return TaskSpec(
+        input_shape=(max_length,),
+        y_dim=ways,
+        classification=True,
+        ways=ways,
+        num_classes=num_classes,
+        model_hints={
+            "text_bag": sizes,
+            "text_cnn": sizes,
+            "text_transformer": {**sizes, "max_length": max_length},
+        },
+    )
+
+
+def clinc150_spec(ways: int = 5, shots: int = 1, queries: int = 15, *, context: Any) -> Any:
+    """Token ids ``[max_length]`` in, ``ways`` class scores out; reads no file."""
+    for k, v in (("ways", ways), ("shots", shots), ("queries", queries)):
+        check_positive(k, v)
+    d = _clinc_data(context)
+    return _text_spec(ways, d["max_length"], d["vocab_size"], None)
+
+
+def load_run_split(context: Any) -> TextSplit:
+    """The ``TextSplit`` of a command: built once per command (``context.cache``), with the
+    tokenizer read from the run directory when it holds one (evaluation, resumption) and
+    otherwise trained on the meta-training utterances and saved there."""
+    d = _clinc_data(context)
+    run_dir = getattr(context, "run_dir", None)
+    path = Path(run_dir) / TOKENIZER_FILE if run_dir else None
+    key = ("clinc150", d["root"], d["text_split"], d["tokenizer"], d["vocab_size"], d["max_length"])
+    cache = context.cache if context.cache is not None else {}
+    if key not in cache:
+        cache[key] = clinc150_split(
+            d["root"] or None,
+            d["text_split"],
+            seed=0,
+            tokenizer_path=path,
+            tokenizer_kind=d["tokenizer"],
+            vocab_size=d["vocab_size"],
+            max_length=d["max_length"],
+        )
+    return cache[key]
+
+
+def _register() -> None:
+    from metaloop.tasks.registry import register_family
+
+    @register_family(
+        "clinc150", data_keys=CLINC_DATA_KEYS, spec=clinc150_spec, protocols=("standard", "oos")
+    )
+    def clinc150(
+        ways: int = 5, shots: int = 1, queries: int = 15, *, context: Any
+    ) -> TextEpisodicFamily:
+        """N-way K-shot episodes of the intents of ``context.part`` (``data.text_split``);
+        under the ``"oos"`` protocol each episode also carries ``data.oos_queries``
+        out-of-scope utterances (CLINC's ``oos_val`` for the val part, ``oos_test`` for
+        test)."""
+        d = _clinc_data(context)
+        split = load_run_split(context)
+        oos_queries = d["oos_queries"] if context.protocol == "oos" else 0
+        oos = None
+        if oos_queries:
+            if context.part not in split.oos:
+                raise TextDataError(
+                    f"out-of-scope episodes exist for the val and test parts, not {context.part!r}"
+                )
+            oos = split.oos[context.part]
+        return TextEpisodicFamily(
+            split[context.part], ways, shots, queries, oos=oos, oos_queries=oos_queries
+        )
+
+
+_register()
