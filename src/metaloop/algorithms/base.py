@@ -125,6 +125,13 @@ class MetaLearner(nn.Module):
         """
         return {"loss": spec.loss} if constructor_accepts(cls, "loss") else {}
 
+    @classmethod
+    def needs_training_classes(cls, options: Mapping[str, Any]) -> bool:
+        """Whether ``config_defaults`` reads ``spec.num_classes`` for these ``[algorithm]``
+        keys: the CLI then hands it the spec of the loaded training family (the one the
+        command builds anyway; ``metaloop eval`` builds it for this)."""
+        return False
+
     def __init__(self, loss: str | LossFn = "mse") -> None:
         super().__init__()
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")

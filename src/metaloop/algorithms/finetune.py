@@ -262,6 +262,10 @@ class FineTuneBaseline(MetaLearner):
         """``num_classes``: the family's training classes (the pretraining head's size)."""
         return {} if spec.num_classes is None else {"num_classes": spec.num_classes}
 
+    @classmethod
+    def needs_training_classes(cls, options: Mapping[str, Any]) -> bool:
+        return "num_classes" not in options
+
     def __init__(
         self,
         encoder: nn.Module,

@@ -41,7 +41,8 @@ tests on 5-way ones.  Every class must have at least one support example in ever
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,7 @@ from metaloop.functional.losses import LossFn
 from metaloop.functional.speed import autocast_context, autocast_dtype, uses_batch_statistics
 from metaloop.models.heads import CosineClassifier
 from metaloop.tasks.base import Task, TaskBatch, TaskError
+from metaloop.tasks.registry import TaskSpec
 
 # -- distances ---------------------------------------------------------------------------
 
@@ -339,6 +341,15 @@ class MetricMetaLearner(MetaLearner):
     default_eval_steps: tuple[int, ...] = (0,)
     #: the encoder is a feature extractor (never a classifier with a ``ways`` head)
     model_role = "embedding"
+
+    @classmethod
+    def config_defaults(
+        cls, spec: TaskSpec, model: nn.Module, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Nothing from the family: a metric learner's loss is part of the method (e.g.
+        the Relation Network's MSE on relation scores), not the family's."""
+        return {}
+
     #: test-time augmentation in ``evaluate_batch`` and ``adapt``: embeddings averaged over
     #: translations by up to this many pixels per axis (0: off; see ``embed_batch``)
     test_time_shift: int = 0

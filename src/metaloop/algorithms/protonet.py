@@ -109,9 +109,13 @@ class ProtoNet(MetricMetaLearner):
         family's training classes (``spec.num_classes``), at evaluation too (so the
         checkpoint's head shape is rebuilt)."""
         defaults = super().config_defaults(spec, model, options)
-        if options.get("global_loss_weight") and spec.num_classes is not None:
+        if cls.needs_training_classes(options) and spec.num_classes is not None:
             defaults["global_classes"] = spec.num_classes
         return defaults
+
+    @classmethod
+    def needs_training_classes(cls, options: Mapping[str, Any]) -> bool:
+        return bool(options.get("global_loss_weight")) and "global_classes" not in options
 
     def __init__(
         self,

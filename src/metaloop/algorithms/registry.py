@@ -91,10 +91,10 @@ def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
 
 
 def available() -> list[str]:
-    """Every name ``resolve`` accepts without an import path: registered names and the
-    entry points of installed packages, sorted."""
+    """Every name ``resolve`` accepts without an import path: registered names (in the
+    order they were registered), then the entry points of installed packages."""
     _builtins()
-    return sorted({*_REGISTRY, *_entry_points()})
+    return [*_REGISTRY, *(name for name in _entry_points() if name not in _REGISTRY)]
 
 
 def resolve(name_or_path: str) -> type[MetaLearner]:

@@ -1,11 +1,16 @@
 """Turn a validated configuration into objects: task family, model, learner, trainer.
 
-Registries map config names to classes.  Everything is built (and so every bad value is
-reported) before training starts.
+Algorithms come from the open registry (``metaloop.algorithms.registry``: a registered
+name, an installed entry point or ``"package.module:Class"``) and task families from
+``metaloop.tasks.registry``; what a learner needs from the family and the model it
+declares itself (``model_role``, ``config_defaults``), and the family says what it is
+(``TaskSpec``).  Nothing here names an algorithm or a family.  ``validate`` checks a whole
+configuration without loading any data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -13,52 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from metaloop.cli.config import (
-    DATA_DEFAULTS,
-    PARTS,
-    ConfigError,
-    constructor_kwargs,
-    validate_fixed,
-)
-from metaloop.tasks import (
-    BernoulliBandit,
-    GaussianMean,
-    LinearRegression,
-    Quadratic,
-    RotatingBoundary,
-    Sinusoid,
+from metaloop.cli.config import PARTS, ConfigError, constructor_kwargs, validate_fixed
+from metaloop.tasks.registry import (
+    FamilyContext,
+    FamilyEntry,
+    TaskSpec,
+    get_family,
+    spec_of,
 )
 
-SYNTHETIC_FAMILIES: dict[str, Callable[..., Any]] = {
-    "sinusoid": Sinusoid,
-    "linear": LinearRegression,
-    "quadratic": Quadratic,
-    "gaussian_mean": GaussianMean,
-    "rotating_boundary": RotatingBoundary,
-    "bandit": BernoulliBandit,
-}
-IMAGE_FAMILIES = ("omniglot",)
-
-# name -> "module:Class", imported lazily so optional algorithms never break the CLI
-ALGORITHMS: dict[str, str] = {
-    "maml": "metaloop.algorithms.maml:MAML",
-    "fomaml": "metaloop.algorithms.maml:FOMAML",
-    "adml": "metaloop.algorithms.adml:ADML",
-    "reptile": "metaloop.algorithms.reptile:Reptile",
-    "metasgd": "metaloop.algorithms.metasgd:MetaSGD",
-    "learned_optimizer": "metaloop.algorithms.learned_optimizer:LearnedOptimizer",
-    "joint": "metaloop.algorithms.pretrain:JointTraining",
-    "anil": "metaloop.algorithms.anil:ANIL",
-    "protomaml": "metaloop.algorithms.protomaml:ProtoMAML",
-    "cavia": "metaloop.algorithms.cavia:CAVIA",
-    "imaml": "metaloop.algorithms.imaml:IMAML",
-    "protonet": "metaloop.algorithms.protonet:ProtoNet",
-    "matching": "metaloop.algorithms.matching:MatchingNet",
-    "relation": "metaloop.algorithms.relation:RelationNet",
-    "siamese": "metaloop.algorithms.siamese:SiameseNet",
-    "finetune": "metaloop.algorithms.finetune:FineTuneBaseline",
-    "cnp": "metaloop.algorithms.cnp:ConditionalNeuralProcess",
-}
 MODELS: dict[str, str] = {
     "mlp": "metaloop.models.mlp:MLP",
     "conv4": "metaloop.models.conv:Conv4",
@@ -68,8 +36,6 @@ MODELS: dict[str, str] = {
     # raw vector inputs for learners that take an encoder (the CNP on synthetic families)
     "identity": "torch.nn:Identity",
 }
-# learners whose model is an embedding (no classification head)
-EMBEDDING_LEARNERS = {"protonet", "matching", "siamese", "relation", "finetune", "cnp"}
 
 
 def _load(spec: str, kind: str, name: str, registry: dict[str, str]) -> Any:
@@ -104,12 +70,29 @@ def _lookup(registry: dict[str, str], kind: str, name: Any) -> Any:
     return _load(registry[name], kind, name, registry)
 
 
+def algorithm_class(name: Any) -> type:
+    """The learner class of ``[algorithm] name``: a registered name, an entry point of the
+    group ``metaloop.algorithms`` or ``"package.module:Class"``."""
+    from metaloop.algorithms.registry import RegistryError, resolve
+
+    try:
+        return resolve(name)
+    except RegistryError as err:
+        raise ConfigError(str(err)) from err
+
+
 def validate(cfg: dict[str, Any]) -> None:
-    """Validate the whole configuration by building every piece once (cheaply)."""
+    """Validate the whole configuration by building every piece once, loading no data:
+    the family gives its ``TaskSpec`` (``spec`` of its registration), and the learner is
+    built on it (with a stand-in class count where ``needs_training_classes`` and the
+    count is only known once the data is loaded)."""
     validate_fixed(cfg)
-    build_family(cfg, "train", check_only=True)
-    model = build_model(cfg)
-    build_learner(cfg, model)
+    spec = family_spec(cfg)
+    model = build_model(cfg, spec)
+    cls = algorithm_class(cfg["algorithm"].get("name", "maml"))
+    if spec.num_classes is None and cls.needs_training_classes(_algorithm_options(cfg, cls)):
+        spec = dataclasses.replace(spec, num_classes=2)
+    build_learner(cfg, model, spec=spec)
 
 
 def _task_options(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -118,11 +101,61 @@ def _task_options(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return family, task
 
 
+def _family(cfg: dict[str, Any]) -> tuple[FamilyEntry, dict[str, Any]]:
+    from metaloop.tasks.base import TaskError
+
+    name, options = _task_options(cfg)
+    try:
+        return get_family(name), options
+    except TaskError as err:
+        raise ConfigError(str(err)) from err
+
+
+def _context(cfg: dict[str, Any], entry: FamilyEntry, **fields: Any) -> FamilyContext:
+    from metaloop.tasks.base import TaskError
+
+    if fields.get("part", "train") not in PARTS:
+        raise ConfigError(f"unknown part {fields['part']!r}; choose one of {', '.join(PARTS)}")
+    try:
+        return FamilyContext(data={**entry.data_keys, **cfg["data"]}, **fields)
+    except TaskError as err:
+        raise ConfigError(str(err)) from err
+
+
+def _family_call(entry: FamilyEntry, fn: Callable[..., Any], options, context) -> Any:
+    try:
+        return entry.call(fn, options, context)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        where = "[data]/[task]" if entry.data_keys else "[task]"
+        raise ConfigError(f"{where} {err}") from err
+
+
+def family_spec(cfg: dict[str, Any], family: Any = None) -> TaskSpec:
+    """The ``TaskSpec`` of ``family`` (a built family) or, without one, of the configured
+    training family read from its registration, loading no data."""
+    if family is not None and spec_of(family) is not None:
+        return spec_of(family)
+    entry, options = _family(cfg)
+    kwargs = constructor_kwargs("task", entry.build, options, skip=("context",))
+    context = _context(cfg, entry)
+    if entry.spec is not None:
+        spec = _family_call(entry, entry.spec, kwargs, context)
+    else:  # a cheap family: build it
+        spec = spec_of(_family_call(entry, entry.build, kwargs, context))
+    if not isinstance(spec, TaskSpec):
+        raise ConfigError(
+            f"task family {entry.name!r} declares no TaskSpec (give the family a spec "
+            "attribute or register it with spec=...)"
+        )
+    return spec
+
+
 def build_family(
     cfg: dict[str, Any],
     part: str = "train",
-    check_only: bool = False,
     evaluation: bool = False,
+    cache: dict[Any, Any] | None = None,
+    protocol: str = "standard",
     **override: Any,
 ) -> Any:
     """The task family for ``part`` (``train``, ``val`` or ``test``) with optional overrides
@@ -132,112 +165,38 @@ def build_family(
     that means no augmentation and, on Lake's splits, the upright characters only (their
     rotated copies are training-time classes) and any classes per episode, so that
     ``eval --part train`` measures how well the meta-training classes themselves are
-    learned (the generalisation gap is the difference with ``--part test``)."""
-    family, options = _task_options(cfg)
+    learned (the generalisation gap is the difference with ``--part test``).  Builds of
+    one command that pass the same ``cache`` dictionary share what they load (one decode
+    of a dataset for its training and validation parts)."""
+    entry, options = _family(cfg)
     options.update({k: v for k, v in override.items() if v})
-    if family in SYNTHETIC_FAMILIES:
-        cls = SYNTHETIC_FAMILIES[family]
-        kwargs = constructor_kwargs("task", cls, options)
-        try:
-            return cls(**kwargs)
-        except ValueError as err:
-            raise ConfigError(f"[task] {err}") from err
-    if family in IMAGE_FAMILIES:
-        return _image_family(cfg, family, options, part, check_only, evaluation=evaluation)
-    raise ConfigError(
-        f"unknown task family {family!r}; choose one of "
-        f"{', '.join([*SYNTHETIC_FAMILIES, *IMAGE_FAMILIES])}"
-    )
+    if protocol not in entry.protocols:
+        raise ConfigError(
+            f"the {protocol} protocol needs a task family that offers it, not {entry.name!r} "
+            f"(it offers: {', '.join(entry.protocols)})"
+        )
+    kwargs = constructor_kwargs("task", entry.build, options, skip=("context",))
+    context = _context(cfg, entry, part=part, evaluation=evaluation, protocol=protocol)
+    context = dataclasses.replace(context, cache=cache)
+    return _family_call(entry, entry.build, kwargs, context)
 
 
 def has_validation(cfg: dict[str, Any]) -> bool:
-    """Whether the run has a meta-validation set: not for Lake's splits with
-    ``data.val_alphabets = 0`` (every background alphabet trains)."""
-    family, _ = _task_options(cfg)
-    d = cfg["data"]
-    return not (family in IMAGE_FAMILIES and d["split"] != "vinyals" and d["val_alphabets"] == 0)
-
-
-def _train_transform(d: dict[str, Any]) -> Any:
-    """The training-image augmentation of ``[data]``: ``affine`` then ``shift``."""
-    from metaloop import data
-
-    parts = ([data.RandomAffine()] if d["affine"] else []) + (
-        [data.RandomShift(d["shift"])] if d["shift"] else []
-    )
-    return data.Compose(*parts) if len(parts) > 1 else (parts[0] if parts else None)
-
-
-def _image_family(
-    cfg,
-    family: str,
-    options: dict[str, Any],
-    part: str,
-    check_only: bool,
-    within_alphabet: bool = False,
-    evaluation: bool = False,
-) -> Any:
-    from metaloop import data
-
-    allowed = {"ways", "shots", "queries"}
-    unknown = set(options) - allowed
-    if unknown:
-        raise ConfigError(
-            f"[task] unknown key(s) {sorted(unknown)} for omniglot; valid keys are "
-            f"family, {', '.join(sorted(allowed))}"
-        )
-    for k in allowed:
-        value = options.get(k)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"[task] omniglot needs {k} as a positive integer, got {value!r}")
-    d = cfg["data"]
-    split = d["split"]
-    if part not in PARTS:
-        raise ConfigError(f"unknown part {part!r}; choose one of {', '.join(PARTS)}")
-    training = part == "train" and not evaluation  # augmentation, rotations, episode choice
-    # Vinyals: rotations are new classes in every part (the protocol's convention); Lake and
-    # small: rotations only enlarge training, evaluation sees Lake's upright characters.
-    rotations: Any = False
-    if d["rotations"]:
-        rotations = None if split == "vinyals" else (["train"] if training else False)
-    if split == "vinyals" and d["val_alphabets"] != DATA_DEFAULTS["val_alphabets"]:
-        raise ConfigError(
-            "data.val_alphabets applies to Lake's splits (lake, small1, small2); the vinyals "
-            "split holds out validation characters, not alphabets"
-        )
-    if part == "val" and not has_validation(cfg):
-        raise ConfigError(
-            "data.val_alphabets = 0 leaves no meta-validation alphabets; the trainer runs "
-            "without validation"
-        )
-    try:
-        return data.omniglot_family(
-            root=d["root"] or None,
-            split=split,
-            part=part,
-            ways=options["ways"],
-            shots=options["shots"],
-            queries=options["queries"],
-            image_size=d["image_size"],
-            rotations=rotations,
-            # training episodes only: augmentation and the choice of classes
-            within_alphabet=within_alphabet
-            or (training and d["train_episodes"] == "within-alphabet"),
-            transform=_train_transform(d) if training else None,
-            cache_dir=d["cache_dir"] or None,
-            download=d["download"],
-            **({} if split == "vinyals" else {"val_alphabets": d["val_alphabets"]}),
-        )
-    except (ValueError, FileNotFoundError, OSError) as err:
-        raise ConfigError(f"[data]/[task] {err}") from err
+    """Whether the run has a meta-validation set (the family's registration says; e.g. not
+    for Lake's splits with ``data.val_alphabets = 0``, where every background alphabet
+    trains)."""
+    entry, _ = _family(cfg)
+    if entry.has_validation is None:
+        return True
+    return bool(entry.has_validation(_context(cfg, entry)))
 
 
 def check_background_only(cfg: dict[str, Any], what: str) -> None:
     """Refuse Lake's protocols (tested on the 20 evaluation alphabets) for an Omniglot run
     trained on the Vinyals split, whose classes are drawn from all 50 alphabets: the score
     would reward recognising characters seen in training, not one-shot learning."""
-    family, _ = _task_options(cfg)
-    if family in IMAGE_FAMILIES and cfg["data"]["split"] == "vinyals":
+    entry, _ = _family(cfg)
+    if "within-alphabet" in entry.protocols and cfg["data"].get("split") == "vinyals":
         raise ConfigError(
             f"{what} tests on the 20 evaluation alphabets, but this run was trained on the "
             "'vinyals' split, whose training and validation characters include about three "
@@ -257,80 +216,88 @@ def build_within_alphabet(
     """Lake's within-alphabet episodes (default 20-way 1-shot, 1 query per class) of the
     test alphabets, or of ``part``'s alphabets (plain evaluation episodes, see
     ``build_family``)."""
-    family, options = _task_options(cfg)
-    if family not in IMAGE_FAMILIES:
-        raise ConfigError(f"the within-alphabet protocol needs an image family, not {family!r}")
+    entry, _ = _family(cfg)
+    if "within-alphabet" not in entry.protocols:
+        raise ConfigError(f"the within-alphabet protocol needs an image family, not {entry.name!r}")
     check_background_only(cfg, "the within-alphabet protocol")
-    options = {"ways": ways or 20, "shots": shots or 1, "queries": queries or 1}
-    return _image_family(cfg, family, options, part, False, within_alphabet=True, evaluation=True)
+    return build_family(
+        cfg,
+        part,
+        evaluation=True,
+        protocol="within-alphabet",
+        ways=ways or 20,
+        shots=shots or 1,
+        queries=queries or 1,
+    )
 
 
-def _model_defaults(cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    family, options = _task_options(cfg)
-    embedding = cfg["algorithm"].get("name") in EMBEDDING_LEARNERS
-    if name == "mlp":
-        if family in ("sinusoid",):
-            return {"in_features": 1, "out_features": 1}
-        if family == "linear":
-            return {"in_features": options.get("dim", 5), "out_features": 1}
-        if family == "quadratic":
-            return {"in_features": 1, "out_features": 1, "hidden": (), "bias": False}
-        if family == "gaussian_mean":
-            return {
-                "in_features": 1,
-                "out_features": options.get("dim", 1),
-                "hidden": (),
-                "bias": False,
-            }
-        if family == "rotating_boundary":
-            return {"in_features": 2, "out_features": 2}
-        if family == "bandit":
-            return {"in_features": options.get("arms", 5), "out_features": 1}
-    if name in ("conv4", "resnet12"):
-        return {
-            "in_channels": 1,
-            "ways": None if embedding else options.get("ways", 5),
-            "image_size": cfg["data"]["image_size"],
-        }
-    return {}
+def _image_model(spec: TaskSpec, role: str) -> dict[str, Any]:
+    if len(spec.input_shape) != 3:
+        return {}
+    return {
+        "in_channels": spec.input_shape[0],
+        "ways": None if role == "embedding" else spec.y_dim,
+        "image_size": spec.input_shape[-1],
+    }
 
 
-def build_model(cfg: dict[str, Any]) -> nn.Module:
+def _mlp_model(spec: TaskSpec, role: str) -> dict[str, Any]:
+    if len(spec.input_shape) == 3 and role == "embedding":
+        return {"in_features": spec.x_dim}
+    return {"in_features": spec.x_dim, "out_features": spec.y_dim}
+
+
+#: the size arguments of the built-in models, from the family's spec and the learner's
+#: ``model_role`` (then the spec's ``model_hints``, then the config's ``[model]`` keys)
+MODEL_SIZES: dict[str, Callable[[TaskSpec, str], dict[str, Any]]] = {
+    "mlp": _mlp_model,
+    "conv4": _image_model,
+    "resnet12": _image_model,
+}
+
+
+def model_defaults(cfg: dict[str, Any], name: str, spec: TaskSpec) -> dict[str, Any]:
+    """Constructor defaults of model ``name`` for the configured family and learner."""
+    role = algorithm_class(cfg["algorithm"].get("name", "maml")).model_role
+    sizes = MODEL_SIZES.get(name)
+    return {**(sizes(spec, role) if sizes else {}), **spec.model_hints.get(name, {})}
+
+
+def build_model(cfg: dict[str, Any], spec: TaskSpec | None = None) -> nn.Module:
+    """The ``[model]``, sized by the family's ``spec`` (default: read from the config,
+    loading no data)."""
     model_cfg = dict(cfg["model"])
     name = model_cfg.pop("name", "mlp")
     cls = _lookup(MODELS, "model", name)
-    kwargs = {**_model_defaults(cfg, name), **constructor_kwargs("model", cls, model_cfg)}
+    spec = spec if spec is not None else family_spec(cfg)
+    kwargs = {**model_defaults(cfg, name, spec), **constructor_kwargs("model", cls, model_cfg)}
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"[model] {name}: {err}") from err
 
 
-def build_learner(cfg: dict[str, Any], model: nn.Module) -> Any:
+def _algorithm_options(cfg: dict[str, Any], cls: type) -> dict[str, Any]:
     algo_cfg = dict(cfg["algorithm"])
-    name = algo_cfg.pop("name", "maml")
-    cls = _lookup(ALGORITHMS, "algorithm", name)
-    kwargs = constructor_kwargs("algorithm", cls, algo_cfg, skip=("model", "encoder"))
-    family, _ = _task_options(cfg)
-    from metaloop.algorithms.gradient import GradientMetaLearner
+    algo_cfg.pop("name", None)
+    return constructor_kwargs("algorithm", cls, algo_cfg, skip=("model", "encoder"))
 
-    classification = family in ("omniglot", "rotating_boundary")
-    takes_task_loss = isinstance(cls, type) and issubclass(cls, GradientMetaLearner)
-    if "loss" not in kwargs and (takes_task_loss or name == "cnp"):
-        kwargs["loss"] = "cross_entropy" if classification else "mse"
-    if name == "cnp":
-        # sizes from the encoder (images) or from the family's inputs and targets
-        sizes = _model_defaults(cfg, "mlp")
-        if "x_dim" not in kwargs:
-            kwargs["x_dim"] = getattr(model, "embedding_dim", None) or sizes.get("in_features")
-        if "y_dim" not in kwargs:
-            ways = _task_options(cfg)[1].get("ways", 5) if family == "omniglot" else None
-            kwargs["y_dim"] = ways or sizes.get("out_features")
-    if name == "finetune" and "num_classes" not in kwargs:
-        kwargs["num_classes"] = getattr(build_family(cfg, "train"), "num_classes", None)
-    if name == "protonet" and kwargs.get("global_loss_weight") and "global_classes" not in kwargs:
-        # the auxiliary head spans the training classes, at evaluation too (checkpoint shape)
-        kwargs["global_classes"] = getattr(build_family(cfg, "train"), "num_classes", None)
+
+def build_learner(
+    cfg: dict[str, Any], model: nn.Module, family: Any = None, spec: TaskSpec | None = None
+) -> Any:
+    """The ``[algorithm]`` learner around ``model``: the config's keys over the class's
+    ``config_defaults`` for the family's spec.  ``family`` is the command's training
+    family when it has one (its spec knows ``num_classes``); without it, a learner that
+    ``needs_training_classes`` gets the training family built here."""
+    name = cfg["algorithm"].get("name", "maml")
+    cls = algorithm_class(name)
+    options = _algorithm_options(cfg, cls)
+    if spec is None:
+        spec = family_spec(cfg, family)
+        if family is None and spec.num_classes is None and cls.needs_training_classes(options):
+            spec = family_spec(cfg, build_family(cfg, "train"))
+    kwargs = {**cls.config_defaults(spec, model, options), **options}
     try:
         return cls(model, **kwargs)
     except (ValueError, TypeError) as err:

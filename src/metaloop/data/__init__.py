@@ -28,6 +28,7 @@ from metaloop.data.episodes import (
     episodes_to_batch,
     within_alphabet_family,
 )
+from metaloop.data.families import OMNIGLOT_DATA_KEYS  # registers [task] family omniglot
 from metaloop.data.lake import (
     LakeRun,
     LakeScore,
@@ -152,6 +153,7 @@ def omniglot_family(
 
 __all__ = [
     "ARCHIVES",
+    "OMNIGLOT_DATA_KEYS",
     "SPLITS",
     "ClassDataset",
     "ClassSplit",

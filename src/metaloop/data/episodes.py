@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from metaloop.data.dataset import ClassDataset, to_float_images
 from metaloop.tasks.base import TaskBatch, TaskError, check_positive
+from metaloop.tasks.registry import TaskSpec
 
 #: ``transform(images [B, C, H, W] float in [0, 1], generator) -> images``
 ImageTransform = Callable[[Tensor, torch.Generator | None], Tensor]
@@ -240,6 +241,17 @@ class EpisodicFamily:
         """Number of dataset classes: ``info["classes"]`` ids lie in ``0 .. num_classes-1``
         (what a global classifier over the training classes needs)."""
         return self.dataset.num_classes
+
+    @property
+    def spec(self) -> TaskSpec:
+        """Images ``[C, H, W]`` in, ``ways`` class scores out, ``num_classes`` classes."""
+        return TaskSpec(
+            input_shape=self.image_shape,
+            y_dim=self.ways,
+            classification=True,
+            ways=self.ways,
+            num_classes=self.num_classes,
+        )
 
     @property
     def usable_classes(self) -> int:

@@ -94,12 +94,15 @@ class FamilyContext:
         evaluation: plain evaluation episodes (no augmentation, no training-only classes).
         protocol: ``"standard"``, or a family-specific protocol (``"within-alphabet"``).
         data: the ``[data]`` table: the global keys plus this family's ``data_keys``.
+        cache: a dictionary shared by every build of one command (``None``: no sharing),
+            where a builder may keep what it loaded (a decoded dataset) for the next part.
     """
 
     part: str = "train"
     evaluation: bool = False
     protocol: str = "standard"
     data: Mapping[str, Any] = field(default_factory=dict)
+    cache: dict[Any, Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.part not in PARTS:
@@ -118,13 +121,17 @@ class FamilyEntry:
     ``build(**task_options[, context=FamilyContext])`` returns the family.  ``spec``
     (same arguments) returns its ``TaskSpec`` without loading any data; when it is
     ``None``, the family is cheap to build and config validation builds it and reads its
-    ``spec`` attribute.
+    ``spec`` attribute.  ``protocols`` are the ``FamilyContext.protocol`` values the
+    builder knows; ``has_validation(context)`` says whether the configured data has a
+    meta-validation part (``None``: always).
     """
 
     name: str
     build: Callable[..., Any]
     data_keys: Mapping[str, Any]
     spec: Callable[..., TaskSpec] | None = None
+    protocols: tuple[str, ...] = ("standard",)
+    has_validation: Callable[[FamilyContext], bool] | None = None
 
     @property
     def takes_context(self) -> bool:
@@ -152,6 +159,8 @@ def register_family(
     *,
     data_keys: Mapping[str, Any] | None = None,
     spec: Callable[..., TaskSpec] | None = None,
+    protocols: tuple[str, ...] = ("standard",),
+    has_validation: Callable[[FamilyContext], bool] | None = None,
 ) -> Callable[[Any], Any]:
     """Decorator: make a family class or builder available as ``[task] family = name``.
 
@@ -162,6 +171,10 @@ def register_family(
             must have the same default.
         spec: ``spec(**task_options[, context])`` -> ``TaskSpec`` without loading data
             (give it for families whose construction reads files).
+        protocols: the evaluation protocols the builder offers (``context.protocol``);
+            ``"standard"`` always, e.g. ``"within-alphabet"`` for Omniglot.
+        has_validation: ``has_validation(context) -> bool``, whether the configured data
+            has a meta-validation part (default: always).
     """
     if not isinstance(name, str) or not _NAME.match(name):
         raise TaskError(
@@ -184,7 +197,9 @@ def register_family(
                             f"[data] key {key!r} of family {name!r} has default {default!r} "
                             f"but family {other.name!r} declares it with {other.data_keys[key]!r}"
                         )
-        _FAMILIES[name] = FamilyEntry(name, build, MappingProxyType(keys), spec)
+        _FAMILIES[name] = FamilyEntry(
+            name, build, MappingProxyType(keys), spec, tuple(protocols), has_validation
+        )
         return build
 
     return decorate
@@ -207,7 +222,7 @@ def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
 def available_families() -> list[str]:
     """Every family name a config may give: registered ones and installed entry points."""
     _builtins()
-    return sorted({*_FAMILIES, *_entry_points()})
+    return [*_FAMILIES, *(name for name in _entry_points() if name not in _FAMILIES)]
 
 
 def get_family(name: str) -> FamilyEntry:

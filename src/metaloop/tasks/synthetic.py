@@ -13,12 +13,17 @@ import torch
 from torch import Tensor
 
 from metaloop.tasks.base import TaskBatch, TaskError, check_positive
+from metaloop.tasks.registry import TaskSpec, register_family
+
+#: the model of families whose reference learner is linear in its parameters
+LINEAR_MLP = {"hidden": (), "bias": False}
 
 
 def _uniform(shape, low: float, high: float, generator, dtype) -> Tensor:
     return low + (high - low) * torch.rand(shape, generator=generator, dtype=dtype)
 
 
+@register_family("sinusoid")
 class Sinusoid:
     """Sine-wave regression of Finn et al. (2017), section 5.1.
 
@@ -28,6 +33,11 @@ class Sinusoid:
     """
 
     loss = "mse"
+
+    @property
+    def spec(self) -> TaskSpec:
+        """One scalar input, one scalar target."""
+        return TaskSpec(input_shape=(1,), y_dim=1)
 
     def __init__(
         self,
@@ -58,6 +68,7 @@ class Sinusoid:
         )
 
 
+@register_family("linear")
 class LinearRegression:
     """Linear regression tasks ``y = w . x + noise``.
 
@@ -68,6 +79,11 @@ class LinearRegression:
     """
 
     loss = "mse"
+
+    @property
+    def spec(self) -> TaskSpec:
+        """``dim`` inputs, one target."""
+        return TaskSpec(input_shape=(self.dim,), y_dim=1)
 
     def __init__(
         self,
@@ -118,6 +134,7 @@ class LinearRegression:
         return TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:], info={"weights": w})
 
 
+@register_family("quadratic")
 class Quadratic:
     """One-dimensional quadratic tasks, written as one-point linear regression.
 
@@ -132,6 +149,12 @@ class Quadratic:
     """
 
     loss = "mse"
+
+    @property
+    def spec(self) -> TaskSpec:
+        """The reference model is linear in its parameters (no hidden layer, no bias)."""
+        return TaskSpec(input_shape=(1,), y_dim=1, model_hints={"mlp": LINEAR_MLP})
+
     shots = 1
     queries = 1
 
@@ -190,6 +213,7 @@ class Quadratic:
         return self.make_batch(h, opt)
 
 
+@register_family("gaussian_mean")
 class GaussianMean:
     """Estimate the mean of a Gaussian from a few samples.
 
@@ -201,6 +225,11 @@ class GaussianMean:
     """
 
     loss = "mse"
+
+    @property
+    def spec(self) -> TaskSpec:
+        """A constant input, the ``dim``-dimensional mean as target; linear model."""
+        return TaskSpec(input_shape=(1,), y_dim=self.dim, model_hints={"mlp": LINEAR_MLP})
 
     def __init__(
         self,
@@ -237,6 +266,7 @@ class GaussianMean:
         return TaskBatch(x[:, :s], z[:, :s], x[:, s:], z[:, s:], info={"mean": mu})
 
 
+@register_family("rotating_boundary")
 class RotatingBoundary:
     """Binary classification in 2-D by a line through the origin at a random angle.
 
@@ -248,6 +278,11 @@ class RotatingBoundary:
     """
 
     loss = "cross_entropy"
+
+    @property
+    def spec(self) -> TaskSpec:
+        """2-D points, two classes."""
+        return TaskSpec(input_shape=(2,), y_dim=2, classification=True, ways=2)
 
     def __init__(
         self,
@@ -277,6 +312,7 @@ class RotatingBoundary:
         return TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:], ways=2, info={"angle": angle})
 
 
+@register_family("bandit")
 class BernoulliBandit:
     """Multi-armed Bernoulli bandits, the simplest meta-RL family.
 
@@ -289,6 +325,11 @@ class BernoulliBandit:
     """
 
     loss = "mse"
+
+    @property
+    def spec(self) -> TaskSpec:
+        """The one-hot arm in, the reward out."""
+        return TaskSpec(input_shape=(self.arms,), y_dim=1)
 
     def __init__(
         self,
