@@ -38,6 +38,13 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "grad_clip": 0.0,
     "validate_every": 1000,
     "validation_tasks": 100,
+    # validation on the protocol that is reported: shots per task (0: the task's own),
+    # inner step counts ([]: the learner's default) and the metric that picks the best
+    # checkpoint ("loss@10": mean query loss after 10 steps; "": the learner's metric at
+    # the largest validation step count)
+    "validation_shots": 0,
+    "validation_steps": [],
+    "select_on": "",
     "patience": 0,
     "checkpoint_every": 1000,
     "log_every": 100,
@@ -62,6 +69,9 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "protocol": "standard",
     # metric learners: average embeddings over translations by up to this many pixels
     "tta_shift": 0,
+    # an episode is divergent when its query loss is non-finite or above this multiple of
+    # its loss before adaptation (metaloop.evaluation.tails)
+    "divergence_factor": 10.0,
     "reference_name": "",
     "reference": {},
 }
@@ -89,7 +99,17 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("data", "train_episodes"): ("any", "within-alphabet"),
 }
 NON_NEGATIVE = (
-    {("train", k) for k in ("weight_decay", "grad_clip", "patience", "tasks_per_chunk", "threads")}
+    {
+        ("train", k)
+        for k in (
+            "weight_decay",
+            "grad_clip",
+            "patience",
+            "tasks_per_chunk",
+            "threads",
+            "validation_shots",
+        )
+    }
     | {("eval", k) for k in ("shots", "queries", "ways", "tta_shift")}
     | {("data", "shift"), ("data", "val_alphabets")}
 )
@@ -308,6 +328,33 @@ def validate_fixed(cfg: dict[str, Any]) -> None:
     steps = cfg["eval"]["steps"]
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps):
         raise ConfigError(f"eval.steps must be a list of integers >= 0, got {steps!r}")
+    _check_validation_protocol(cfg["train"])
+    if cfg["eval"]["divergence_factor"] < 1:
+        raise ConfigError(
+            f"eval.divergence_factor must be >= 1, got {cfg['eval']['divergence_factor']!r}"
+        )
+
+
+def _check_validation_protocol(train: dict[str, Any]) -> None:
+    """``train.validation_steps`` (integers >= 0) and ``train.select_on`` (``""``, a metric
+    name, or ``"metric@steps"`` with ``steps`` among the validation step counts)."""
+    steps = train["validation_steps"]
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps):
+        raise ConfigError(f"train.validation_steps must be a list of integers >= 0, got {steps!r}")
+    select = train["select_on"]
+    if not select:
+        return
+    metric, at, count = select.partition("@")
+    if not metric or (at and not count.isdigit()):
+        raise ConfigError(
+            "train.select_on must be a metric name or 'metric@steps' (for example "
+            f"'loss@10'), got {select!r}"
+        )
+    if at and steps and int(count) not in steps:
+        raise ConfigError(
+            f"train.select_on = {select!r} names {count} steps; train.validation_steps "
+            f"{steps} does not include it"
+        )
 
 
 def constructor_kwargs(

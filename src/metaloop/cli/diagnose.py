@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 from metaloop.cli.args import positive_int
+from metaloop.cli.diagnose_sharpness import add_arguments as add_sharpness_arguments
+from metaloop.cli.diagnose_sharpness import run_sharpness
 from metaloop.cli.runs import load_run, runtime
 
 
@@ -21,6 +23,7 @@ def add_parser(sub: Any) -> None:
     )
     dg.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     dg.add_argument("--json", action="store_true")
+    add_sharpness_arguments(dg)
 
     dg.set_defaults(func=run)
 
@@ -53,9 +56,13 @@ def run(args: argparse.Namespace) -> int:
     report["meta_gradient"] = dataclasses.asdict(
         diagnostics.meta_gradient_stats(learner, family, args.tasks, batches=max(2, args.batches))
     )
+    if args.sharpness:
+        report["sharpness"] = run_sharpness(args, cfg, learner)
     if args.json:
         print(json.dumps(report))
         return 0
+    if "sharpness" in report:
+        print(report["sharpness"]["text"])
     if "adaptation_curve" in report:
         c = report["adaptation_curve"]
         print("steps   support loss   query loss")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,14 @@ def add_parsers(sub: Any) -> None:
         "(metaloop.evaluation.AdversarialQueries)",
     )
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument(
+        "--divergence-factor",
+        type=float,
+        default=None,
+        metavar="F",
+        help="count an episode as divergent when its query loss is non-finite or above F "
+        "times its loss before adaptation (default: [eval] divergence_factor, 10)",
+    )
     e.add_argument(
         "--save-predictions",
         metavar="PATH",
@@ -179,6 +188,7 @@ def run_eval(args: argparse.Namespace) -> int:
             batch_size=ev["batch_size"],
             device=cfg["device"],
             progress=not args.no_progress,
+            divergence_factor=_divergence_factor(args, ev),
         )
     reference = {str(k): v for k, v in ev.get("reference", {}).items()}
     out = result.to_dict()
@@ -312,3 +322,13 @@ def run_lake(args: argparse.Namespace) -> int:
             print(f"run {i:02d}: {err:.1f}% error")
         print(f"mean error over {len(score.errors)} runs: {score.mean_error:.2f}%")
     return 0
+
+
+def _divergence_factor(args: argparse.Namespace, ev: dict[str, Any]) -> float:
+    """``--divergence-factor``, else ``[eval] divergence_factor``; a finite number >= 1."""
+    factor = args.divergence_factor
+    if factor is None:
+        return ev["divergence_factor"]
+    if not (math.isfinite(factor) and factor >= 1):
+        raise ConfigError(f"--divergence-factor must be a finite number >= 1, got {factor:g}")
+    return factor

@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(cfg["seed"])  # model initialisation is part of the seeded run
     family = build_family(cfg, "train")
-    val_family = build_family(cfg, "val") if has_validation(cfg) else None
+    shots = cfg["train"]["validation_shots"] or None  # validation on the reported shots
+    val_family = build_family(cfg, "val", shots=shots) if has_validation(cfg) else None
     model = build_model(cfg)
     if cfg["train"]["init_from"] and not (run_dir / LATEST).exists():  # not when resuming
         _warm_start(model, cfg["train"]["init_from"])
@@ -200,6 +201,8 @@ def _train(
         validate_on=val_family,
         validate_every=t["validate_every"],
         validation_tasks=t["validation_tasks"],
+        validation_steps=t["validation_steps"] or None,
+        select_on=t["select_on"] or None,
         patience=t["patience"] or None,
         run_dir=run_dir,
         checkpoint_every=t["checkpoint_every"],

@@ -26,7 +26,7 @@ Rayleigh quotient ``v' M v`` of the last unit vector; ``residual`` reports
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -242,23 +242,31 @@ def support_sharpness(
 
 def sharpness(
     learner: GradientMetaLearner,
-    batch: TaskBatch,
+    batches: TaskBatch | Iterable[TaskBatch],
     iterations: int = 100,
     limit: float = STABILITY_LIMIT,
     seed: int = 0,
     inner_lr: float | None = None,
 ) -> Sharpness:
-    """The distribution of ``alpha * lambda_max`` over the tasks of ``batch`` and the
-    fraction above ``limit`` (``support_sharpness``; see the module docstring)."""
+    """The distribution of ``alpha * lambda_max`` over the tasks of ``batches`` (one
+    ``TaskBatch`` or several) and the fraction above ``limit`` (``support_sharpness``; see
+    the module docstring)."""
     if not (isinstance(limit, (int, float)) and math.isfinite(limit) and limit > 0):
         raise ValueError(f"limit must be a positive number, got {limit!r}")
-    scaled, plain, residual = support_sharpness(learner, batch, iterations, seed, inner_lr)
-    v = scaled.double()
+    parts = [
+        support_sharpness(learner, batch, iterations, seed + i, inner_lr)
+        for i, batch in enumerate([batches] if isinstance(batches, TaskBatch) else batches)
+    ]
+    if not parts:
+        raise ValueError("sharpness needs at least one task batch")
+    v = torch.cat([p[0] for p in parts]).double()
+    plain = None if parts[0][1] is None else torch.cat([p[1] for p in parts]).double()
+    residual = torch.cat([p[2] for p in parts])
     levels = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
     quantiles = {f"{round(100 * q)}%": float(torch.quantile(v, q)) for q in levels}
     return Sharpness(
         values=v.tolist(),
-        top_eigenvalues=None if plain is None else plain.double().tolist(),
+        top_eigenvalues=None if plain is None else plain.tolist(),
         quantiles=quantiles,
         fraction_above=float((v > limit).double().mean()),
         limit=float(limit),
