@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from metaloop.cli.args import positive_int
+from metaloop.cli.diagnose_analyses import add_arguments as add_analysis_arguments
 from metaloop.cli.diagnose_sharpness import add_arguments as add_sharpness_arguments
 from metaloop.cli.diagnose_sharpness import run_sharpness
 from metaloop.cli.runs import load_run, runtime
@@ -23,6 +24,7 @@ def add_parser(sub: Any) -> None:
     )
     dg.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     dg.add_argument("--json", action="store_true")
+    add_analysis_arguments(dg)
     add_sharpness_arguments(dg)
 
     dg.set_defaults(func=run)
@@ -58,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.sharpness:
         report["sharpness"] = run_sharpness(args, cfg, learner)
+    from metaloop.cli.diagnose_analyses import print_analyses, run_analyses
+
+    report.update(run_analyses(args, cfg, learner, family, batch))
     if args.json:
         print(json.dumps(report))
         return 0
@@ -79,4 +84,5 @@ def run(args: argparse.Namespace) -> int:
         f"meta-gradient over {m['batches']} batches of {args.tasks}: |mean| {m['mean_norm']:.4g}, "
         f"trace cov {m['variance']:.4g}, signal/noise {m['signal_to_noise']:.3g}"
     )
+    print_analyses(report)
     return 0

@@ -1,0 +1,204 @@
+"""The analyses of ``metaloop diagnose`` beyond the default report (each behind a flag):
+
+* ``--oracle``: the learned ``theta_0`` against the closed-form one-step MAML optimum
+  (linear regression, 1-D quadratics, Gaussian means; bias-free linear model);
+* ``--inner-lrs A,B,..``: query and support loss against ``0..--max-steps`` inner steps, one
+  curve per inner rate (inner-loop overfitting);
+* ``--loto``: the leave-one-task-out risk inflation ratio with its 95% interval;
+* ``--pool-sizes N1,N2,..``: the ratio against the size of the meta-training pool (fresh
+  learners meta-trained for ``--iterations`` on each pool);
+* ``--noise``: the meta-gradient covariance split into task, support and query sampling;
+* ``--plot DIR``: a PNG per analysis in ``DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from metaloop.cli.args import positive_int
+from metaloop.cli.config import ConfigError
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}"
+        ) from err
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected integers separated by commas, got {text!r}"
+        ) from err
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_arguments(dg: argparse.ArgumentParser) -> None:
+    dg.add_argument("--oracle", action="store_true", help="theta_0 against the closed form")
+    dg.add_argument(
+        "--inner-lrs", type=_float_list, default=None, help="inner-step curves at these rates"
+    )
+    dg.add_argument("--loto", action="store_true", help="leave-one-task-out risk inflation")
+    dg.add_argument("--loto-tasks", type=positive_int, default=10, help="task set of --loto")
+    dg.add_argument(
+        "--pool-sizes", type=_int_list, default=None, help="risk inflation against pool size"
+    )
+    dg.add_argument("--pool-points", type=positive_int, default=50, help="points per pool task")
+    dg.add_argument(
+        "--iterations", type=positive_int, default=500, help="meta-training of --loto/--pool-sizes"
+    )
+    dg.add_argument("--outer-lr", type=float, default=1e-3, help="Adam rate of that training")
+    dg.add_argument("--noise", action="store_true", help="meta-gradient noise by source")
+    dg.add_argument(
+        "--noise-draws",
+        type=_int_list,
+        default=[8, 4, 4],
+        metavar="I,J,K",
+        help="--noise: tasks, support sets per task, query sets per support set",
+    )
+    dg.add_argument("--plot", default=None, metavar="DIR", help="write a PNG per analysis")
+
+
+def _synthetic_only(family: Any, what: str) -> None:
+    if type(family).__module__ != "metaloop.tasks.synthetic":
+        raise ConfigError(
+            f"{what} needs a synthetic task family (metaloop.tasks.synthetic: sinusoid, "
+            f"linear, gaussian_mean, ...), got {type(family).__name__}"
+        )
+
+
+def run_analyses(
+    args: argparse.Namespace, cfg: dict[str, Any], learner: Any, family: Any, batch: Any
+) -> dict[str, Any]:
+    """The flagged analyses as a JSON-ready dict (empty when no flag is given)."""
+    import torch
+
+    from metaloop.cli.build import build_family, build_learner, build_model
+    from metaloop.diagnostics import inner_curve, oracles, overfitting
+    from metaloop.diagnostics.core import leave_one_task_out
+
+    def make_learner() -> Any:
+        return build_learner(cfg, build_model(cfg))
+
+    out: dict[str, Any] = {}
+    if args.oracle:
+        try:
+            result = oracles.compare_with_oracle(learner.model, family, learner.inner_lr)
+        except (ValueError, AttributeError) as err:
+            raise ConfigError(f"--oracle: {err}") from err
+        out["oracle"] = dataclasses.asdict(result)
+    if args.inner_lrs:
+        curves = inner_curve.inner_step_curves(learner, batch, args.max_steps, args.inner_lrs)
+        out["inner_curves"] = {
+            str(a): {
+                **dataclasses.asdict(c),
+                "summary": dataclasses.asdict(inner_curve.overfitting_summary(c)),
+            }
+            for a, c in curves.items()
+        }
+    if args.loto:
+        tasks = family.sample(args.loto_tasks, torch.Generator().manual_seed(1))
+        loo = leave_one_task_out(make_learner, tasks, args.iterations, args.outer_lr)
+        out["loto"] = {
+            **dataclasses.asdict(overfitting.loto_risk_inflation(loo)),
+            "per_task": loo.per_task,
+        }
+    if args.pool_sizes:
+        _synthetic_only(family, "--pool-sizes")
+        shots, queries = family.shots, family.queries
+        if shots + queries > args.pool_points:
+            raise ConfigError(
+                f"--pool-points must be >= shots + queries = {shots + queries}, "
+                f"got {args.pool_points}"
+            )
+        half = args.pool_points // 2
+        pool_family = build_family(cfg, "train", shots=half, queries=args.pool_points - half)
+        points = overfitting.pool_size_sweep(
+            make_learner,
+            pool_family,
+            args.pool_sizes,
+            shots,
+            queries,
+            iterations=args.iterations,
+            meta_batch_size=int(cfg["train"].get("meta_batch_size", 10)),
+            outer_lr=args.outer_lr,
+            log=None if args.json else print,
+        )
+        out["pool_sizes"] = [dataclasses.asdict(p) for p in points]
+    if args.noise:
+        from metaloop.diagnostics import noise
+
+        _synthetic_only(family, "--noise")
+        if len(args.noise_draws) != 3:
+            raise ConfigError(f"--noise-draws takes three integers I,J,K, got {args.noise_draws}")
+        sizes = {"tasks": args.noise_draws[0], "supports": args.noise_draws[1]}
+        sizes["queries"] = args.noise_draws[2]
+        if hasattr(learner, "first_order"):
+            amp = noise.order_amplification(learner, family, **sizes)
+            out["noise"] = dataclasses.asdict(
+                amp.second_order if not learner.first_order else amp.first_order
+            )
+            out["noise_orders"] = {
+                "first_order": dataclasses.asdict(amp.first_order),
+                "second_order": dataclasses.asdict(amp.second_order),
+                "ratios": amp.ratios,
+            }
+        else:
+            out["noise"] = dataclasses.asdict(
+                noise.decompose_meta_gradient_noise(learner, family, **sizes)
+            )
+    if args.plot and out:
+        from metaloop.cli.diagnose_plots import plot_analyses
+
+        out["plots"] = [str(p) for p in plot_analyses(out, Path(args.plot))]
+    return out
+
+
+def print_analyses(out: dict[str, Any]) -> None:
+    if "oracle" in out:
+        o = out["oracle"]
+        print(
+            f"oracle ({o['family']}, {o['note']}): |theta_0 - oracle| = {o['distance']:.4g} "
+            f"(|oracle| = {o['oracle_scale']:.4g})"
+        )
+    for rate, c in out.get("inner_curves", {}).items():
+        s = c["summary"]
+        print(
+            f"inner rate {rate}: best query loss {s['best_query_loss']:.4g} at "
+            f"{s['best_step']} steps, {s['final_query_loss']:.4g} at {c['steps'][-1]} "
+            f"(x{s['rise']:.3g})"
+        )
+    if "loto" in out:
+        r = out["loto"]
+        print(
+            f"leave-one-task-out: training tasks {r['train_loss']:.4g}, held-out "
+            f"{r['held_out_loss']:.4g}, risk inflation {r['ratio']:.3g} "
+            f"[{r['low']:.3g}, {r['high']:.3g}]"
+        )
+    if "noise" in out:
+        n = out["noise"]
+        print(
+            "meta-gradient covariance trace by source: "
+            + ", ".join(f"{k} {n[k]:.4g}" for k in ("task", "support", "query", "total"))
+        )
+    if "noise_orders" in out:
+        r = out["noise_orders"]["ratios"]
+        print(
+            "second- over first-order covariance: "
+            + ", ".join(f"{k} {r[k]:.3g}" for k in ("task", "support", "query", "total"))
+        )
+    for path in out.get("plots", []):
+        print(path)

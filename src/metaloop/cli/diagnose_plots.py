@@ -1,0 +1,91 @@
+"""PNG figures of ``metaloop diagnose``'s analyses (needs the optional ``plot`` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metaloop.cli.config import ConfigError
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ConfigError("--plot needs matplotlib: pip install 'metaloop[plot]'") from err
+    return plt
+
+
+def plot_inner_curves(curves: dict[str, dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Query (solid) and support (dashed) loss against inner steps, one colour per rate."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, (label, c) in enumerate(curves.items()):
+        colour = f"C{i}"
+        ax.plot(c["steps"], c["query_loss"], color=colour, label=f"{label} query")
+        ax.plot(c["steps"], c["support_loss"], color=colour, linestyle="--", alpha=0.6)
+        best = c["steps"][min(range(len(c["steps"])), key=c["query_loss"].__getitem__)]
+        ax.plot([best], [min(c["query_loss"])], "o", color=colour)
+    ax.set_xlabel("inner steps")
+    ax.set_ylabel("MSE (solid: query, dashed: support)")
+    ax.set_yscale("log")
+    ax.set_title(title or "inner-loop overfitting")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_pool_sizes(points: list[dict[str, Any]], path: Path) -> Path:
+    """Risk inflation ratio (95% interval) against the meta-training pool size, log-log."""
+    plt = _pyplot()
+    n = [p["pool_size"] for p in points]
+    r = [p["risk"]["ratio"] for p in points]
+    low = [p["risk"]["ratio"] - p["risk"]["low"] for p in points]
+    high = [p["risk"]["high"] - p["risk"]["ratio"] for p in points]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.errorbar(n, r, yerr=[low, high], marker="o", capsize=3)
+    ax.axhline(1.0, color="grey", linestyle=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("tasks in the meta-training pool")
+    ax.set_ylabel("risk inflation (held-out / training-task loss)")
+    ax.set_title(f"meta-overfitting ({points[0]['iterations']} iterations per pool)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_noise(noise: dict[str, Any], path: Path) -> Path:
+    """Stacked bar of the meta-gradient covariance trace by source."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 3.8))
+    bottom = 0.0
+    for key in ("task", "support", "query"):
+        ax.bar(["meta-gradient"], [noise[key]], bottom=bottom, label=key)
+        bottom += noise[key]
+    ax.set_ylabel("trace of covariance (one task)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_analyses(out: dict[str, Any], folder: Path) -> list[Path]:
+    """One PNG per analysis present in ``out``; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    if "inner_curves" in out:
+        curves = {f"alpha={k}": v for k, v in out["inner_curves"].items()}
+        paths.append(plot_inner_curves(curves, folder / "inner_curves.png"))
+    if "pool_sizes" in out:
+        paths.append(plot_pool_sizes(out["pool_sizes"], folder / "pool_sizes.png"))
+    if "noise" in out:
+        paths.append(plot_noise(out["noise"], folder / "noise.png"))
+    return paths

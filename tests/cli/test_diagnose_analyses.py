@@ -1,0 +1,90 @@
+"""``metaloop diagnose`` analysis flags: JSON keys, numbers against the library, PNGs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from metaloop.cli.main import main
+
+torch.set_num_threads(1)
+
+CONFIG = """
+name = "tiny-linear"
+seed = 0
+[task]
+family = "linear"
+dim = 3
+shots = 5
+queries = 5
+noise_std = 1.0
+[model]
+name = "mlp"
+hidden = []
+bias = false
+[algorithm]
+name = "maml"
+inner_lr = 0.05
+inner_steps = 1
+[train]
+iterations = 20
+meta_batch_size = 4
+optimizer = "adam"
+outer_lr = 0.01
+validate_every = 20
+validation_tasks = 10
+checkpoint_every = 20
+log_every = 10
+threads = 1
+[eval]
+episodes = 10
+steps = [1]
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("diag")
+    (folder / "c.toml").write_text(CONFIG)
+    assert (
+        main(["train", str(folder / "c.toml"), "--run-dir", str(folder / "run"), "--no-progress"])
+        == 0
+    )
+    return folder / "run"
+
+
+def test_diagnose_flags_report_and_plot(run_dir, capsys):
+    capsys.readouterr()
+    plots = run_dir.parent / "plots"
+    argv = ["diagnose", str(run_dir), "--json", "--batches", "2", "--max-steps", "6"]
+    argv += ["--oracle", "--inner-lrs", "0.05,0.2", "--loto", "--loto-tasks", "3"]
+    argv += ["--iterations", "3", "--pool-sizes", "1,2", "--pool-points", "12"]
+    argv += ["--noise", "--noise-draws", "3,2,2", "--plot", str(plots)]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["inner_curves"]) == {"0.05", "0.2"}
+    assert len(report["inner_curves"]["0.2"]["query_loss"]) == 7
+    assert report["loto"]["train_tasks"] == 3 and report["loto"]["low"] <= report["loto"]["ratio"]
+    assert [p["pool_size"] for p in report["pool_sizes"]] == [1, 2]
+    n = report["noise"]
+    assert n["total"] == pytest.approx(n["task"] + n["support"] + n["query"])
+    assert set(report["noise_orders"]["ratios"]) == {"task", "support", "query", "total"}
+    o = report["oracle"]
+    assert o["family"] == "LinearRegression" and len(o["oracle"]) == 3
+    assert o["distance"] == pytest.approx(
+        sum((a - b) ** 2 for a, b in zip(o["learned"], o["oracle"])) ** 0.5
+    )
+    for name in ("inner_curves.png", "pool_sizes.png", "noise.png"):
+        assert (plots / name).stat().st_size > 1000
+
+
+def test_oracle_flag_refuses_a_model_with_hidden_layers(tmp_path, capsys):
+    (tmp_path / "c.toml").write_text(CONFIG.replace("hidden = []", "hidden = [4]"))
+    assert (
+        main(["train", str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r"), "--no-progress"])
+        == 0
+    )
+    assert main(["diagnose", str(tmp_path / "r"), "--batches", "2", "--oracle"]) == 2
+    assert "bias-free linear model" in capsys.readouterr().err
