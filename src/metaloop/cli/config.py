@@ -290,6 +290,14 @@ def _check_device(value: str) -> None:
         raise ConfigError(f'device {value!r} is not available on this machine; use device = "cpu"')
 
 
+def data_keys() -> dict[str, Any]:
+    """The valid ``[data]`` keys with their defaults: Omniglot's (``DATA_DEFAULTS``, in
+    every configuration) and those every registered task family declares."""
+    from metaloop.tasks.registry import all_data_keys
+
+    return {**all_data_keys(), **DATA_DEFAULTS}
+
+
 def validate_fixed(cfg: dict[str, Any]) -> None:
     """Check the fixed-key sections (train, eval, data) and the top-level keys."""
     for key, default in TOP_LEVEL.items():
@@ -303,6 +311,8 @@ def validate_fixed(cfg: dict[str, Any]) -> None:
                 f"{section}.{key} must be a string naming the {section} to use, got {name!r}"
             )
     for section, schema in FIXED_SECTIONS.items():
+        if section == "data":
+            schema = data_keys()
         for key, value in cfg[section].items():
             if key not in schema:
                 raise ConfigError(
