@@ -29,6 +29,16 @@ from metaloop.data.episodes import (
     within_alphabet_family,
 )
 from metaloop.data.families import OMNIGLOT_DATA_KEYS  # registers [task] family omniglot
+from metaloop.data.folder import (
+    ImageDataError,
+    folder_family,
+    folder_split,
+    load_image_classes,
+    read_split_file,
+)
+
+# registers [task] families image_folder, multi_mnist and benchmark
+from metaloop.data.image_families import IMAGE_FOLDER_DATA_KEYS
 from metaloop.data.lake import (
     LakeRun,
     LakeScore,
@@ -153,6 +163,7 @@ def omniglot_family(
 
 __all__ = [
     "ARCHIVES",
+    "IMAGE_FOLDER_DATA_KEYS",
     "OMNIGLOT_DATA_KEYS",
     "SPLITS",
     "ClassDataset",
@@ -162,6 +173,7 @@ __all__ = [
     "EpisodePlan",
     "EpisodeSampler",
     "EpisodicFamily",
+    "ImageDataError",
     "LakeRun",
     "LakeScore",
     "OmniglotError",
@@ -172,7 +184,10 @@ __all__ = [
     "default_cache_dir",
     "download_archive",
     "episodes_to_batch",
+    "folder_family",
+    "folder_split",
     "lake_split",
+    "load_image_classes",
     "load_omniglot",
     "load_omniglot_subset",
     "load_runs",
@@ -181,6 +196,7 @@ __all__ = [
     "omniglot_split",
     "permute_labels",
     "preprocess_png",
+    "read_split_file",
     "resolve_root",
     "runs_to_batch",
     "score_runs",

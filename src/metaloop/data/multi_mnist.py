@@ -351,7 +351,7 @@ def multi_mnist_split(
     parts: dict[str, Any] = {}
     for part in PARTS:
         parts[part] = (
-            _resize(load_multi_mnist_part(folder, part), image_size)
+            resize_dataset(load_multi_mnist_part(folder, part), image_size)
             if (folder / f"{part}.npz").is_file()
             else None
         )
@@ -368,7 +368,9 @@ def multi_mnist_split(
     return split
 
 
-def _resize(dataset: ClassDataset, image_size: int | None) -> ClassDataset:
+def resize_dataset(dataset: ClassDataset, image_size: int | None) -> ClassDataset:
+    """``dataset`` with its images resized to ``image_size`` (area averaging, uint8 kept);
+    unchanged when ``None`` or already that size."""
     if image_size is None or image_size == dataset.image_shape[-1]:
         return dataset
     x = dataset.storage.float()
