@@ -61,7 +61,7 @@ def test_diagnose_flags_report_and_plot(run_dir, capsys):
     argv = ["diagnose", str(run_dir), "--json", "--batches", "2", "--max-steps", "6"]
     argv += ["--oracle", "--inner-lrs", "0.05,0.2", "--loto", "--loto-tasks", "3"]
     argv += ["--iterations", "3", "--pool-sizes", "1,2", "--pool-points", "12"]
-    argv += ["--noise", "--noise-draws", "3,2,2", "--plot", str(plots)]
+    argv += ["--noise", "--noise-draws", "3,2,2", "--plot", str(plots), "--inner-decay", "0.5"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["inner_curves"]) == {"0.05", "0.2"}
@@ -76,7 +76,15 @@ def test_diagnose_flags_report_and_plot(run_dir, capsys):
     assert o["distance"] == pytest.approx(
         sum((a - b) ** 2 for a, b in zip(o["learned"], o["oracle"])) ** 0.5
     )
-    for name in ("inner_curves.png", "pool_sizes.png", "noise.png"):
+    decay = report["inner_decay"]
+    assert decay["inner_lr"] == 0.05
+    curves = decay["curves"]
+    assert set(curves) == {"no decay", "decay 0.5 to zero", "decay 0.5 to init"}
+    # same theta_0, so the same loss before any step; the decay changes every later step
+    assert len({c["query_loss"][0] for c in curves.values()}) == 1
+    assert len({c["query_loss"][-1] for c in curves.values()}) == 3
+    assert curves["no decay"]["query_loss"] == report["inner_curves"]["0.05"]["query_loss"]
+    for name in ("inner_decay.png", "inner_curves.png", "pool_sizes.png", "noise.png"):
         assert (plots / name).stat().st_size > 1000
 
 

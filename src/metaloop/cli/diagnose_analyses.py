@@ -51,6 +51,18 @@ def add_arguments(dg: argparse.ArgumentParser) -> None:
     dg.add_argument(
         "--inner-lrs", type=_float_list, default=None, help="inner-step curves at these rates"
     )
+    dg.add_argument(
+        "--inner-decay",
+        type=_float_list,
+        default=None,
+        metavar="C1,C2,..",
+        help="inner-step curves with inner weight decay c (first --inner-lrs rate)",
+    )
+    dg.add_argument(
+        "--decay-toward",
+        default="zero,init",
+        help="--inner-decay anchors: zero and/or init (theta_0), comma-separated",
+    )
     dg.add_argument("--loto", action="store_true", help="leave-one-task-out risk inflation")
     dg.add_argument("--loto-tasks", type=positive_int, default=10, help="task set of --loto")
     dg.add_argument(
@@ -109,6 +121,8 @@ def run_analyses(
             }
             for a, c in curves.items()
         }
+    if args.inner_decay:
+        out["inner_decay"] = _decay_curves(args, cfg, learner, batch)
     if args.loto:
         tasks = family.sample(args.loto_tasks, torch.Generator().manual_seed(1))
         loo = leave_one_task_out(make_learner, tasks, args.iterations, args.outer_lr)
@@ -167,6 +181,40 @@ def run_analyses(
     return out
 
 
+def _decay_curves(
+    args: argparse.Namespace, cfg: dict[str, Any], learner: Any, batch: Any
+) -> dict[str, Any]:
+    """Inner-step curves of the learner and of copies of it (same model, same ``theta_0``)
+    whose inner optimizer adds weight decay ``c (theta_t - anchor)``, for each ``c`` and
+    anchor; all at the first ``--inner-lrs`` rate (default: the learner's)."""
+    import copy
+
+    from metaloop.cli.build import build_learner
+    from metaloop.diagnostics import inner_curve
+
+    anchors = [a.strip() for a in args.decay_toward.split(",") if a.strip()]
+    if not anchors or any(a not in ("zero", "init") for a in anchors):
+        raise ConfigError(f"--decay-toward takes zero and/or init, got {args.decay_toward!r}")
+    rate = (args.inner_lrs or [learner.inner_lr])[0]
+    variants = {"no decay": learner}
+    for anchor in anchors:
+        for coef in args.inner_decay:
+            changed = copy.deepcopy(cfg)
+            algorithm = changed["algorithm"]
+            kwargs = dict(algorithm.get("inner_optimizer_kwargs") or {})
+            kwargs.update(weight_decay=coef, decay_toward=anchor)
+            algorithm["inner_optimizer_kwargs"] = kwargs
+            variants[f"decay {coef:g} to {anchor}"] = build_learner(changed, learner.model)
+    out = {}
+    for label, variant in variants.items():
+        curve = inner_curve.inner_step_curves(variant, batch, args.max_steps, [rate])[rate]
+        out[label] = {
+            **dataclasses.asdict(curve),
+            "summary": dataclasses.asdict(inner_curve.overfitting_summary(curve)),
+        }
+    return {"inner_lr": rate, "curves": out}
+
+
 def print_analyses(out: dict[str, Any]) -> None:
     if "oracle" in out:
         o = out["oracle"]
@@ -181,6 +229,14 @@ def print_analyses(out: dict[str, Any]) -> None:
             f"{s['best_step']} steps, {s['final_query_loss']:.4g} at {c['steps'][-1]} "
             f"(x{s['rise']:.3g})"
         )
+    if "inner_decay" in out:
+        for label, c in out["inner_decay"]["curves"].items():
+            s = c["summary"]
+            print(
+                f"{label} (alpha {out['inner_decay']['inner_lr']}): best query loss "
+                f"{s['best_query_loss']:.4g} at {s['best_step']} steps, "
+                f"{s['final_query_loss']:.4g} at {c['steps'][-1]}"
+            )
     if "loto" in out:
         r = out["loto"]
         print(

@@ -84,6 +84,15 @@ def plot_analyses(out: dict[str, Any], folder: Path) -> list[Path]:
     if "inner_curves" in out:
         curves = {f"alpha={k}": v for k, v in out["inner_curves"].items()}
         paths.append(plot_inner_curves(curves, folder / "inner_curves.png"))
+    if "inner_decay" in out:
+        rate = out["inner_decay"]["inner_lr"]
+        paths.append(
+            plot_inner_curves(
+                out["inner_decay"]["curves"],
+                folder / "inner_decay.png",
+                f"inner weight decay (alpha = {rate})",
+            )
+        )
     if "pool_sizes" in out:
         paths.append(plot_pool_sizes(out["pool_sizes"], folder / "pool_sizes.png"))
     if "noise" in out:
