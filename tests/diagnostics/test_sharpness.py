@@ -147,3 +147,30 @@ def test_bad_arguments_are_refused():
         sharpness(learner, batch, limit=0)
     with pytest.raises(TypeError, match="gradient-based learners"):
         support_sharpness(nn.Linear(1, 1), batch)
+
+
+def test_trainer_logs_sharpness_at_validation_without_changing_training(tmp_path):
+    from metaloop.diagnostics.sharpness import SharpnessLog
+    from metaloop.tasks import Sinusoid
+    from metaloop.train import Trainer
+
+    family = Sinusoid(shots=5, queries=5)
+    probe = family.sample(8, torch.Generator().manual_seed(5))
+
+    def train(log: bool):
+        torch.manual_seed(0)
+        learner = MAML(MLP(1, 1, hidden=(8,)), inner_lr=0.05)
+        trainer = Trainer(learner, torch.optim.Adam(learner.parameters(), 1e-2), 4, progress=False)
+        if log:
+            trainer.callbacks.append(SharpnessLog(probe, iterations=30))
+        result = trainer.fit(family, 6, validate_on=family, validate_every=3, validation_tasks=4)
+        return learner, [r for r in result.history if r["split"] == "val"]
+
+    plain, plain_val = train(False)
+    logged, val = train(True)
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), logged.parameters()))
+    assert [r["loss"] for r in val] == [r["loss"] for r in plain_val]
+    report = sharpness(logged, probe, iterations=30)
+    assert val[-1]["sharpness_median"] == pytest.approx(report.quantiles["50%"])
+    assert val[-1]["sharpness_above_2"] == report.fraction_above
+    assert "sharpness_median" not in plain_val[-1]

@@ -45,6 +45,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "validation_shots": 0,
     "validation_steps": [],
     "select_on": "",
+    # log alpha * lambda_max of the support loss (diagnostics.sharpness) on this many
+    # validation-shaped tasks at every validation (0: off)
+    "sharpness_tasks": 0,
     "patience": 0,
     "checkpoint_every": 1000,
     "log_every": 100,
@@ -108,6 +111,7 @@ NON_NEGATIVE = (
             "tasks_per_chunk",
             "threads",
             "validation_shots",
+            "sharpness_tasks",
         )
     }
     | {("eval", k) for k in ("shots", "queries", "ways", "tta_shift")}

@@ -27,6 +27,7 @@ RESUMABLE = (
             "patience",
             "tensorboard",
             "grad_clip",
+            "sharpness_tasks",
         )
     }
     | {("eval", k) for k in EVAL_DEFAULTS}
@@ -195,6 +196,8 @@ def _train(
         progress=t["progress"],
         tensorboard=t["tensorboard"],
     )
+    if t["sharpness_tasks"] and val_family is not None:
+        _log_sharpness(trainer, val_family, t["sharpness_tasks"], cfg["seed"])
     result = trainer.fit(
         family,
         t["iterations"],
@@ -220,3 +223,20 @@ def _train(
     if main_process:
         print(json.dumps(summary))
     return 0
+
+
+def _log_sharpness(trainer: Any, val_family: Any, tasks: int, seed: int) -> None:
+    """``[train] sharpness_tasks``: add ``alpha * lambda_max`` statistics of ``tasks``
+    validation-shaped tasks (their own seed) to every validation record."""
+    import torch
+
+    from metaloop.algorithms.gradient import GradientMetaLearner
+    from metaloop.diagnostics.sharpness import SharpnessLog
+
+    if not isinstance(trainer.learner, GradientMetaLearner):
+        raise ConfigError(
+            "train.sharpness_tasks applies to gradient-based learners (maml, fomaml, metasgd, "
+            "anil, ...); set it to 0 for this one"
+        )
+    batch = val_family.sample(tasks, torch.Generator().manual_seed(seed + 2_000_003))
+    trainer.callbacks.append(SharpnessLog(batch, iterations=50))

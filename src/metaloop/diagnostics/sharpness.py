@@ -274,3 +274,30 @@ def sharpness(
         iterations=iterations,
         max_residual=float(residual.max()),
     )
+
+
+class SharpnessLog:
+    """A ``Trainer`` callback that adds the sharpness of the learner on fixed tasks to every
+    validation record: ``sharpness_median``, ``sharpness_p90`` and ``sharpness_above_2``
+    (the fraction of the tasks with ``alpha * lambda_max`` above ``limit``; the key keeps
+    its name for any ``limit``).  It reads the learner only (its own generator for the
+    start vectors), so training runs exactly as without it.
+
+    Usage: ``trainer.callbacks.append(SharpnessLog(family.sample(100, generator)))``.
+    """
+
+    def __init__(
+        self, batch: TaskBatch, iterations: int = 50, limit: float = STABILITY_LIMIT
+    ) -> None:
+        _check_iterations(iterations)
+        self.batch, self.iterations, self.limit = batch, iterations, limit
+
+    def __call__(self, trainer: object, record: dict[str, object]) -> None:
+        if record.get("split") != "val":
+            return
+        learner = trainer.learner  # type: ignore[attr-defined]
+        batch = self.batch.to(trainer.device)  # type: ignore[attr-defined]
+        report = sharpness(learner, batch, self.iterations, self.limit)
+        record["sharpness_median"] = report.quantiles["50%"]
+        record["sharpness_p90"] = report.quantiles["90%"]
+        record["sharpness_above_2"] = report.fraction_above
