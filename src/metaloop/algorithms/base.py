@@ -1,15 +1,24 @@
-"""The one protocol every algorithm speaks.
+"""The one protocol every algorithm speaks, in two layers.
 
-A ``MetaLearner`` is an ``nn.Module`` whose parameters are everything the outer loop
-learns.  It answers two questions:
+``Adaptable`` is what evaluation, ensembles, diagnostics and the CLI call on a trained
+learner, each with a default:
 
 * ``adapt(support, steps)``: a predictor specialised to one task's support set;
-* ``meta_loss(batch)``: a scalar whose gradient with respect to ``self.parameters()`` is
-  the meta-gradient for a batch of tasks, plus metrics as plain floats.
+* ``evaluate_batch(batch, steps)``: per-task query metrics after each step count (default:
+  ``adapt`` task by task, then ``task_metrics``);
+* ``query_log_probs(batch, steps)``: ``{steps: [T, Q, ways]}`` query log-probabilities
+  of a classifier (default: ``adapt`` task by task);
+* ``task_metrics(predictor, task)`` / ``query_metrics(prediction, target)``: the scoring;
+* ``check_batch(batch)``: a one-line error when the model does not fit the task;
+* the attributes ``default_eval_steps``, ``loss_name``, ``loss_fn``, ``classification``,
+  ``adapts_by_steps``, ``first_order`` and ``shifts_embeddings`` / ``test_time_shift``.
 
-``evaluate_batch`` scores adaptation on the query sets of a batch; the default goes
-through ``adapt`` task by task, and learners override it when they can do better (the
-gradient-based ones run one inner loop and read off every requested step count).
+``MetaLearner`` adds what training and building need: ``meta_loss(batch)``, a scalar whose
+gradient with respect to ``self.parameters()`` is the meta-gradient for a batch of tasks
+(plus metrics as plain floats), and the class's declarations for the CLI (``model_role``,
+``config_defaults``, ``needs_training_classes``).  Evaluation wrappers (test-time shift,
+balanced assignment, ensembles, adversarial queries) are ``Adaptable`` only: they have no
+``meta_loss``.
 
 The trainer, evaluation, diagnostics, benchmarks and distributed training only ever use
 this protocol, so they never know which algorithm they run.
@@ -100,37 +109,24 @@ def check_prediction(
         )
 
 
-class MetaLearner(nn.Module):
-    """Base class: holds the task loss and the default evaluation through ``adapt``."""
+class Adaptable(nn.Module):
+    """What consumers call on a trained learner (module docstring); holds the task loss
+    and the default evaluation through ``adapt``."""
 
     #: step counts at which ``evaluate_batch`` reports by default
     default_eval_steps: tuple[int, ...] = (0,)
-
-    #: what the model handed to the constructor is, for the CLI's model defaults:
-    #: ``"classifier"``: it outputs the task's predictions (``spec.y_dim`` outputs: the
-    #: ``ways`` class scores, or the targets); ``"embedding"``: a feature extractor with no
-    #: task head (the learner compares, decodes or classifies its features itself).
-    model_role: ClassVar[Literal["classifier", "embedding"]] = "classifier"
-
-    @classmethod
-    def config_defaults(
-        cls, spec: TaskSpec, model: nn.Module, options: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        """Constructor keyword defaults this learner derives from the task family.
-
-        ``spec`` is the family's ``TaskSpec``, ``model`` the model already built, and
-        ``options`` the ``[algorithm]`` keys the config gives (they override whatever
-        this returns).  The default gives ``loss = spec.loss`` (cross-entropy for
-        classification families, else MSE) when the constructor takes a ``loss``.
-        """
-        return {"loss": spec.loss} if constructor_accepts(cls, "loss") else {}
-
-    @classmethod
-    def needs_training_classes(cls, options: Mapping[str, Any]) -> bool:
-        """Whether ``config_defaults`` reads ``spec.num_classes`` for these ``[algorithm]``
-        keys: the CLI then hands it the spec of the loaded training family (the one the
-        command builds anyway; ``metaloop eval`` builds it for this)."""
-        return False
+    #: ``adapt``'s ``steps`` are inner optimisation steps, so metrics change with them
+    #: (an adaptation curve over step counts means something); ``False``: adaptation has
+    #: no step count (metric learners, the CNP) and every step count scores alike
+    adapts_by_steps: ClassVar[bool] = False
+    #: the first-/second-order switch of learners that have one (settable: diagnostics
+    #: compare both meta-gradients), ``None`` for the others
+    first_order: bool | None = None
+    #: ``True``: setting ``test_time_shift = s`` makes the learner average its embeddings
+    #: over translations by up to ``s`` pixels itself; ``False``: consumers wrap it in
+    #: ``metaloop.evaluation.ShiftAveraged`` (predictions averaged) instead
+    shifts_embeddings: ClassVar[bool] = False
+    test_time_shift: int = 0
 
     def __init__(self, loss: str | LossFn = "mse") -> None:
         super().__init__()
@@ -139,9 +135,6 @@ class MetaLearner(nn.Module):
         self.classification = is_classification(loss)
 
     def adapt(self, support: Task | tuple[Tensor, Tensor], steps: int | None = None) -> Predictor:
-        raise NotImplementedError
-
-    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
 
     def check_batch(self, batch: TaskBatch) -> None:
@@ -211,5 +204,59 @@ class MetaLearner(nn.Module):
             out[s] = {k: torch.stack(v) for k, v in per_task.items()}
         return out
 
+    def query_log_probs(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, Tensor]:
+        """``{s: [T, Q, ways]}``: log-softmax of every query's class scores after adapting
+        with ``s`` steps, for each ``s`` in ``steps`` (a classifier's predictive
+        distribution, what ensembles average and balanced assignment rebalances).
+
+        The default adapts task by task; learners that score a whole batch at once (the
+        metric learners) override it.
+        """
+        out: dict[int, Tensor] = {}
+        for s in steps:
+            rows = []
+            for task in batch:
+                with torch.enable_grad():
+                    predictor = self.adapt(task.support, steps=s)
+                rows.append(torch.log_softmax(predictor(task.query_x).detach(), -1))
+            out[s] = torch.stack(rows)
+        return out
+
     def extra_repr(self) -> str:
         return f"loss={self.loss_name}"
+
+
+class MetaLearner(Adaptable):
+    """A trainable learner: ``Adaptable`` plus ``meta_loss`` and the declarations the CLI
+    builds it from."""
+
+    #: what the model handed to the constructor is, for the CLI's model defaults:
+    #: ``"classifier"``: it outputs the task's predictions (``spec.y_dim`` outputs: the
+    #: ``ways`` class scores, or the targets); ``"embedding"``: a feature extractor with no
+    #: task head (the learner compares, decodes or classifies its features itself).
+    model_role: ClassVar[Literal["classifier", "embedding"]] = "classifier"
+
+    @classmethod
+    def config_defaults(
+        cls, spec: TaskSpec, model: nn.Module, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Constructor keyword defaults this learner derives from the task family.
+
+        ``spec`` is the family's ``TaskSpec``, ``model`` the model already built, and
+        ``options`` the ``[algorithm]`` keys the config gives (they override whatever
+        this returns).  The default gives ``loss = spec.loss`` (cross-entropy for
+        classification families, else MSE) when the constructor takes a ``loss``.
+        """
+        return {"loss": spec.loss} if constructor_accepts(cls, "loss") else {}
+
+    @classmethod
+    def needs_training_classes(cls, options: Mapping[str, Any]) -> bool:
+        """Whether ``config_defaults`` reads ``spec.num_classes`` for these ``[algorithm]``
+        keys: the CLI then hands it the spec of the loaded training family (the one the
+        command builds anyway; ``metaloop eval`` builds it for this)."""
+        return False
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        """``(L, metrics)``: ``L`` a scalar whose gradient with respect to
+        ``self.parameters()`` is the meta-gradient of ``batch``, metrics plain floats."""
+        raise NotImplementedError

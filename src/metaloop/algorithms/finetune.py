@@ -254,6 +254,8 @@ class FineTuneBaseline(MetaLearner):
 
     #: the model is the encoder ``f_phi`` (its pretraining head is built here)
     model_role = "embedding"
+    #: evaluation step counts are fine-tuning steps
+    adapts_by_steps = True
 
     @classmethod
     def config_defaults(

@@ -51,6 +51,8 @@ class IMAML(GradientMetaLearner):
             inner loop minimises the regularised support loss.
     """
 
+    adapts_by_steps = True
+
     # the inner loop is never differentiated through
     gradient_mode = "first_order"
 

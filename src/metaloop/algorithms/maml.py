@@ -26,6 +26,8 @@ from metaloop.functional.inner import GradientMode
 class MAML(GradientMetaLearner):
     """MAML; ``first_order=True`` gives FOMAML.  See ``GradientMetaLearner`` for arguments."""
 
+    adapts_by_steps = True
+
     def __init__(self, model: nn.Module, *args: Any, first_order: bool = False, **kwargs: Any):
         super().__init__(model, *args, **kwargs)
         self.first_order = bool(first_order)

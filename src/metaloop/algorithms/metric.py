@@ -341,6 +341,8 @@ class MetricMetaLearner(MetaLearner):
     default_eval_steps: tuple[int, ...] = (0,)
     #: the encoder is a feature extractor (never a classifier with a ``ways`` head)
     model_role = "embedding"
+    #: ``test_time_shift`` averages embeddings over translated views (``embed_batch``)
+    shifts_embeddings = True
 
     @classmethod
     def config_defaults(
@@ -497,3 +499,10 @@ class MetricMetaLearner(MetaLearner):
         scores, _ = self.episode_scores(batch, self.test_time_shift)
         metrics = self.per_task_metrics(scores, batch.query_y)
         return {s: dict(metrics) for s in steps}
+
+    @torch.no_grad()
+    def query_log_probs(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, Tensor]:
+        """The whole batch scored once with one encoder pass (``episode_scores``, the
+        numbers ``evaluate_batch`` reports), the same tensor serving every step count."""
+        scores, _ = self.episode_scores(batch, self.test_time_shift)
+        return dict.fromkeys(steps, F.log_softmax(scores, -1))

@@ -19,6 +19,8 @@ from metaloop.tasks.base import TaskBatch
 
 @register("joint")
 class JointTraining(GradientMetaLearner):
+    adapts_by_steps = True
+
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         x = torch.cat([batch.support_x, batch.query_x], dim=1).flatten(0, 1)
         y = torch.cat([batch.support_y, batch.query_y], dim=1).flatten(0, 1)

@@ -32,6 +32,7 @@ from metaloop.tasks.base import TaskBatch
 @register("reptile")
 class Reptile(GradientMetaLearner):
     gradient_mode = "first_order"
+    adapts_by_steps = True
 
     def __init__(self, model: nn.Module, *args: Any, use_query: bool = True, **kwargs: Any):
         super().__init__(model, *args, **kwargs)

@@ -121,7 +121,7 @@ def apply_test_time_shift(
     wrapped = []
     for member in members:
         shift, model = member_shift(member, option), member.learner
-        if shift and hasattr(model, "test_time_shift"):
+        if shift and model.shifts_embeddings:
             model.test_time_shift = shift
         elif shift:
             try:

@@ -104,7 +104,7 @@ class OrderGap:
 
 def first_second_order_gap(learner: GradientMetaLearner, batch: TaskBatch) -> OrderGap:
     """Compare the exact and first-order meta-gradients of a MAML-family learner on one batch."""
-    if not hasattr(learner, "first_order"):
+    if learner.first_order is None:
         raise TypeError(f"{type(learner).__name__} has no first_order switch (use a MAML learner)")
     original = learner.first_order
     try:

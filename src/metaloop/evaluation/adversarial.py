@@ -8,36 +8,26 @@ true query labels):
 
 and the query metrics are those of ``f_adapted(x_adv)``.  The predictor adapts on the
 clean support set, once per step count.  ``epsilon = 0`` is the plain evaluation.  An
-evaluation construct: ``meta_loss`` is refused, and ``adapt`` returns the wrapped
-learner's predictor (it has no labels to attack with).
+evaluation wrapper (no ``meta_loss``; ADML trains on adversarial examples), and ``adapt``
+returns the wrapped learner's predictor (it has no labels to attack with).
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from metaloop.algorithms.base import MetaLearner, Predictor
+from metaloop.algorithms.base import Adaptable, Predictor
+from metaloop.evaluation.wrapper import EvaluationWrapper
 from metaloop.functional.adversarial import check_epsilon, fgsm
-from metaloop.tasks.base import Task, TaskBatch
+from metaloop.tasks.base import Task
 
 
-class AdversarialQueries(MetaLearner):
+class AdversarialQueries(EvaluationWrapper):
     """``learner`` scored on FGSM queries of radius ``epsilon``."""
 
-    def __init__(self, learner: MetaLearner, epsilon: float) -> None:
-        if not isinstance(learner, MetaLearner):
-            raise TypeError(f"AdversarialQueries wraps a MetaLearner, got {type(learner).__name__}")
-        super().__init__(learner.loss_fn)
-        self.loss_name, self.classification = learner.loss_name, learner.classification
-        self.learner = learner
+    def __init__(self, learner: Adaptable, epsilon: float) -> None:
+        super().__init__(learner)
         self.epsilon = check_epsilon(epsilon)
-        self.default_eval_steps = tuple(learner.default_eval_steps)
-
-    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
-        raise NotImplementedError(
-            "AdversarialQueries is for evaluation: meta-train the wrapped learner (ADML "
-            "trains on adversarial examples)"
-        )
 
     def adapt(self, support: Task | tuple[Tensor, Tensor], steps: int | None = None) -> Predictor:
         """The wrapped learner's predictor, unattacked: the attack needs the query labels,

@@ -28,18 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics
+from metaloop.algorithms.base import Adaptable, Predictor, StepMetrics
 from metaloop.algorithms.metric import infer_ways
-from metaloop.evaluation.scoring import (
-    classification_metrics,
-    evaluation_steps,
-    query_log_probs,
-)
+from metaloop.evaluation.scoring import classification_metrics, evaluation_steps
+from metaloop.evaluation.wrapper import EvaluationWrapper
 from metaloop.functional.assignment import balance_log_probs, check_balance_options
 from metaloop.tasks.base import Task, TaskBatch, TaskError
 
 
-class BalancedAssignment(MetaLearner):
+class BalancedAssignment(EvaluationWrapper):
     """``learner`` with its query predictions balanced over classes (module docstring).
 
     Args:
@@ -49,27 +46,15 @@ class BalancedAssignment(MetaLearner):
         iterations: the most Sinkhorn sweeps.
     """
 
-    def __init__(
-        self, learner: MetaLearner, temperature: float = 1.0, iterations: int = 100
-    ) -> None:
-        super().__init__("cross_entropy")
-        if not isinstance(learner, MetaLearner):
-            raise TypeError(f"BalancedAssignment wraps a MetaLearner, got {type(learner).__name__}")
-        if not learner.classification:
-            raise ValueError(
-                "balanced assignment distributes class probabilities, but "
-                f"{type(learner).__name__} is trained with the {learner.loss_name!r} loss"
-            )
+    def __init__(self, learner: Adaptable, temperature: float = 1.0, iterations: int = 100) -> None:
+        super().__init__(
+            learner,
+            "cross_entropy",
+            needs_classifier="balanced assignment distributes class probabilities",
+        )
         check_balance_options(iterations, temperature)
-        self.learner = learner
         self.temperature = float(temperature)
         self.iterations = iterations
-        self.default_eval_steps = tuple(learner.default_eval_steps)
-
-    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
-        raise NotImplementedError(
-            "BalancedAssignment is for evaluation: meta-train the wrapped learner itself"
-        )
 
     def balance(self, log_p: Tensor) -> Tensor:
         return balance_log_probs(log_p, self.iterations, self.temperature)
@@ -86,9 +71,7 @@ class BalancedAssignment(MetaLearner):
 
     def query_log_probs(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, Tensor]:
         """``{s: [T, Q, ways]}`` balanced log-probabilities of every query of ``batch``."""
-        return {
-            s: self.balance(lp) for s, lp in query_log_probs(self.learner, batch, steps).items()
-        }
+        return {s: self.balance(lp) for s, lp in self.learner.query_log_probs(batch, steps).items()}
 
     @torch.no_grad()
     def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:

@@ -11,8 +11,8 @@ encoder pass (``episode_scores``, the numbers their own ``evaluate_batch`` repor
 gradient-based learners adapt per task with the requested number of inner steps.
 
 Ensembling trades compute at test time (``M`` adaptations) for accuracy: models trained from
-different starts make partly independent errors.  It is an evaluation construct, so
-``meta_loss`` is refused: train the members separately.
+different starts make partly independent errors.  It is an evaluation construct (an
+``Adaptable`` with no ``meta_loss``): train the members separately.
 """
 
 from __future__ import annotations
@@ -23,18 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
-from metaloop.algorithms.metric import MetricMetaLearner
+from metaloop.algorithms.base import Adaptable, Predictor, StepMetrics, as_support
 from metaloop.evaluation.scoring import (
     classification_metrics,
     ensemble_log_probs,
     evaluation_steps,
-    query_log_probs,
 )
 from metaloop.tasks.base import Task, TaskBatch
 
 
-class Ensemble(MetaLearner):
+class Ensemble(Adaptable):
     """Mean log-probability of several trained classifiers (see the module docstring).
 
     Args:
@@ -42,13 +40,13 @@ class Ensemble(MetaLearner):
             the same inputs (image size, channels).
     """
 
-    def __init__(self, members: Sequence[MetaLearner]) -> None:
+    def __init__(self, members: Sequence[Adaptable]) -> None:
         super().__init__("cross_entropy")
         members = list(members)
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least two members, got {len(members)}")
         for i, member in enumerate(members):
-            if not isinstance(member, MetaLearner):
+            if not isinstance(member, Adaptable):
                 raise TypeError(f"member {i} is a {type(member).__name__}, not a MetaLearner")
             if not member.classification:
                 raise ValueError(
@@ -57,14 +55,13 @@ class Ensemble(MetaLearner):
                     "every member must be a classifier"
                 )
         self.members = nn.ModuleList(members)
-        gradient = [m for m in members if not isinstance(m, MetricMetaLearner)]
-        # metric members take no steps; gradient members report at their own default
-        self.default_eval_steps = tuple(gradient[0].default_eval_steps) if gradient else (0,)
+        stepped = [m for m in members if m.adapts_by_steps]
+        # members without steps score alike at every count; the others report at their own
+        self.default_eval_steps = tuple(stepped[0].default_eval_steps) if stepped else (0,)
 
-    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
-        raise NotImplementedError(
-            "an Ensemble is for evaluation: meta-train its members separately"
-        )
+    @property
+    def adapts_by_steps(self) -> bool:  # type: ignore[override]
+        return any(member.adapts_by_steps for member in self.members)
 
     def adapt(self, support: Task | tuple[Tensor, Tensor], steps: int | None = None) -> Predictor:
         """Adapt every member; the predictor returns the mean log-probabilities ``[Q, ways]``."""
@@ -79,7 +76,7 @@ class Ensemble(MetaLearner):
     def query_log_probs(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, Tensor]:
         """``{s: [T, Q, ways]}`` log of the ensemble's renormalised geometric-mean
         probabilities after ``s`` inner steps (metric members are scored once)."""
-        per_member = [query_log_probs(m, batch, steps) for m in self.members]
+        per_member = [m.query_log_probs(batch, steps) for m in self.members]
         return {s: ensemble_log_probs([lp[s] for lp in per_member]) for s in steps}
 
     @torch.no_grad()

@@ -10,39 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metaloop.algorithms.base import MetaLearner
-from metaloop.algorithms.metric import MetricMetaLearner
+from metaloop.algorithms.base import Adaptable
 from metaloop.tasks.base import TaskBatch
 
 
 def query_log_probs(
-    learner: MetaLearner, batch: TaskBatch, steps: Sequence[int]
+    learner: Adaptable, batch: TaskBatch, steps: Sequence[int]
 ) -> dict[int, Tensor]:
     """``{s: [T, Q, ways]}`` log-probabilities of every query of ``batch`` after ``s``
-    inner steps, for each ``s`` in ``steps``.
-
-    A wrapper that defines ``query_log_probs(batch, steps)`` answers for itself; a metric
-    learner takes no steps and scores the whole batch once with one encoder pass
-    (``episode_scores``, the numbers its own ``evaluate_batch`` reports), the same tensor
-    serving every step count; any other learner adapts per task for each step count.
-    """
-    own = getattr(learner, "query_log_probs", None)
-    if callable(own):
-        return own(batch, steps)
-    if isinstance(learner, MetricMetaLearner):
-        scores, _ = learner.episode_scores(batch, learner.test_time_shift)
-        log_p = F.log_softmax(scores, -1)
-        return dict.fromkeys(steps, log_p)
-    return {s: _adapted_log_probs(learner, batch, s) for s in steps}
-
-
-def _adapted_log_probs(learner: MetaLearner, batch: TaskBatch, steps: int) -> Tensor:
-    rows = []
-    for task in batch:
-        with torch.enable_grad():
-            predictor = learner.adapt(task.support, steps=steps)
-        rows.append(F.log_softmax(predictor(task.query_x).detach(), -1))
-    return torch.stack(rows)
+    inner steps: ``learner.query_log_probs(batch, steps)`` (the protocol's method; a metric
+    learner scores the whole batch once, any other learner adapts per task)."""
+    return learner.query_log_probs(batch, steps)
 
 
 def ensemble_log_probs(members: Sequence[Tensor]) -> Tensor:

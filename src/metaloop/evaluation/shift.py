@@ -13,7 +13,7 @@ which makes the comparison of a query with the support less sensitive to how the
 images are aligned.  It costs ``V`` query forwards per task and no extra adaptation, except
 for a transductive learner (``transductive_entropy``, Proto-MAML's ``transductive_steps``),
 whose predictor adapts anew on each call: there every view adapts with that view's
-queries, ``V`` adaptations per task.  An evaluation construct: ``meta_loss`` is refused.
+queries, ``V`` adaptations per task.  An evaluation wrapper (no ``meta_loss``).
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metaloop.algorithms.base import MetaLearner, Predictor
+from metaloop.algorithms.base import Adaptable, Predictor
 from metaloop.data.transforms import shift_views, translate
-from metaloop.tasks.base import Task, TaskBatch, TaskError
+from metaloop.evaluation.wrapper import EvaluationWrapper
+from metaloop.tasks.base import Task, TaskError
 
 
-class ShiftAveraged(MetaLearner):
+class ShiftAveraged(EvaluationWrapper):
     """``learner`` with its query predictions averaged over translated views.
 
     Args:
@@ -36,26 +37,16 @@ class ShiftAveraged(MetaLearner):
         shift: the largest offset in pixels, an integer >= 1 (``shift=2``: 25 views).
     """
 
-    def __init__(self, learner: MetaLearner, shift: int) -> None:
-        super().__init__("cross_entropy")
-        if not isinstance(learner, MetaLearner):
-            raise TypeError(f"ShiftAveraged wraps a MetaLearner, got {type(learner).__name__}")
-        if not learner.classification:
-            raise ValueError(
-                f"test-time shift averages class probabilities, but {type(learner).__name__} "
-                f"is trained with the {learner.loss_name!r} loss"
-            )
+    def __init__(self, learner: Adaptable, shift: int) -> None:
+        super().__init__(
+            learner,
+            "cross_entropy",
+            needs_classifier="test-time shift averages class probabilities",
+        )
         if isinstance(shift, bool) or not isinstance(shift, int) or shift < 1:
             raise ValueError(f"shift must be an integer >= 1, got {shift!r}")
-        self.learner = learner
         self.shift = shift
         self.views = shift_views(shift)
-        self.default_eval_steps = tuple(learner.default_eval_steps)
-
-    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
-        raise NotImplementedError(
-            "ShiftAveraged is for evaluation: meta-train the wrapped learner itself"
-        )
 
     def adapt(self, support: Task | tuple[Tensor, Tensor], steps: int | None = None) -> Predictor:
         """Adapt the wrapped learner; the predictor returns mean log-probabilities."""
