@@ -160,7 +160,7 @@ def run_analyses(
             raise ConfigError(f"--noise-draws takes three integers I,J,K, got {args.noise_draws}")
         sizes = {"tasks": args.noise_draws[0], "supports": args.noise_draws[1]}
         sizes["queries"] = args.noise_draws[2]
-        if hasattr(learner, "first_order"):
+        if learner.first_order is not None:
             amp = noise.order_amplification(learner, family, **sizes)
             out["noise"] = dataclasses.asdict(
                 amp.second_order if not learner.first_order else amp.first_order

@@ -173,7 +173,7 @@ def order_amplification(
 ) -> OrderAmplification:
     """The noise decomposition of the same draws with first- and second-order meta-gradients
     (the learner's ``first_order`` switch; restored afterwards)."""
-    if not hasattr(learner, "first_order"):
+    if learner.first_order is None:
         raise ValueError(f"{type(learner).__name__} has no first_order switch (use MAML)")
     original = learner.first_order
     try:
