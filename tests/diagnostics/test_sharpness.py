@@ -174,3 +174,31 @@ def test_trainer_logs_sharpness_at_validation_without_changing_training(tmp_path
     assert val[-1]["sharpness_median"] == pytest.approx(report.quantiles["50%"])
     assert val[-1]["sharpness_above_2"] == report.fraction_above
     assert "sharpness_median" not in plain_val[-1]
+
+
+def test_cli_diagnose_sharpness_on_the_eval_episodes(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from metaloop.cli.main import main
+    from metaloop.cli.runs import load_run
+    from metaloop.evaluation.evaluate import evaluation_batches
+    from metaloop.tasks import Sinusoid
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "sinusoid-maml.toml"
+    run = str(tmp_path / "run")
+    small = ["train.iterations=2", "train.validate_every=2", "train.validation_tasks=4"]
+    train = ["train", str(config), "--run-dir", run, "--no-progress"]
+    assert main(train + [a for s in [*small, "model.hidden=[8]"] for a in ("--set", s)]) == 0
+    capsys.readouterr()
+    diagnose = ["diagnose", run, "--tasks", "4", "--batches", "2", "--max-steps", "1"]
+    sharp = ["--sharpness", "--sharpness-tasks", "30", "--power-iterations", "40"]
+    assert main([*diagnose, *sharp, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["sharpness"]
+    assert report["tasks"] == 30 and report["shots"] == 5 and report["seed"] == 12345
+    _, learner, _ = load_run(run)
+    episodes = list(evaluation_batches(learner, Sinusoid(shots=5, queries=10), 30, 12345, 25))
+    expected = sharpness(learner, episodes, iterations=40)
+    assert report["values"] == pytest.approx(expected.values, rel=1e-5)
+    assert main([*diagnose, *sharp]) == 0
+    assert "of tasks above 2, the gradient-descent stability limit" in capsys.readouterr().out

@@ -114,3 +114,26 @@ def test_zero_steps_alone_counts_only_non_finite_episodes():
     result = evaluate(learner, FixedEpisodes(), episodes=2, steps=(0,), batch_size=2)
     assert result.tails[0].factor is None and result.tails[0].divergent == 0
     assert "divergent: query loss not finite" in str(result)
+
+
+def test_cli_eval_reports_divergent_episodes_and_checks_the_factor(tmp_path, capsys):
+    from pathlib import Path
+
+    from metaloop.cli.main import main
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "sinusoid-maml.toml"
+    run = str(tmp_path / "run")
+    small = ["train.iterations=2", "train.validate_every=2", "train.validation_tasks=4"]
+    train = ["train", str(config), "--run-dir", run, "--no-progress"]
+    assert main(train + [a for s in [*small, "model.hidden=[8]"] for a in ("--set", s)]) == 0
+    capsys.readouterr()
+    common = ["eval", run, "--episodes", "10", "--steps", "1,5", "--no-progress"]
+    # a rate far past the stability limit makes every episode blow up by 5 steps
+    assert main([*common, "--json", "--set", "algorithm.inner_lr=2.0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(out["steps"]) == ["1", "5"] and out["tails"]["5"]["divergent"] == 10
+    assert out["divergence"].startswith("query loss not finite or above 10x")
+    assert main([*common, "--divergence-factor", "1e6"]) == 0
+    assert "above 1e+06x the loss before adaptation" in capsys.readouterr().out
+    assert main([*common, "--divergence-factor", "0.5"]) == 2
+    assert "--divergence-factor must be a finite number >= 1, got 0.5" in capsys.readouterr().err

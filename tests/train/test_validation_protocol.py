@@ -132,3 +132,37 @@ def test_select_on_alone_sets_the_validation_step_count(tmp_path):
 def test_bad_selection_is_refused_naming_what_is_allowed(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
         train(tmp_path, **options)
+
+
+def test_cli_validates_on_the_configured_protocol_and_selects_on_it(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from metaloop.cli.main import main
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "sinusoid-maml.toml"
+    settings = [
+        "train.iterations=4",
+        "train.meta_batch_size=4",
+        "train.validate_every=2",
+        "train.validation_tasks=6",
+        "train.validation_shots=3",
+        "train.validation_steps=[0, 2]",
+        'train.select_on="loss@2"',
+        "model.hidden=[8]",
+    ]
+    args = ["train", str(config), "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    assert main(args + [a for s in settings for a in ("--set", s)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    val = [r for r in records if r["split"] == "val"]
+    assert [r["iteration"] for r in val] == [2, 4]
+    assert all(r["loss"] == r["loss@2"] and "loss@0" in r for r in val)
+    assert summary["best_loss@2"] == min(r["loss@2"] for r in val)
+    best = load_best(tmp_path / "run")
+    assert best["metric"] == {"loss@2": summary["best_loss@2"]}
+    bad = [*(s for s in settings if "select_on" not in s), 'train.select_on="loss@5"']
+    args[3] = str(tmp_path / "bad")
+    assert main(args + [a for s in bad for a in ("--set", s)]) == 2
+    err = capsys.readouterr().err
+    assert "train.select_on = 'loss@5' names 5 steps; train.validation_steps [0, 2]" in err
