@@ -8,6 +8,8 @@
     metaloop bench sinusoid [--json]                                          (cli/bench.py)
     metaloop plot runs/sine [--out curve.png]                                 (cli/plot.py)
     metaloop diagnose runs/sine [--json]                                      (cli/diagnose.py)
+    metaloop data build double-mnist [--out DIR]                              (cli/images.py)
+    metaloop verify runs/orl [--part test] [--json]                           (cli/images.py)
 
 Every error the user can fix is printed as one line on stderr with exit status 2.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from metaloop.cli import bench, diagnose, plot, train
+from metaloop.cli import bench, diagnose, images, plot, train
 from metaloop.cli import eval as eval_
 from metaloop.cli.config import ConfigError
 
@@ -30,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_parser(sub)
     plot.add_parser(sub)
     diagnose.add_parser(sub)
+    images.add_parsers(sub)
     return p
 
 
