@@ -62,6 +62,7 @@ def test_diagnose_flags_report_and_plot(run_dir, capsys):
     argv += ["--oracle", "--inner-lrs", "0.05,0.2", "--loto", "--loto-tasks", "3"]
     argv += ["--iterations", "3", "--pool-sizes", "1,2", "--pool-points", "12"]
     argv += ["--noise", "--noise-draws", "3,2,2", "--plot", str(plots), "--inner-decay", "0.5"]
+    argv += ["--geometry"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["inner_curves"]) == {"0.05", "0.2"}
@@ -76,6 +77,10 @@ def test_diagnose_flags_report_and_plot(run_dir, capsys):
     assert o["distance"] == pytest.approx(
         sum((a - b) ** 2 for a, b in zip(o["learned"], o["oracle"])) ** 0.5
     )
+    geometry = report["geometry"]
+    assert len(geometry["alignment"]["cosines"]) == 25
+    assert geometry["alignment"]["optima"] == "true task weights"
+    assert geometry["dead_relu"] is None and geometry["subspace"]["to_subspace"] < 1e-9
     decay = report["inner_decay"]
     assert decay["inner_lr"] == 0.05
     curves = decay["curves"]

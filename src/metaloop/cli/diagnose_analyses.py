@@ -73,6 +73,11 @@ def add_arguments(dg: argparse.ArgumentParser) -> None:
         "--iterations", type=positive_int, default=500, help="meta-training of --loto/--pool-sizes"
     )
     dg.add_argument("--outer-lr", type=float, default=1e-3, help="Adam rate of that training")
+    dg.add_argument(
+        "--geometry",
+        action="store_true",
+        help="gradient alignment, dead ReLU units, distance to the subspace of task optima",
+    )
     dg.add_argument("--noise", action="store_true", help="meta-gradient noise by source")
     dg.add_argument(
         "--noise-draws",
@@ -123,6 +128,8 @@ def run_analyses(
         }
     if args.inner_decay:
         out["inner_decay"] = _decay_curves(args, cfg, learner, batch)
+    if args.geometry:
+        out["geometry"] = _geometry(learner, family, batch)
     if args.loto:
         tasks = family.sample(args.loto_tasks, torch.Generator().manual_seed(1))
         loo = leave_one_task_out(make_learner, tasks, args.iterations, args.outer_lr)
@@ -181,6 +188,38 @@ def run_analyses(
     return out
 
 
+def _geometry(learner: Any, family: Any, batch: Any) -> dict[str, Any]:
+    """Alignment (true task weights for a bias-free linear model on linear regression,
+    long descent on each task's points otherwise), dead ReLUs on the batch's inputs, and the
+    subspace distance where the family has one."""
+    import torch
+
+    from metaloop.diagnostics import geometry
+    from metaloop.tasks import LinearRegression
+
+    out: dict[str, Any] = {}
+    weights = [p for p in learner.model.parameters() if p.requires_grad]
+    linear = (
+        isinstance(family, LinearRegression)
+        and len(weights) == 1
+        and weights[0].numel() == family.dim
+    )
+    optima = batch.info["weights"] if linear else None
+    out["alignment"] = dataclasses.asdict(geometry.gradient_alignment(learner, batch, optima))
+    out["alignment"]["optima"] = "true task weights" if linear else "500 descent steps"
+    inputs = torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1)
+    try:
+        dead = geometry.dead_relu_units(learner.model, inputs)
+        out["dead_relu"] = {**dataclasses.asdict(dead), "fraction": dead.fraction}
+    except ValueError:
+        out["dead_relu"] = None  # no ReLU in the model
+    if linear:
+        out["subspace"] = dataclasses.asdict(
+            geometry.subspace_distance(weights[0].detach().reshape(-1), family, batch)
+        )
+    return out
+
+
 def _decay_curves(
     args: argparse.Namespace, cfg: dict[str, Any], learner: Any, batch: Any
 ) -> dict[str, Any]:
@@ -236,6 +275,22 @@ def print_analyses(out: dict[str, Any]) -> None:
                 f"{label} (alpha {out['inner_decay']['inner_lr']}): best query loss "
                 f"{s['best_query_loss']:.4g} at {s['best_step']} steps, "
                 f"{s['final_query_loss']:.4g} at {c['steps'][-1]}"
+            )
+    if "geometry" in out:
+        g = out["geometry"]
+        a = g["alignment"]
+        print(
+            f"gradient alignment (optima: {a['optima']}): mean cosine {a['mean']:.3f}, "
+            f"{a['fraction_positive']:.0%} of tasks positive"
+        )
+        if g["dead_relu"] is not None:
+            d = g["dead_relu"]
+            print(f"dead ReLU units at theta_0: {d['dead']}/{d['units']} ({d['fraction']:.1%})")
+        if "subspace" in g:
+            d = g["subspace"]
+            print(
+                f"theta_0 to the subspace of task optima {d['to_subspace']:.4g}, to its "
+                f"centre {d['to_center']:.4g}, to the optima (mean) {d['to_optima']:.4g}"
             )
     if "loto" in out:
         r = out["loto"]
