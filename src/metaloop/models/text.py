@@ -112,16 +112,33 @@ class CNNBody(nn.Module):
         return torch.cat(pooled, dim=-1)
 
 
+class LayerNorm(nn.Module):
+    """``(h - mean(h)) / sqrt(var(h) + eps) * weight + bias`` over the last dimension,
+    written out: ``nn.LayerNorm``'s fused kernel gives a wrong second-order meta-gradient
+    under ``vmap`` (PyTorch 2.13; MAML's batched inner loop), this one does not (tested)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, h: Tensor) -> Tensor:
+        centered = h - h.mean(-1, keepdim=True)
+        var = (centered * centered).mean(-1, keepdim=True)
+        return centered * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
 class TransformerBlock(nn.Module):
     """One pre-norm encoder block with key-padding-masked multi-head attention."""
 
     def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
         super().__init__()
         self.heads = heads
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.ff1 = nn.Linear(dim, ff_dim)
         self.ff2 = nn.Linear(ff_dim, dim)
         self.dropout = nn.Dropout(dropout)
@@ -159,7 +176,7 @@ class TransformerBody(nn.Module):
         self.blocks = nn.ModuleList(
             TransformerBlock(dim, heads, ff_dim, dropout) for _ in range(layers)
         )
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
         self.pooling = pooling
 
     def forward(self, x: Tensor) -> Tensor:
