@@ -101,3 +101,27 @@ def test_oracle_flag_refuses_a_model_with_hidden_layers(tmp_path, capsys):
     )
     assert main(["diagnose", str(tmp_path / "r"), "--batches", "2", "--oracle"]) == 2
     assert "bias-free linear model" in capsys.readouterr().err
+
+
+def test_diversity_flag_on_sinusoid_and_refused_without_intervals(run_dir, tmp_path, capsys):
+    assert main(["diagnose", str(run_dir), "--batches", "2", "--diversity", "0.5,1"]) == 2
+    assert "interval parameters" in capsys.readouterr().err
+    sine = CONFIG.replace('family = "linear"\ndim = 3', 'family = "sinusoid"')
+    sine = sine.replace("noise_std = 1.0\n", "").replace(
+        "hidden = []\nbias = false", "hidden = [8]"
+    )
+    (tmp_path / "s.toml").write_text(sine)
+    assert (
+        main(["train", str(tmp_path / "s.toml"), "--run-dir", str(tmp_path / "s"), "--no-progress"])
+        == 0
+    )
+    capsys.readouterr()
+    argv = ["diagnose", str(tmp_path / "s"), "--batches", "2", "--json", "--iterations", "2"]
+    assert main([*argv, "--diversity", "1,0.5", "--plot", str(tmp_path / "p")]) == 0
+    result = json.loads(capsys.readouterr().out)["diversity"]
+    assert result["attributes"] == ["amplitude", "phase"]
+    assert [p["width"] for p in result["points"]] == [0.5, 1.0]
+    assert result["ranges"]["0.5"]["amplitude"] == pytest.approx([1.325, 3.775])
+    # shifted by 0.75 widths: amplitude centre 2.55 + 0.75 * 4.9
+    assert result["test_ranges"]["shifted by 0.75"]["amplitude"] == pytest.approx([3.775, 8.675])
+    assert (tmp_path / "p" / "diversity.png").exists()

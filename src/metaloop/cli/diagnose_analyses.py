@@ -78,6 +78,19 @@ def add_arguments(dg: argparse.ArgumentParser) -> None:
         action="store_true",
         help="gradient alignment, dead ReLU units, distance to the subspace of task optima",
     )
+    dg.add_argument(
+        "--diversity",
+        type=_float_list,
+        default=None,
+        metavar="W1,W2,..",
+        help="meta-train at these widths of the family's ranges; test in-range and shifted",
+    )
+    dg.add_argument(
+        "--diversity-shift",
+        type=float,
+        default=0.75,
+        help="--diversity: the shifted test ranges move by this many configured widths",
+    )
     dg.add_argument("--noise", action="store_true", help="meta-gradient noise by source")
     dg.add_argument(
         "--noise-draws",
@@ -159,6 +172,8 @@ def run_analyses(
             log=None if args.json else print,
         )
         out["pool_sizes"] = [dataclasses.asdict(p) for p in points]
+    if args.diversity:
+        out["diversity"] = _diversity(args, cfg, family, make_learner)
     if args.noise:
         from metaloop.diagnostics import noise
 
@@ -218,6 +233,50 @@ def _geometry(learner: Any, family: Any, batch: Any) -> dict[str, Any]:
             geometry.subspace_distance(weights[0].detach().reshape(-1), family, batch)
         )
     return out
+
+
+def _diversity(
+    args: argparse.Namespace, cfg: dict[str, Any], family: Any, make_learner: Any
+) -> dict[str, Any]:
+    """Fresh learners meta-trained on the family's interval parameters scaled to each width,
+    scored on the narrowest training family (in range for all) and on ranges shifted by
+    ``--diversity-shift`` configured widths (the full configured width)."""
+    from metaloop.diagnostics import diversity
+
+    _synthetic_only(family, "--diversity")
+    attrs = [
+        k
+        for k, v in vars(family).items()
+        if isinstance(v, tuple) and len(v) == 2 and k != "x_range"
+    ]
+    if not attrs:
+        raise ConfigError(
+            f"--diversity needs a family with interval parameters (e.g. sinusoid's amplitude "
+            f"and phase), {type(family).__name__} has none"
+        )
+    widths = sorted(args.diversity)
+    train = {w: diversity.scaled_family(family, attrs, width=w) for w in widths}
+    test = {
+        f"in-range (width {widths[0]:g})": train[widths[0]],
+        f"shifted by {args.diversity_shift:g}": diversity.scaled_family(
+            family, attrs, width=1.0, shift=args.diversity_shift
+        ),
+    }
+    points = diversity.diversity_sweep(
+        make_learner,
+        train,
+        test,
+        iterations=args.iterations,
+        meta_batch_size=int(cfg["train"].get("meta_batch_size", 10)),
+        outer_lr=args.outer_lr,
+        log=None if args.json else print,
+    )
+    return {
+        "attributes": attrs,
+        "ranges": {f"{w:g}": {a: getattr(f, a) for a in attrs} for w, f in train.items()},
+        "test_ranges": {k: {a: getattr(f, a) for a in attrs} for k, f in test.items()},
+        "points": [dataclasses.asdict(p) for p in points],
+    }
 
 
 def _decay_curves(

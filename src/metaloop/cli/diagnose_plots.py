@@ -77,6 +77,27 @@ def plot_noise(noise: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def plot_diversity(result: dict[str, Any], path: Path) -> Path:
+    """Post-adaptation query loss (95% interval) against the training width, per test set."""
+    plt = _pyplot()
+    points = result["points"]
+    widths = [p["width"] for p in points]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for label in points[0]["scores"]:
+        means = [p["scores"][label]["mean"] for p in points]
+        errs = [p["scores"][label]["half_width"] for p in points]
+        ax.errorbar(widths, means, yerr=errs, marker="o", capsize=3, label=label)
+    ax.set_xlabel("training range width (fraction of the configured ranges)")
+    ax.set_ylabel("query MSE after adaptation")
+    ax.set_yscale("log")
+    ax.set_title(f"task diversity ({points[0]['iterations']} iterations per width)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_analyses(out: dict[str, Any], folder: Path) -> list[Path]:
     """One PNG per analysis present in ``out``; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -95,6 +116,8 @@ def plot_analyses(out: dict[str, Any], folder: Path) -> list[Path]:
         )
     if "pool_sizes" in out:
         paths.append(plot_pool_sizes(out["pool_sizes"], folder / "pool_sizes.png"))
+    if "diversity" in out:
+        paths.append(plot_diversity(out["diversity"], folder / "diversity.png"))
     if "noise" in out:
         paths.append(plot_noise(out["noise"], folder / "noise.png"))
     return paths
