@@ -8,8 +8,10 @@ from metaloop.algorithms.cnp import ConditionalNeuralProcess
 from metaloop.algorithms.finetune import FineTuneBaseline
 from metaloop.algorithms.gradient import GradientMetaLearner
 from metaloop.algorithms.imaml import IMAML
+from metaloop.algorithms.incontext import InContextTransformer
 from metaloop.algorithms.learned_optimizer import LearnedOptimizer
 from metaloop.algorithms.maml import FOMAML, MAML
+from metaloop.algorithms.mann_lstm import LabelDelayLSTM
 from metaloop.algorithms.matching import MatchingNet
 from metaloop.algorithms.metasgd import MetaSGD
 from metaloop.algorithms.metric import MetricMetaLearner
@@ -19,6 +21,7 @@ from metaloop.algorithms.protonet import ProtoNet
 from metaloop.algorithms.relation import RelationNet
 from metaloop.algorithms.reptile import Reptile
 from metaloop.algorithms.siamese import SiameseNet
+from metaloop.algorithms.snail import SNAIL
 
 __all__ = [
     "ADML",
@@ -27,11 +30,14 @@ __all__ = [
     "FOMAML",
     "IMAML",
     "MAML",
+    "SNAIL",
     "ConditionalNeuralProcess",
     "ContextModel",
     "FineTuneBaseline",
     "GradientMetaLearner",
+    "InContextTransformer",
     "JointTraining",
+    "LabelDelayLSTM",
     "LearnedOptimizer",
     "MatchingNet",
     "MetaLearner",

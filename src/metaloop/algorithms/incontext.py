@@ -28,6 +28,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from metaloop.algorithms.registry import register
 from metaloop.algorithms.sequence import SequenceLearner, check_size
 from metaloop.functional.losses import LossFn
 
@@ -70,6 +71,7 @@ class TransformerBlock(nn.Module):
         return h + self.ff(self.norm2(h))
 
 
+@register("incontext")
 class InContextTransformer(SequenceLearner):
     """Transformer over support and query tokens (see the module docstring).
 

@@ -21,10 +21,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from metaloop.algorithms.registry import register
 from metaloop.algorithms.sequence import SequenceLearner, check_size
 from metaloop.functional.losses import LossFn
 
 
+@register("mann_lstm")
 class LabelDelayLSTM(SequenceLearner):
     """LSTM over ``(x_t, y_{t-1})`` (see the module docstring).
 

@@ -22,7 +22,8 @@ meta-batch (one length for the whole batch), so one learner serves every shot co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
 from metaloop.functional.losses import LossFn
 from metaloop.tasks.base import Task, TaskBatch, TaskError
+from metaloop.tasks.registry import TaskSpec
 
 
 def check_size(name: str, value: object) -> int:
@@ -52,6 +54,18 @@ class SequenceLearner(MetaLearner):
         min_support: train on random support prefixes of at least this many points
             (``None``: always the whole support set).
     """
+
+    model_role = "embedding"
+
+    @classmethod
+    def config_defaults(
+        cls, spec: TaskSpec, model: nn.Module, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """``x_dim``: the encoder's ``embedding_dim``, else the family's flattened input
+        size; ``y_dim``: the family's outputs (``ways`` for classification); ``loss``:
+        the family's."""
+        x_dim = getattr(model, "embedding_dim", None) or spec.x_dim
+        return {"loss": spec.loss, "x_dim": x_dim, "y_dim": spec.y_dim}
 
     def __init__(
         self,

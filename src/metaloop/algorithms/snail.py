@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metaloop.algorithms.registry import register
 from metaloop.algorithms.sequence import SequenceLearner, check_size
 from metaloop.functional.losses import LossFn
 
@@ -112,6 +113,7 @@ class AttentionBlock(nn.Module):
         return torch.cat([uq, read], -1)
 
 
+@register("snail")
 class SNAIL(SequenceLearner):
     """SNAIL over ``(x_1, y_1), ..., (x_S, y_S), (x_q, 0)`` (see the module docstring).
 
