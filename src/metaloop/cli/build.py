@@ -212,6 +212,7 @@ def build_within_alphabet(
     shots: int | None = None,
     queries: int | None = None,
     part: str = "test",
+    cache: dict[Any, Any] | None = None,
 ) -> Any:
     """Lake's within-alphabet episodes (default 20-way 1-shot, 1 query per class) of the
     test alphabets, or of ``part``'s alphabets (plain evaluation episodes, see
@@ -225,6 +226,7 @@ def build_within_alphabet(
         part,
         evaluation=True,
         protocol="within-alphabet",
+        cache=cache,
         ways=ways or 20,
         shots=shots or 1,
         queries=queries or 1,
@@ -284,19 +286,23 @@ def _algorithm_options(cfg: dict[str, Any], cls: type) -> dict[str, Any]:
 
 
 def build_learner(
-    cfg: dict[str, Any], model: nn.Module, family: Any = None, spec: TaskSpec | None = None
+    cfg: dict[str, Any],
+    model: nn.Module,
+    family: Any = None,
+    spec: TaskSpec | None = None,
+    cache: dict[Any, Any] | None = None,
 ) -> Any:
     """The ``[algorithm]`` learner around ``model``: the config's keys over the class's
     ``config_defaults`` for the family's spec.  ``family`` is the command's training
     family when it has one (its spec knows ``num_classes``); without it, a learner that
-    ``needs_training_classes`` gets the training family built here."""
+    ``needs_training_classes`` gets the training family built here (sharing ``cache``)."""
     name = cfg["algorithm"].get("name", "maml")
     cls = algorithm_class(name)
     options = _algorithm_options(cfg, cls)
     if spec is None:
         spec = family_spec(cfg, family)
         if family is None and spec.num_classes is None and cls.needs_training_classes(options):
-            spec = family_spec(cfg, build_family(cfg, "train"))
+            spec = family_spec(cfg, build_family(cfg, "train", cache=cache))
     kwargs = {**cls.config_defaults(spec, model, options), **options}
     try:
         return cls(model, **kwargs)

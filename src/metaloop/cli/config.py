@@ -294,12 +294,17 @@ def _check_device(value: str) -> None:
         raise ConfigError(f'device {value!r} is not available on this machine; use device = "cpu"')
 
 
-def data_keys() -> dict[str, Any]:
+def data_keys(family: Any = None) -> dict[str, Any]:
     """The valid ``[data]`` keys with their defaults: Omniglot's (``DATA_DEFAULTS``, in
-    every configuration) and those every registered task family declares."""
-    from metaloop.tasks.registry import all_data_keys
+    every configuration) and those the task family ``family`` declares when registered."""
+    from metaloop.tasks.base import TaskError
+    from metaloop.tasks.registry import get_family
 
-    return {**all_data_keys(), **DATA_DEFAULTS}
+    try:
+        declared = dict(get_family(family).data_keys) if isinstance(family, str) else {}
+    except TaskError:  # an unknown family is reported when it is built
+        declared = {}
+    return {**declared, **DATA_DEFAULTS}
 
 
 def validate_fixed(cfg: dict[str, Any]) -> None:
@@ -316,7 +321,7 @@ def validate_fixed(cfg: dict[str, Any]) -> None:
             )
     for section, schema in FIXED_SECTIONS.items():
         if section == "data":
-            schema = data_keys()
+            schema = data_keys(cfg["task"].get("family", "sinusoid"))
         for key, value in cfg[section].items():
             if key not in schema:
                 raise ConfigError(

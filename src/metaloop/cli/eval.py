@@ -109,7 +109,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from metaloop.cli.build import build_family
     from metaloop.evaluation import evaluate
 
-    learner, members = load_members(args, args.overrides)
+    loaded: dict[Any, Any] = {}  # one data load for the learners and the episodes
+    learner, members = load_members(args, args.overrides, loaded)
     cfg, state = members[0].cfg, members[0].state
     runtime(cfg)
     ev = cfg["eval"]
@@ -124,11 +125,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if protocol == "within-alphabet":
         from metaloop.cli.build import build_within_alphabet, check_background_only
 
-        family = build_within_alphabet(cfg, **sizes, part=args.part)
+        family = build_within_alphabet(cfg, **sizes, part=args.part, cache=loaded)
         for member in members[1:]:
             check_background_only(member.cfg, f"the within-alphabet protocol ({member.path})")
     else:
-        family = build_family(cfg, args.part, evaluation=True, **sizes)
+        family = build_family(cfg, args.part, evaluation=True, cache=loaded, **sizes)
     seed = args.seed if args.seed is not None else ev["seed"]
     learner, tta_shift = apply_test_time_shift(learner, members, args.tta_shift)
     if args.save_predictions and args.balanced:

@@ -26,8 +26,16 @@ def runtime(cfg: dict[str, Any]) -> None:
         retain_freed_memory()
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str] | None = None):
-    """Config and learner of a run directory, weights from its best or latest checkpoint."""
+def load_run(
+    run_dir: str | Path,
+    checkpoint: str = "best",
+    overrides: list[str] | None = None,
+    cache: dict[Any, Any] | None = None,
+):
+    """Config and learner of a run directory, weights from its best or latest checkpoint.
+
+    A learner that needs the training classes (``needs_training_classes``) gets the
+    training family built, sharing ``cache`` with the command's other builds."""
     from metaloop.cli.build import build_learner, build_model, validate
     from metaloop.train.checkpoint import load_best, load_latest
 
@@ -37,7 +45,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     cfg = load_config(run_dir / CONFIG_NAME, overrides)
     validate(cfg)
     model = build_model(cfg)
-    learner = build_learner(cfg, model)
+    learner = build_learner(cfg, model, cache=cache)
     state = load_best(run_dir) if checkpoint == "best" else load_latest(run_dir)
     if state is None:
         raise ConfigError(f"{run_dir} has no checkpoint yet (train it first)")
@@ -63,12 +71,16 @@ class Member:
 
 
 def load_members(
-    args: argparse.Namespace, overrides: list[str] | None = None
+    args: argparse.Namespace,
+    overrides: list[str] | None = None,
+    cache: dict[Any, Any] | None = None,
 ) -> tuple[Any, list[Member]]:
     """The learner to evaluate and the loaded runs: one run's learner, or with several run
     directories their ``Ensemble`` (the members must take the same inputs as the first run,
-    whose test episodes they share)."""
-    members = [Member(path, *load_run(path, args.checkpoint, overrides)) for path in args.run_dir]
+    whose test episodes they share); data loads share ``cache``."""
+    members = [
+        Member(path, *load_run(path, args.checkpoint, overrides, cache)) for path in args.run_dir
+    ]
     first = members[0]
     for member in members[1:]:
         for section, key in (("task", "family"), ("data", "image_size")):

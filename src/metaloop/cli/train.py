@@ -124,13 +124,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.manual_seed(cfg["seed"])  # model initialisation is part of the seeded run
-    family = build_family(cfg, "train")
+    loaded: dict[Any, Any] = {}  # the training and validation parts share one data load
+    family = build_family(cfg, "train", cache=loaded)
     shots = cfg["train"]["validation_shots"] or None  # validation on the reported shots
-    val_family = build_family(cfg, "val", shots=shots) if has_validation(cfg) else None
+    val_family = (
+        build_family(cfg, "val", shots=shots, cache=loaded) if has_validation(cfg) else None
+    )
     model = build_model(cfg)
     if cfg["train"]["init_from"] and not (run_dir / LATEST).exists():  # not when resuming
         _warm_start(model, cfg["train"]["init_from"])
-    learner = build_learner(cfg, model)
+    learner = build_learner(cfg, model, family=family)
     optimizer, scheduler = build_optimizer(cfg, learner)
     trainer_cls = Trainer
     from metaloop import distributed
