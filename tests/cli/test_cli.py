@@ -110,6 +110,8 @@ def test_train_eval_plot_resume(tmp_path, config, capsys):
         "episodes",
         "seed",
         "steps",
+        "tails",
+        "divergence",
         "run_dir",
         "checkpoint",
         "checkpoint_iteration",
