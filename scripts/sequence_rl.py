@@ -1,0 +1,216 @@
+"""Measure the figures of docs/sequence-rl.md (black-box sequence learners, meta-RL).
+
+    python scripts/sequence_rl.py sinusoid --learner transformer --iterations 4000 \\
+        --out /work/runs/seq-transformer
+    python scripts/sequence_rl.py bandit-baselines --out /work/runs/bandit-baselines
+    python scripts/sequence_rl.py rl2 --arms 5 --horizon 10 --out /work/runs/rl2-5-10
+    python scripts/sequence_rl.py navigation --out /work/runs/nav-maml-rl
+
+Each command writes ``result.json`` (and a log on stdout) to ``--out``.  One torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from metaloop.evaluation import evaluate
+from metaloop.tasks import Sinusoid
+from metaloop.train import Trainer
+
+TEST_SEED = 12345
+SETTINGS = ((5, 10), (5, 100), (10, 100))
+
+
+def sequence_learner(name: str) -> nn.Module:
+    from metaloop.algorithms.incontext import InContextTransformer
+    from metaloop.algorithms.mann_lstm import LabelDelayLSTM
+    from metaloop.algorithms.snail import SNAIL
+
+    encoder = nn.Identity()
+    if name == "transformer":
+        return InContextTransformer(encoder, 1, 1, width=64, depth=3, heads=4, min_support=5)
+    if name == "lstm":
+        return LabelDelayLSTM(encoder, 1, 1, hidden=128, layers=2, min_support=5)
+    if name == "snail":
+        return SNAIL(encoder, 1, 1, max_support=10, filters=16, key_size=16, value_size=16,
+                     min_support=5)  # fmt: skip
+    raise SystemExit(f"unknown learner {name!r}; choose transformer, lstm or snail")
+
+
+def run_sinusoid(args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    learner = sequence_learner(args.learner)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=args.lr)
+    trainer = Trainer(learner, optimizer, meta_batch_size=25, seed=args.seed, progress=False)
+    start = time.perf_counter()
+    trainer.fit(
+        Sinusoid(shots=10, queries=10),
+        iterations=args.iterations,
+        run_dir=args.out / "run",
+        validate_every=args.iterations,
+        validation_tasks=100,
+        checkpoint_every=args.iterations,
+        log_every=250,
+    )
+    minutes = (time.perf_counter() - start) / 60
+    learner.eval()
+    out = {"learner": args.learner, "iterations": args.iterations, "train_minutes": minutes}
+    for shots in (5, 10):
+        result = evaluate(learner, Sinusoid(shots=shots, queries=10), episodes=600)
+        est = result[0]["loss"]
+        out[f"mse_{shots}shot"] = {"mean": est.mean, "ci95": est.ci95, "median": est.median}
+    return out
+
+
+def interval(values) -> dict:
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "ci95": float(1.96 * v.std(ddof=1) / np.sqrt(len(v)))}
+
+
+def bandit_tasks(arms: int, horizon: int, tasks: int):
+    from metaloop.tasks.envs import BernoulliBanditEnv
+
+    env = BernoulliBanditEnv(arms=arms, horizon=horizon)
+    return env, env.sample_tasks(tasks, torch.Generator().manual_seed(TEST_SEED))
+
+
+def run_bandit_baselines(args: argparse.Namespace) -> dict:
+    from metaloop.evaluation.bandits import POLICIES, make_policy, run_bandit_policy
+
+    out: dict = {"tasks": args.tasks}
+    for arms, horizon in SETTINGS:
+        env, tasks = bandit_tasks(arms, horizon, args.tasks)
+        row = {}
+        for name in POLICIES:
+            start = time.perf_counter()
+            run = run_bandit_policy(make_policy(name), env, tasks, seed=TEST_SEED)
+            row[name] = interval(run.total_reward)
+            row[name]["regret_curve"] = run.cumulative_regret.mean(0).round(3).tolist()
+            row[name]["seconds"] = round(time.perf_counter() - start, 1)
+            print(arms, horizon, name, row[name]["mean"], flush=True)
+        out[f"k={arms},n={horizon}"] = row
+    return out
+
+
+def run_rl2(args: argparse.Namespace) -> dict:
+    from metaloop.algorithms.rl2 import RL2
+    from metaloop.tasks.envs import BernoulliBanditEnv
+    from metaloop.train.rl import fit_meta_rl
+
+    torch.manual_seed(args.seed)
+    learner = RL2(BernoulliBanditEnv(arms=args.arms, horizon=args.horizon), hidden=args.hidden)
+    start = time.perf_counter()
+    records = fit_meta_rl(
+        learner, args.iterations, meta_batch_size=args.meta_batch_size, lr=args.lr,
+        seed=args.seed, log_every=50, log=args.out / "train.jsonl",
+    )  # fmt: skip
+    out = {"arms": args.arms, "train_horizon": args.horizon, "iterations": args.iterations,
+           "meta_batch_size": args.meta_batch_size, "lr": args.lr, "last_log": records[-1],
+           "train_minutes": (time.perf_counter() - start) / 60}  # fmt: skip
+    torch.save(learner.state_dict(), args.out / "rl2.pt")
+    learner.eval()
+    for horizon in args.eval_horizons:
+        env, tasks = bandit_tasks(args.arms, horizon, args.tasks)
+        learner.env = env
+        learner._pool = []
+        with torch.no_grad():
+            trial = learner.rollout(tasks, seed=TEST_SEED)
+        curve = trial.regrets.cumsum(1).mean(0).numpy().round(3).tolist()
+        out[f"n={horizon}"] = {**interval(trial.total_reward.numpy()), "regret_curve": curve}
+        print(horizon, out[f"n={horizon}"]["mean"], flush=True)
+    return out
+
+
+def run_navigation(args: argparse.Namespace) -> dict:
+    from metaloop.algorithms.maml_rl import MAMLRL
+    from metaloop.models.mlp import MLP
+    from metaloop.tasks.envs import PointNavigationEnv
+    from metaloop.train.rl import fit_meta_rl
+
+    env = PointNavigationEnv(horizon=args.horizon)
+    options = {"inner_lr": args.inner_lr, "inner_episodes": args.episodes,
+               "outer_episodes": args.episodes, "init_log_std": -1.0}  # fmt: skip
+
+    def learner(seed: int, **kw) -> MAMLRL:
+        torch.manual_seed(seed)
+        policy = MLP(2, 2, hidden=(64, 64), activation="tanh")
+        return MAMLRL(policy, env, **{**options, **kw})
+
+    out: dict = {"horizon": args.horizon, "iterations": args.iterations, **options}
+    maml = learner(args.seed)
+    # multi-task pretraining: no inner step (inner_lr 0), plain policy gradient on all tasks
+    pretrained = learner(args.seed, inner_lr=0.0, sampling_term=False)
+    for name, model in (("maml", maml), ("pretrained", pretrained)):
+        start = time.perf_counter()
+        records = fit_meta_rl(
+            model, args.iterations, meta_batch_size=args.meta_batch_size, lr=args.lr,
+            seed=args.seed, log_every=25, log=args.out / f"{name}.jsonl",
+        )  # fmt: skip
+        out[f"{name}_train_minutes"] = (time.perf_counter() - start) / 60
+        out[f"{name}_last_log"] = records[-1]
+    scratch = learner(args.seed + 1)
+    tasks = env.sample_tasks(args.tasks, torch.Generator().manual_seed(TEST_SEED))
+    for name, model in (("maml", maml), ("pretrained", pretrained), ("scratch", scratch)):
+        model.inner_lr = args.inner_lr  # every policy adapts with the same step
+        _, history = model.adapt(tasks, steps=3, seed=TEST_SEED)
+        out[name] = {
+            f"{s}_steps": interval(h.rewards.sum(-1).mean(-1).numpy())
+            for s, h in enumerate(history)
+            if s in (0, 1, 3)
+        }
+        print(name, {k: round(v["mean"], 2) for k, v in out[name].items()}, flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("sinusoid")
+    p.add_argument("--learner", required=True)
+    p.add_argument("--iterations", type=int, default=4000)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p = sub.add_parser("bandit-baselines")
+    p.add_argument("--tasks", type=int, default=500)
+    p = sub.add_parser("rl2")
+    p.add_argument("--arms", type=int, default=5)
+    p.add_argument("--horizon", type=int, default=10)
+    p.add_argument("--eval-horizons", type=int, nargs="+", default=[10, 100])
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--iterations", type=int, default=1000)
+    p.add_argument("--meta-batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--tasks", type=int, default=500)
+    p = sub.add_parser("navigation")
+    p.add_argument("--horizon", type=int, default=20)
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--inner-lr", type=float, default=0.1)
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--meta-batch-size", type=int, default=10)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--tasks", type=int, default=40)
+    for p in sub.choices.values():
+        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    commands = {
+        "sinusoid": run_sinusoid,
+        "bandit-baselines": run_bandit_baselines,
+        "rl2": run_rl2,
+        "navigation": run_navigation,
+    }
+    result = commands[args.command](args)
+    print(json.dumps(result, indent=1))
+    (args.out / "result.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
