@@ -41,6 +41,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from metaloop.data.dataset import ClassDataset
@@ -194,7 +195,7 @@ def default_clinc_root() -> Path:
     base = os.environ.get("METALOOP_DATA")
     if base:
         return Path(base) / "clinc150"
-    return Path(__file__).resolve().parents[4].parent / "shared" / "data" / "clinc150"
+    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "clinc150"
 
 
 def read_clinc150(root: str | os.PathLike[str] | None = None) -> Clinc150:
@@ -508,13 +509,16 @@ def check_utterances_per_intent(dataset: ClassDataset, shots: int, queries: int)
 
 
 def trim_padding(*ids: Tensor) -> tuple[Tensor, ...]:
-    """Cut the trailing columns that are padding in every one of ``ids`` (one width)."""
+    """All of ``ids`` at one width: the longest utterance among them (trailing padding
+    columns cut, narrower tensors padded with ``0``)."""
     width = 1
     for t in ids:
         if t.numel():
             lengths = attention_mask(t).sum(-1)
             width = max(width, int(lengths.max()))
-    return tuple(t[..., :width] for t in ids)
+    return tuple(
+        t[..., :width] if t.shape[-1] >= width else F.pad(t, (0, width - t.shape[-1])) for t in ids
+    )
 
 
 class TextEpisodicFamily(EpisodicFamily):
