@@ -128,6 +128,14 @@ class Adaptable(nn.Module):
     shifts_embeddings: ClassVar[bool] = False
     test_time_shift: int = 0
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Put the API's input checks (``algorithms.validation``) in front of the subclass's
+        own ``adapt``, ``meta_loss``, ``evaluate_batch`` and ``query_log_probs``."""
+        super().__init_subclass__(**kwargs)
+        from metaloop.algorithms.validation import wrap_learner_class
+
+        wrap_learner_class(cls)
+
     def __init__(self, loss: str | LossFn = "mse") -> None:
         super().__init__()
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
