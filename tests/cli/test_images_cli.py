@@ -15,6 +15,7 @@ from PIL import Image
 from metaloop.cli.main import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from test_benchmarks import write_cifar_archive
 from test_folder import make_tree
 
 
@@ -92,3 +93,37 @@ def test_data_build_then_train_on_double_mnist(
         f'root = "{out}"\nimage_size = 16\nimages_per_class = 3',
     )
     assert main(["train", str(cfg), "--run-dir", str(tmp_path / "run")]) == 0
+
+
+def test_benchmark_presets_validate_and_one_runs_unchanged(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from metaloop.cli.build import validate
+    from metaloop.cli.config import load_config
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    presets = [
+        configs / f"{b}-{m}-{s}shot.toml"
+        for b in ("mini-imagenet", "tiered-imagenet", "cifar-fs", "fc100", "cub")
+        for m in ("protonet", "maml")
+        for s in (1, 5)
+    ]
+    for preset in presets:
+        validate(load_config(preset, ['data.root="/data"']))
+    write_cifar_archive(tmp_path / "cifar-100-python.tar.gz")
+    sets = [
+        f'data.root="{tmp_path}"',
+        "train.iterations=1",
+        "train.validate_every=1",
+        "train.validation_tasks=1",
+        "train.checkpoint_every=1",
+        "task.queries=1",  # the generated archive holds 3 images per class
+        "model.hidden=8",
+    ]
+    args = [
+        "train",
+        str(configs / "cifar-fs-protonet-1shot.toml"),
+        "--run-dir",
+        str(tmp_path / "r"),
+    ]
+    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0

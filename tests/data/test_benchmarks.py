@@ -63,13 +63,12 @@ def png_array(value: int) -> np.ndarray:
     return np.frombuffer(buf.getvalue(), dtype=np.uint8)
 
 
-@pytest.fixture(scope="module")
-def cifar_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """cifar-100-python.tar.gz: cifar-100-python/{train,test,meta}, bytes keys (Python 2)."""
+def write_cifar_archive(path: Path) -> Path:
+    """cifar-100-python.tar.gz: cifar-100-python/{train,test,meta}, bytes keys (Python 2);
+    2 train and 1 test image per class, every pixel = class index (+100 for test)."""
     fine_names = sorted(n for v in CIFAR100.values() for n in v.split())
     coarse_names = sorted(CIFAR100)
     coarse_of = {n: coarse_names.index(s) for s, v in CIFAR100.items() for n in v.split()}
-    path = tmp_path_factory.mktemp("cifar") / "cifar-100-python.tar.gz"
 
     def part(per_class: int, offset: int) -> bytes:
         fine = np.repeat(np.arange(100), per_class)
@@ -97,6 +96,11 @@ def cifar_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
             info.size = len(blob)
             t.addfile(info, io.BytesIO(blob))
     return path
+
+
+@pytest.fixture(scope="module")
+def cifar_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_cifar_archive(tmp_path_factory.mktemp("cifar") / "cifar-100-python.tar.gz")
 
 
 def test_cifar_fs_and_fc100(cifar_archive: Path) -> None:

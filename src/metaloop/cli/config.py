@@ -43,6 +43,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # checkpoint ("loss@10": mean query loss after 10 steps; "": the learner's metric at
     # the largest validation step count)
     "validation_shots": 0,
+    # classes per validation task (0: the task's own; e.g. 5 when ProtoNet trains 30-way
+    # on a benchmark whose validation split has 16 classes)
+    "validation_ways": 0,
     "validation_steps": [],
     "select_on": "",
     # log alpha * lambda_max of the support loss (diagnostics.sharpness) on this many
@@ -111,6 +114,7 @@ NON_NEGATIVE = (
             "tasks_per_chunk",
             "threads",
             "validation_shots",
+            "validation_ways",
             "sharpness_tasks",
         )
     }

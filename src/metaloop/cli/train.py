@@ -127,8 +127,11 @@ def run(args: argparse.Namespace) -> int:
     loaded: dict[Any, Any] = {}  # the training and validation parts share one data load
     family = build_family(cfg, "train", cache=loaded)
     shots = cfg["train"]["validation_shots"] or None  # validation on the reported shots
+    ways = cfg["train"]["validation_ways"] or None
     val_family = (
-        build_family(cfg, "val", shots=shots, cache=loaded) if has_validation(cfg) else None
+        build_family(cfg, "val", shots=shots, ways=ways, cache=loaded)
+        if has_validation(cfg)
+        else None
     )
     model = build_model(cfg)
     if cfg["train"]["init_from"] and not (run_dir / LATEST).exists():  # not when resuming
