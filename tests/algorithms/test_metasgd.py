@@ -117,6 +117,7 @@ def test_rates_follow_adapt_and_granularity():
     assert all(p.shape == () for p in tensor.lrs.parameters())
     assert len(list(tensor.lrs.parameters())) == 4
     glob = MetaSGD(model, inner_lr=0.2, granularity="global")
-    assert glob.global_lr.shape == () and float(glob.global_lr.detach()) == pytest.approx(0.2)
+    rate = glob.lrs["global"]
+    assert rate.shape == () and float(rate.detach()) == pytest.approx(0.2)
     with pytest.raises(ValueError, match="granularity"):
         MetaSGD(model, granularity="layer")

@@ -223,8 +223,8 @@ def test_per_step_rates_select_their_step_and_reuse_the_last():
     per_layer = {"w": alphas, "b": 2 * alphas}
     module = LearnedRates(nn.Linear(4, 3).double(), ["weight", "bias"], 0.1, "tensor", steps=3)
     with torch.no_grad():
-        module.rates["weight"].copy_(alphas)
-        module.rates["bias"].copy_(2 * alphas)
+        module["weight"].copy_(alphas)
+        module["bias"].copy_(2 * alphas)
     renamed = {"weight": "w", "bias": "b"}
     cases = [
         (sgd(alphas, per_step=True), {"w": alphas, "b": alphas}, params),

@@ -104,10 +104,11 @@ class CAVIA(MAML):
         y: Tensor,
         steps: int,
         mode: GradientMode | None = None,
+        **execution: Any,
     ) -> Params:
         """Inner loop from ``phi_0 = 0`` (a fresh tensor per task), network held fixed."""
         params = {**params, CONTEXT: torch.zeros_like(params[CONTEXT])}
-        return super().adapt_params(params, buffers, x, y, steps, mode)
+        return super().adapt_params(params, buffers, x, y, steps, mode, **execution)
 
     def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:
         """As for ``GradientMetaLearner``, after resetting the stored context to zero."""

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from metaloop.algorithms.maml import MAML
 from metaloop.algorithms.registry import register
-from metaloop.functional.optim import InnerOptimizer, LearningRate, learned
+from metaloop.functional.optim import learned
 from metaloop.models.mlp import MLP
 
 
@@ -77,12 +77,9 @@ class LearnedOptimizer(MAML):
             )
         ref = next(model.parameters())
         self.rule = UpdateRule(rule_hidden, feature_scale).to(dtype=ref.dtype, device=ref.device)
-        self.beta = beta
-        self.make_optimizer()  # validates beta where the rule is built, before any training
+        self.beta = beta  # validated where the rule is built, next line
+        self.use_inner_optimizer(learned, self.inner_lr, self.rule, beta)
         self.beta = float(beta)
-
-    def optimizer_for(self, lr: LearningRate) -> InnerOptimizer:
-        return learned(lr, self.rule, self.beta)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, beta={self.beta}"

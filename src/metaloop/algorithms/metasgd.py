@@ -5,25 +5,23 @@
 exact second-order meta-gradient.  ``granularity`` picks the shape of ``alpha``:
 ``"element"`` (the paper), ``"tensor"`` (one rate per parameter tensor, i.e. a learned
 per-layer rate by hypergradient) or ``"global"`` (one scalar).
+
+The whole algorithm is MAML with a different inner optimizer: the named one
+(``inner_optimizer``, SGD by default) at the learned rates ``LearnedRates`` (a module of
+the learner, so saved with it and meta-trained with it), initialised to ``inner_lr``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from metaloop.algorithms.maml import MAML
 from metaloop.algorithms.registry import register
-from metaloop.functional.optim import LearningRate
+from metaloop.functional.optim import GRANULARITIES, LearnedRates
 
-GRANULARITIES = ("element", "tensor", "global")
-
-
-def _key(name: str) -> str:
-    # ParameterDict keys may not contain dots
-    return name.replace(".", "__")
+__all__ = ["GRANULARITIES", "MetaSGD"]
 
 
 @register("metasgd")
@@ -34,33 +32,8 @@ class MetaSGD(MAML):
         self, model: nn.Module, *args: Any, granularity: str = "element", **kwargs: Any
     ) -> None:
         super().__init__(model, *args, **kwargs)
-        if granularity not in GRANULARITIES:
-            raise ValueError(
-                f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}"
-            )
+        if not isinstance(self.inner.optimizer, str):
+            raise ValueError("MetaSGD learns the rates of a named inner_optimizer (e.g. 'sgd')")
         self.granularity = granularity
-        params = dict(model.named_parameters())
-        if granularity == "global":
-            ref = params[self.adapt_names[0]]  # the rate lives in the model's dtype/device
-            self.global_lr = nn.Parameter(
-                torch.tensor(self.inner_lr, dtype=ref.dtype, device=ref.device)
-            )
-            self.lrs = nn.ParameterDict()
-        else:
-            self.lrs = nn.ParameterDict(
-                {
-                    _key(n): nn.Parameter(
-                        torch.full_like(params[n], self.inner_lr)
-                        if granularity == "element"
-                        else torch.tensor(
-                            self.inner_lr, dtype=params[n].dtype, device=params[n].device
-                        )
-                    )
-                    for n in self.adapt_names
-                }
-            )
-
-    def inner_learning_rates(self) -> LearningRate:
-        if self.granularity == "global":
-            return self.global_lr
-        return {n: self.lrs[_key(n)] for n in self.adapt_names}
+        self.lrs = LearnedRates(model, self.adapt_names, self.inner_lr, granularity)
+        self.use_inner_optimizer(self.inner.build_optimizer, self.lrs)

@@ -26,13 +26,14 @@ one of them would also follow a path through another that is computed from it, w
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.func import grad_and_value
 
-from metaloop.functional.optim import InnerOptimizer, apply_updates
+from metaloop.functional.optim import InnerOptimizer, apply_updates, by_name
 from metaloop.functional.params import Params, detach
 
 GradientMode = Literal["second_order", "first_order"]
@@ -41,6 +42,67 @@ GradientBackend = Literal["func", "autograd"]
 
 # loss_fn(params, x, y) -> scalar
 TaskLoss = Callable[[Params, Tensor, Tensor], Tensor]
+
+
+@dataclass
+class InnerLoop:
+    """A gradient learner's inner-loop options.
+
+    ``lr``: the rate ``alpha`` of a named optimizer (and the initial value of learned
+    rates); ``steps``: inner steps ``K`` during meta-training (``min_steps`` the least a
+    learner allows); ``eval_steps``: at test time (default ``steps``); ``optimizer``: a name
+    (``"sgd"``, ``"momentum"``, ``"adam"``, built at ``lr`` with ``optimizer_kwargs``) or an
+    ``InnerOptimizer``; ``adapt``: which parameters adapt (``None``: all; a name prefix, a
+    list of prefixes or a predicate on names).
+    """
+
+    lr: float = 0.01
+    steps: int = 1
+    eval_steps: int | None = None
+    optimizer: str | InnerOptimizer = "sgd"
+    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    adapt: Any = None
+    min_steps: int = 1
+
+    def __post_init__(self) -> None:
+        steps, lr = self.steps, self.lr
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise ValueError(f"inner_steps must be an integer, got {steps!r}")
+        if steps < self.min_steps:
+            raise ValueError(
+                f"inner_steps must be >= {self.min_steps} for this algorithm, got {steps}"
+            )
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise ValueError(f"inner_lr must be a positive finite number, got {lr!r}")
+        self.lr = float(lr)
+        eval_steps = self.eval_steps
+        if eval_steps is not None and (
+            isinstance(eval_steps, bool) or not isinstance(eval_steps, int) or eval_steps < 0
+        ):
+            raise ValueError(f"eval_steps must be an integer >= 0 or None, got {eval_steps!r}")
+        if self.eval_steps is None:
+            self.eval_steps = steps
+        if not isinstance(self.optimizer, (str, InnerOptimizer)):
+            raise ValueError(
+                "inner_optimizer must be a name (sgd, momentum, adam) or an InnerOptimizer, "
+                f"got {type(self.optimizer).__name__}"
+            )
+        self.optimizer_kwargs = dict(self.optimizer_kwargs or {})
+        if not isinstance(self.optimizer, str) and self.optimizer_kwargs:
+            raise ValueError("inner_optimizer_kwargs apply to a named inner optimizer only")
+        self.build_optimizer(self.lr)  # validates the name and its arguments
+
+    def build_optimizer(self, rate: Any, **extra: Any) -> InnerOptimizer:
+        """The named optimizer at ``rate`` (a number, tensors, a module of learned rates or a
+        schedule, see ``optim.scale_by_learning_rate``; ``extra``: e.g. ``per_step=True``),
+        or the given ``InnerOptimizer``."""
+        if isinstance(self.optimizer, str):
+            return by_name(self.optimizer, rate, **self.optimizer_kwargs, **extra)
+        return self.optimizer
+
+    @property
+    def optimizer_name(self) -> str:
+        return self.optimizer if isinstance(self.optimizer, str) else "custom"
 
 
 def check_mode(mode: str) -> None:

@@ -1,8 +1,10 @@
 """Speed and memory options of the engine, each opt-in and each tested against the default.
 
-``SpeedOptions`` collects them; ``GradientMetaLearner`` takes them as constructor
-arguments (``compile=``, ``checkpoint=``, ``autocast=``, ``channels_last=``,
-``fuse_forward=``) and routes its meta-step through ``SpeedOptions.wrap``.  Measured
+``SpeedOptions`` collects them (with the task batching options ``vectorize`` and
+``chunk_size``); ``GradientMetaLearner`` takes them as constructor arguments
+(``compile=``, ``checkpoint=``, ``autocast=``, ``channels_last=``, ``fuse_forward=``) or as
+one ``speed=SpeedOptions(...)``, and routes its meta-step through ``SpeedOptions.wrap`` and
+``functional.executor``.  Measured
 effects are in ``docs/performance.md``.
 
 * ``compile``: ``torch.compile`` of the whole per-batch computation (inner loop of every
@@ -206,16 +208,30 @@ _COMPILED: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDicti
 
 @dataclass
 class SpeedOptions:
-    """The opt-in speed/memory options (see the module docstring)."""
+    """How a gradient learner executes (see the module docstring): task batching
+    (``vectorize``: ``"auto"``, ``"vmap"`` or ``"loop"``; ``chunk_size``: at most that many
+    tasks per vectorized call) and the opt-in speed/memory options."""
 
     compile: bool | dict[str, Any] = False
     checkpoint: bool = False
     autocast: str | torch.dtype | None = None
     channels_last: bool = False
     fuse_forward: bool | str = False
+    vectorize: str = "auto"
+    chunk_size: int | None = None
     _failed: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.vectorize not in ("auto", "vmap", "loop"):
+            raise ValueError(f"vectorize must be one of auto, vmap, loop, got {self.vectorize!r}")
+        if self.chunk_size is not None and (
+            isinstance(self.chunk_size, bool)
+            or not isinstance(self.chunk_size, int)
+            or self.chunk_size < 1
+        ):
+            raise ValueError(
+                f"chunk_size must be a positive integer or None, got {self.chunk_size!r}"
+            )
         if not isinstance(self.compile, (bool, dict)):
             raise ValueError(
                 f"compile must be a bool or a dict of torch.compile options, got {self.compile!r}"

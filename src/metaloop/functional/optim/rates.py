@@ -61,17 +61,27 @@ class LearnedRates(nn.Module):
                 torch.full(lead + shape, float(init), dtype=ref.dtype, device=ref.device)
             )
 
+        # registered on the module itself: state-dict keys ``<prefix>.<name with __>``
         if granularity == GLOBAL:
-            self.rates = nn.ParameterDict({GLOBAL: full(params[self.names[0]], ())})
+            self.register_parameter(GLOBAL, full(params[self.names[0]], ()))
         else:
-            self.rates = nn.ParameterDict(
-                {
-                    _key(n): full(
-                        params[n], tuple(params[n].shape) if granularity == "element" else ()
-                    )
-                    for n in self.names
-                }
-            )
+            for n in self.names:
+                shape = tuple(params[n].shape) if granularity == "element" else ()
+                self.register_parameter(_key(n), full(params[n], shape))
+
+    def __getitem__(self, key: str) -> Tensor:
+        """The rate tensor stored under ``key`` (a parameter name with ``.`` as ``__``); read
+        by attribute, so that ``torch.func.functional_call`` substitutions are seen."""
+        if key not in self._parameters:
+            raise KeyError(f"no learned rate {key!r}; stored are {', '.join(self.keys())}")
+        return getattr(self, key)
+
+    def keys(self) -> list[str]:
+        """The keys of the stored rate tensors."""
+        return [k for k, _ in self.named_parameters(recurse=False)]
+
+    def values(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_parameters(recurse=False)]
 
     @property
     def per_step(self) -> bool:
@@ -80,8 +90,8 @@ class LearnedRates(nn.Module):
     def forward(self) -> dict[str, Tensor]:
         """``name -> rate`` for every adapted parameter (``[S, ...]`` with per-step rates)."""
         if self.granularity == GLOBAL:
-            return dict.fromkeys(self.names, self.rates[GLOBAL])
-        return {n: self.rates[_key(n)] for n in self.names}
+            return dict.fromkeys(self.names, self[GLOBAL])
+        return {n: self[_key(n)] for n in self.names}
 
     def extra_repr(self) -> str:
         steps = "" if self.steps is None else f", steps={self.steps}"

@@ -86,10 +86,31 @@ def step_count(state: State) -> int:
 
 # -- learning rates ---------------------------------------------------------------------------
 class RateState(NamedTuple):
-    """State of ``scale_by_learning_rate``: step count and the rates resolved at ``init``."""
+    """State of ``scale_by_learning_rate``: step count and the rates resolved at ``init``
+    (``None`` for a schedule), with or without a leading step axis (``per_step``)."""
 
     step: int
     rate: LearningRate | None
+    per_step: bool = False
+
+
+def current_rate(state: State) -> LearningRate:
+    """The learning rate(s) the next update of an optimizer in ``state`` will use: per-step
+    rates at the state's step (the last row past the end), e.g. the rates a learner's inner
+    loop starts with, ``current_rate(learner.inner_optimizer.init(params))``."""
+    states = state.states if isinstance(state, ChainState) else (state,)
+    found = [s for s in states if isinstance(s, RateState)]
+    if len(found) != 1 or found[0].rate is None:
+        raise ValueError(
+            "current_rate needs the state of an optimizer with one scale_by_learning_rate "
+            "given fixed or learned rates (not a schedule)"
+        )
+    rate, step, per_step = found[0].rate, found[0].step, found[0].per_step
+    if not per_step:
+        return rate
+    if isinstance(rate, Mapping):
+        return {k: _at_step(torch.as_tensor(v), step) for k, v in rate.items()}
+    return _at_step(torch.as_tensor(rate), step)
 
 
 def _check_rate(lr: object) -> None:
@@ -147,8 +168,8 @@ def scale_by_learning_rate(
 
     def init(params: Params) -> RateState:
         if schedule:
-            return RateState(0, None)
-        return RateState(0, lr() if isinstance(lr, nn.Module) else lr)
+            return RateState(0, None, per_step)
+        return RateState(0, lr() if isinstance(lr, nn.Module) else lr, per_step)
 
     def update(updates: Params, state: RateState, params: Params) -> tuple[Params, RateState]:
         rate = lr(state.step) if schedule else state.rate
@@ -158,7 +179,7 @@ def scale_by_learning_rate(
             if per_step:
                 alpha = _at_step(torch.as_tensor(alpha), state.step)
             out[k] = -(alpha * u)
-        return out, RateState(state.step + 1, state.rate)
+        return out, RateState(state.step + 1, state.rate, per_step)
 
     return InnerOptimizer(init, update)
 
