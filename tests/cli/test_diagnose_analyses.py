@@ -62,7 +62,7 @@ def test_diagnose_flags_report_and_plot(run_dir, capsys):
     argv += ["--oracle", "--inner-lrs", "0.05,0.2", "--loto", "--loto-tasks", "3"]
     argv += ["--iterations", "3", "--pool-sizes", "1,2", "--pool-points", "12"]
     argv += ["--noise", "--noise-draws", "3,2,2", "--plot", str(plots), "--inner-decay", "0.5"]
-    argv += ["--geometry"]
+    argv += ["--geometry", "--noise-shots", "2,5"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["inner_curves"]) == {"0.05", "0.2"}
@@ -89,7 +89,14 @@ def test_diagnose_flags_report_and_plot(run_dir, capsys):
     assert len({c["query_loss"][0] for c in curves.values()}) == 1
     assert len({c["query_loss"][-1] for c in curves.values()}) == 3
     assert curves["no decay"]["query_loss"] == report["inner_curves"]["0.05"]["query_loss"]
-    for name in ("inner_decay.png", "inner_curves.png", "pool_sizes.png", "noise.png"):
+    assert set(report["noise_by_shots"]) == {"2", "5"}
+    for name in (
+        "noise_by_shots.png",
+        "inner_decay.png",
+        "inner_curves.png",
+        "pool_sizes.png",
+        "noise.png",
+    ):
         assert (plots / name).stat().st_size > 1000
 
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,13 @@ def add_arguments(dg: argparse.ArgumentParser) -> None:
         default=[8, 4, 4],
         metavar="I,J,K",
         help="--noise: tasks, support sets per task, query sets per support set",
+    )
+    dg.add_argument(
+        "--noise-shots",
+        type=_int_list,
+        default=None,
+        metavar="S1,S2,..",
+        help="--noise: repeat the decomposition with these support sizes",
     )
     dg.add_argument("--plot", default=None, metavar="DIR", help="write a PNG per analysis")
 
@@ -196,6 +204,15 @@ def run_analyses(
             out["noise"] = dataclasses.asdict(
                 noise.decompose_meta_gradient_noise(learner, family, **sizes)
             )
+        if args.noise_shots:
+            by_shots = {}
+            for shots in args.noise_shots:
+                resized = copy.copy(family)
+                resized.shots = shots
+                by_shots[str(shots)] = dataclasses.asdict(
+                    noise.decompose_meta_gradient_noise(learner, resized, **sizes)
+                )
+            out["noise_by_shots"] = by_shots
     if args.plot and out:
         from metaloop.cli.diagnose_plots import plot_analyses
 
@@ -285,8 +302,6 @@ def _decay_curves(
     """Inner-step curves of the learner and of copies of it (same model, same ``theta_0``)
     whose inner optimizer adds weight decay ``c (theta_t - anchor)``, for each ``c`` and
     anchor; all at the first ``--inner-lrs`` rate (default: the learner's)."""
-    import copy
-
     from metaloop.cli.build import build_learner
     from metaloop.diagnostics import inner_curve
 

@@ -98,6 +98,27 @@ def plot_diversity(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def plot_noise_by_shots(by_shots: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Covariance trace by source against the support size (one task per meta-batch; a
+    meta-batch of T tasks divides every curve by T)."""
+    plt = _pyplot()
+    shots = [int(k) for k in by_shots]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for key in ("task", "support", "query", "total"):
+        values = [max(by_shots[str(s)][key], 1e-12) for s in shots]
+        ax.plot(shots, values, marker="o", label=key, linestyle="--" if key == "total" else "-")
+    ax.set_xlabel("support shots")
+    ax.set_ylabel("trace of covariance (one task)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title("meta-gradient noise by source")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_analyses(out: dict[str, Any], folder: Path) -> list[Path]:
     """One PNG per analysis present in ``out``; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,6 +139,8 @@ def plot_analyses(out: dict[str, Any], folder: Path) -> list[Path]:
         paths.append(plot_pool_sizes(out["pool_sizes"], folder / "pool_sizes.png"))
     if "diversity" in out:
         paths.append(plot_diversity(out["diversity"], folder / "diversity.png"))
+    if "noise_by_shots" in out:
+        paths.append(plot_noise_by_shots(out["noise_by_shots"], folder / "noise_by_shots.png"))
     if "noise" in out:
         paths.append(plot_noise(out["noise"], folder / "noise.png"))
     return paths
