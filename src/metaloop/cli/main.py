@@ -10,6 +10,7 @@
     metaloop diagnose runs/sine [--json]                                      (cli/diagnose.py)
     metaloop data build double-mnist [--out DIR]                              (cli/images.py)
     metaloop verify runs/orl [--part test] [--json]                           (cli/images.py)
+    metaloop rl train configs/bandit-rl2.toml --run-dir runs/rl2 / rl eval / rl plot (cli/rl.py)
 
 Every error the user can fix is printed as one line on stderr with exit status 2.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from metaloop.cli import bench, diagnose, images, plot, train
+from metaloop.cli import bench, diagnose, images, plot, rl, train
 from metaloop.cli import eval as eval_
 from metaloop.cli.config import ConfigError
 
@@ -33,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     plot.add_parser(sub)
     diagnose.add_parser(sub)
     images.add_parsers(sub)
+    rl.add_parsers(sub)
     return p
 
 
