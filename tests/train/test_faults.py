@@ -104,6 +104,74 @@ def test_nonfinite_loss_is_skipped_under_skip_policy(tmp_path):
     assert finite(load_latest(tmp_path)) and load_latest(tmp_path)["skipped_steps"] == 2
 
 
+def strict_json_lines(path) -> list[dict]:
+    """The records of a metrics log, parsed as strict JSON (``NaN``/``Infinity`` refused)."""
+
+    def refuse(name):
+        raise AssertionError(f"{path} holds {name}: not valid JSON")
+
+    return [json.loads(x, parse_constant=refuse) for x in path.read_text().splitlines()]
+
+
+def test_a_run_that_skips_every_step_stops_with_an_error(tmp_path):
+    """inner_lr = 1e30: every meta-loss is non-finite; under 'skip' the run used to exit as
+    a success having trained nothing, with NaN (invalid JSON) in metrics.jsonl."""
+    torch.manual_seed(0)
+    learner = MAML(MLP(1, 1, hidden=(8,)), inner_lr=1e30)
+    opt = torch.optim.Adam(learner.parameters(), 1e-3)
+    trainer = Trainer(
+        learner,
+        opt,
+        meta_batch_size=3,
+        nonfinite="skip",
+        progress=False,
+        max_skipped_fraction=1.0,
+    )
+    family = Sinusoid(shots=5, queries=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(NonFiniteError) as info:
+            trainer.fit(
+                family,
+                30,
+                validate_on=family,
+                validate_every=5,
+                validation_tasks=3,
+                run_dir=tmp_path,
+                checkpoint_every=5,
+                log_every=5,
+            )
+    message = str(info.value)
+    assert "5 of the 5 meta-steps so far were skipped" in message and "every one" in message
+    assert "\n" not in message
+    records = strict_json_lines(tmp_path / "metrics.jsonl")
+    val = [r for r in records if r["split"] == "val"]
+    assert val and val[0]["loss"] is None and val[0]["best"] is None  # NaN written as null
+    assert [r["skipped"] for r in records if r["split"] == "train"] == [1.0]
+
+
+@pytest.mark.parametrize("limit,stops", [(0.2, True), (0.3, False)])
+def test_max_skipped_fraction_stops_a_run_that_skips_too_much(tmp_path, limit, stops):
+    trainer = maml_trainer(nonfinite="skip")
+    trainer.max_skipped_fraction = limit
+    family = Poisoned({2: [0], 7: [1]})  # 1 of 4 steps, then 2 of 8: a fraction of 0.25
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if stops:
+            with pytest.raises(NonFiniteError, match=r"1 of the 4 meta-steps .*more than "):
+                trainer.fit(family, 8, run_dir=tmp_path, checkpoint_every=4, log_every=4)
+        else:
+            result = trainer.fit(family, 8, run_dir=tmp_path, checkpoint_every=4, log_every=4)
+            assert result.skipped_steps == 2 and result.iteration == 8
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), True, "0.5"])
+def test_max_skipped_fraction_is_checked(bad):
+    learner = MAML(MLP(1, 1, hidden=(8,)), inner_lr=0.01)
+    with pytest.raises(ValueError, match=r"max_skipped_fraction must be a number in 0\.\.1"):
+        Trainer(learner, torch.optim.Adam(learner.parameters()), max_skipped_fraction=bad)
+
+
 def test_diagnosis_does_not_change_a_skipped_run():
     """Re-running tasks one by one to name them must not disturb RNG or weights."""
     a = maml_trainer(nonfinite="skip")

@@ -92,6 +92,10 @@ class Trainer:
         progress: show a tqdm progress bar.
         tensorboard: also log scalars to TensorBoard in ``run_dir/tensorboard``.
         validate_tasks: check every sampled batch with ``validate_batch`` (cheap; on by default).
+        max_skipped_fraction: under ``nonfinite="skip"``, stop with ``NonFiniteError`` when
+            more than this fraction of the steps so far were skipped (checked at every train
+            log record and at the end), and always when every step was skipped: such a run
+            is not training.
     """
 
     def __init__(
@@ -108,12 +112,21 @@ class Trainer:
         progress: bool = True,
         tensorboard: bool = False,
         validate_tasks: bool = True,
+        max_skipped_fraction: float = 0.5,
     ) -> None:
         _positive_int("meta_batch_size", meta_batch_size)
         _positive_int("tasks_per_chunk", tasks_per_chunk, allow_none=True)
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(
                 f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {nonfinite!r}"
+            )
+        if (
+            isinstance(max_skipped_fraction, bool)
+            or not isinstance(max_skipped_fraction, (int, float))
+            or not 0 <= max_skipped_fraction <= 1
+        ):
+            raise ValueError(
+                f"max_skipped_fraction must be a number in 0..1, got {max_skipped_fraction!r}"
             )
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
@@ -131,6 +144,7 @@ class Trainer:
         self.progress = progress
         self.tensorboard = tensorboard
         self.validate_tasks = validate_tasks
+        self.max_skipped_fraction = float(max_skipped_fraction)
         self.iteration = 0
         self.generator = torch.Generator().manual_seed(seed)
         self.best_metric: float | None = None
@@ -438,6 +452,7 @@ class Trainer:
                     self._emit(record, log_file, writer)
                     if not validation:
                         bar.set_postfix_str(f"loss {record.get('loss', float('nan')):.4g}")
+                    self._check_skipped()
                 bar.update(1)
                 if write_path is not None and (
                     self.iteration % checkpoint_every == 0
@@ -485,11 +500,30 @@ class Trainer:
         ]
         return [family.sample(n, g) for n in sizes]
 
+    def _check_skipped(self) -> None:
+        """Raise ``NonFiniteError`` when too many steps were skipped (``max_skipped_fraction``)
+        or all of them: the run is not training."""
+        done, skipped = self.iteration, self.skipped_steps
+        if not skipped or not done:
+            return
+        if skipped >= done or skipped > self.max_skipped_fraction * done:
+            what = (
+                "every one"
+                if skipped >= done
+                else f"more than max_skipped_fraction = {self.max_skipped_fraction:g}"
+            )
+            raise NonFiniteError(
+                f"{skipped} of the {done} meta-steps so far were skipped as non-finite "
+                f"(nonfinite='skip'), {what}: the run is not training. Lower the learning "
+                "rates, clip gradients (grad_clip), or raise max_skipped_fraction.",
+                done,
+            )
+
     def _emit(self, record: dict[str, Any], log_file, writer) -> None:
         for cb in self.callbacks:
             cb(self, record)
-        if log_file is not None:
-            log_file.write(json.dumps(record) + "\n")
+        if log_file is not None:  # strict JSON: a non-finite number is written as null
+            log_file.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
             log_file.flush()  # so `tail -f metrics.jsonl` follows the run
         if writer is not None:
             for k, v in record.items():
@@ -593,6 +627,13 @@ def _selection(
             f"{list(steps)} does not include"
         )
     return steps, step, metric
+
+
+def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with NaN and infinite floats replaced by ``None`` (JSON has no NaN)."""
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
+    }
 
 
 def _short(metrics: dict[str, float]) -> str:
