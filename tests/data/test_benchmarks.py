@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +221,28 @@ def test_channel_normalize() -> None:
     assert torch.allclose(out[:, 1], (x[:, 1] - 0.456) / 0.224)
     with pytest.raises(ImageDataError, match="3 channels, images have 1"):
         ChannelNormalize((0.1, 0.2, 0.3), (1, 1, 1))(torch.rand(1, 1, 2, 2))
+
+
+def test_download_checks_the_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+    import urllib.request
+
+    import metaloop.data.benchmarks as bm
+
+    archive = write_cifar_archive(tmp_path / "served.tar.gz").read_bytes()
+
+    class Response(io.BytesIO):
+        headers = types.MappingProxyType({})
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response(archive))
+    url, name, algorithm, _ = bm.DOWNLOADS["cifar-fs"]
+    monkeypatch.setitem(bm.DOWNLOADS, "cifar-fs", (url, name, algorithm, "0" * 32))
+    with pytest.raises(ImageDataError, match="expected 0000"):
+        load_benchmark("cifar-fs", tmp_path / "a", download=True)
+    assert not list((tmp_path / "a").iterdir())  # nothing half-written is left
+    good = hashlib.md5(archive).hexdigest()
+    monkeypatch.setitem(bm.DOWNLOADS, "cifar-fs", (url, name, algorithm, good))
+    split = load_benchmark("cifar-fs", tmp_path / "a", download=True, strict=True)
+    assert split["test"].num_classes == 20 and (tmp_path / "a" / name).is_file()
+    with pytest.raises(ImageDataError, match="no public download"):
+        bm.download_benchmark("mini-imagenet", tmp_path)

@@ -397,8 +397,81 @@ def cub(
     return _check_counts(split, "cub", strict)
 
 
-def load_benchmark(name: str, root: str | os.PathLike[str], **kwargs: Any) -> ClassSplit:
-    """The ``ClassSplit`` of benchmark ``name`` (one of ``BENCHMARKS``) from ``root``."""
+#: benchmark -> (public URL, file name, hash algorithm, digest) of the archives that have one
+DOWNLOADS: dict[str, tuple[str, str, str, str]] = {
+    "cifar-fs": (
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "cifar-100-python.tar.gz",
+        "md5",
+        "eb9058c3a382ffc7106e4002c42a8d85",
+    ),
+    "cub": (
+        "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
+        "CUB_200_2011.tgz",
+        "md5",
+        "97eceeb196236b17998738112f37df78",
+    ),
+}
+DOWNLOADS["fc100"] = DOWNLOADS["cifar-fs"]
+
+
+def download_benchmark(
+    name: str, root: str | os.PathLike[str], *, progress: bool = True, timeout: float = 60.0
+) -> Path:
+    """Fetch the public archive of ``name`` into ``root`` (kept only if its checksum
+    matches; written to ``<file>.part`` and renamed); return its path.  mini-ImageNet and
+    tiered-ImageNet have no public URL with a published checksum: an error says so."""
+    import hashlib
+    import urllib.error
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    if _check_name(name) not in DOWNLOADS:
+        raise ImageDataError(
+            f"{name} has no public download with a published checksum; obtain it from its "
+            f"authors and set data.root to the folder holding it"
+        )
+    url, filename, algorithm, expected = DOWNLOADS[name]
+    root = Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    dest, part = root / filename, root / f"{filename}.part"
+    digest = hashlib.new(algorithm)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=filename, disable=not progress)
+            with bar:
+                while chunk := response.read(1 << 16):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        part.unlink(missing_ok=True)
+        raise ImageDataError(
+            f"could not download {url} ({err}); put {filename} into {root} yourself"
+        ) from err
+    if digest.hexdigest() != expected:
+        part.unlink(missing_ok=True)
+        raise ImageDataError(
+            f"downloaded {filename} has {algorithm} {digest.hexdigest()}, expected {expected}: "
+            f"the download is corrupt or the file at {url} changed"
+        )
+    os.replace(part, dest)
+    return dest
+
+
+def load_benchmark(
+    name: str, root: str | os.PathLike[str], *, download: bool = False, **kwargs: Any
+) -> ClassSplit:
+    """The ``ClassSplit`` of benchmark ``name`` (one of ``BENCHMARKS``) from ``root``;
+    ``download=True`` first fetches a missing public archive (``download_benchmark``)."""
+    if download and _check_name(name) in DOWNLOADS:
+        _, filename, _, _ = DOWNLOADS[name]
+        folder = Path(root).expanduser()
+        extracted = folder / ("cifar-100-python" if name != "cub" else "CUB_200_2011")
+        if not (folder / filename).is_file() and not extracted.is_dir():
+            download_benchmark(name, folder)
     loaders = {
         "mini-imagenet": mini_imagenet,
         "tiered-imagenet": tiered_imagenet,
@@ -411,12 +484,14 @@ def load_benchmark(name: str, root: str | os.PathLike[str], **kwargs: Any) -> Cl
 
 __all__ = [
     "BENCHMARKS",
+    "DOWNLOADS",
     "NORMALIZATION",
     "ChannelNormalize",
     "benchmark_normalize",
     "cifar_fs",
     "cub",
     "cub_chen_split",
+    "download_benchmark",
     "fc100",
     "load_benchmark",
     "load_cifar100",

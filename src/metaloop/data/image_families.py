@@ -21,7 +21,8 @@ default location of ``variant``, ``build_seed`` and ``images_per_class``), resiz
 
 ``benchmark``: ``benchmark`` = ``mini-imagenet``, ``tiered-imagenet``, ``cifar-fs``,
 ``fc100`` or ``cub`` read from ``root`` (``metaloop.data.benchmarks``), with the same
-``augment`` and ``normalize`` keys.
+``augment`` and ``normalize`` keys; ``download = true`` fetches a missing public archive
+(CIFAR-100, CUB) and checks its checksum.
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ MULTI_MNIST_DATA_KEYS: dict[str, Any] = {
     "build_seed": 0,
     "images_per_class": 1000,
 }
-BENCHMARK_DATA_KEYS: dict[str, Any] = {**_SHARED, "benchmark": "mini-imagenet", **_PIPELINE}
+BENCHMARK_DATA_KEYS: dict[str, Any] = {
+    **_SHARED,
+    "benchmark": "mini-imagenet",
+    "download": False,
+    **_PIPELINE,
+}
 AUGMENTS = ("none", "rgb")
 NORMALIZATIONS = ("none", "imagenet", "cifar100")
 
@@ -223,7 +229,9 @@ def benchmark(
     if name in ("mini-imagenet", "cub"):
         kw["cache_dir"] = d["cache_dir"] or None
     key = ("benchmark", name, d["root"], repr(sorted(kw.items())))
-    split = _cached(context, key, lambda: load_benchmark(name, d["root"], **kw))
+    split = _cached(
+        context, key, lambda: load_benchmark(name, d["root"], download=d["download"], **kw)
+    )
     dataset = split[context.part]
     if dataset.image_shape[-1] != d["image_size"]:
         from metaloop.data.multi_mnist import resize_dataset
