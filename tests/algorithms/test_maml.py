@@ -24,6 +24,7 @@ from torch.func import functional_call
 
 import metaloop as ml
 from metaloop.algorithms import FOMAML, MAML, JointTraining
+from metaloop.diagnostics import oracles
 from metaloop.models import MLP, Conv4, PerStepBatchNorm2d, set_norm_step
 from metaloop.tasks import LinearRegression, Quadratic, Sinusoid, TaskBatch
 
@@ -352,8 +353,7 @@ def test_one_step_maml_on_quadratics_converges_to_closed_form():
         outer.zero_grad()
         loss.backward()
         outer.step()
-    weights = [pi * (1 - alpha * hi) ** 2 for pi, hi in zip(p, h)]
-    closed_form = sum(w * o for w, o in zip(weights, opt)) / sum(weights)
+    closed_form = oracles.maml_quadratic_optimum(h, opt, alpha, p)
     assert float(model.weight.detach()) == pytest.approx(closed_form, abs=1e-10)
     # the MAML solution is not the plain average of the optima (the test discriminates)
     assert abs(closed_form - sum(pi * o for pi, o in zip(p, opt))) > 0.1
@@ -370,7 +370,8 @@ def test_one_step_maml_on_linear_regression_converges_to_closed_form():
     ``M_i = X_q (I - alpha A_s)`` and ``r_i = y_q - alpha X_q b_s`` is therefore quadratic in
     ``theta``, and the MAML objective ``(1/T) sum_i (1/Q) ||M_i theta - r_i||^2`` over the
     fixed task set is minimised by the solution of the normal equations
-    ``(sum_i M_i^T M_i) theta = sum_i M_i^T r_i`` (solved with ``torch.linalg.solve``).
+    ``(sum_i M_i^T M_i) theta = sum_i M_i^T r_i`` (``diagnostics.oracles``, itself checked
+    against the learner's meta-gradient in tests/diagnostics/test_oracles.py).
     The real learner, trained with L-BFGS on ``learner.meta_loss``, must land on it.
     """
     dim, alpha = 3, 0.15
@@ -378,18 +379,7 @@ def test_one_step_maml_on_linear_regression_converges_to_closed_form():
         dim=dim, shots=4, queries=6, w_mean=1.5, w_std=1.0, noise_std=0.1, dtype=torch.float64
     )
     batch = family.sample(8, torch.Generator().manual_seed(5))
-    lhs = torch.zeros(dim, dim, dtype=torch.float64)
-    rhs = torch.zeros(dim, dtype=torch.float64)
-    for task in batch:
-        xs, ys = task.support_x, task.support_y.reshape(-1)
-        xq, yq = task.query_x, task.query_y.reshape(-1)
-        a_s = 2 / xs.shape[0] * xs.T @ xs
-        b_s = 2 / xs.shape[0] * xs.T @ ys
-        m = xq @ (torch.eye(dim, dtype=torch.float64) - alpha * a_s)
-        r = yq - alpha * xq @ b_s
-        lhs += m.T @ m
-        rhs += m.T @ r
-    closed_form = torch.linalg.solve(lhs, rhs)
+    closed_form = oracles.maml_linear_regression_optimum(batch, alpha)
 
     torch.manual_seed(0)
     model = nn.Linear(dim, 1, bias=False).double()
