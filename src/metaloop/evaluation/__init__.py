@@ -14,6 +14,7 @@ from metaloop.evaluation.predictions import (
     save_predictions,
 )
 from metaloop.evaluation.shift import ShiftAveraged
+from metaloop.evaluation.wrapper import EvaluationWrapper
 
 __all__ = [
     "AdversarialQueries",
@@ -21,6 +22,7 @@ __all__ = [
     "Ensemble",
     "Estimate",
     "EvalResult",
+    "EvaluationWrapper",
     "Predictions",
     "ShiftAveraged",
     "collect_predictions",
