@@ -10,6 +10,7 @@ from metaloop.algorithms.gradient import GradientMetaLearner
 from metaloop.algorithms.imaml import IMAML
 from metaloop.algorithms.incontext import InContextTransformer
 from metaloop.algorithms.learned_optimizer import LearnedOptimizer
+from metaloop.algorithms.lslr import LSLR
 from metaloop.algorithms.maml import FOMAML, MAML
 from metaloop.algorithms.mann_lstm import LabelDelayLSTM
 from metaloop.algorithms.matching import MatchingNet
@@ -29,6 +30,7 @@ __all__ = [
     "CAVIA",
     "FOMAML",
     "IMAML",
+    "LSLR",
     "MAML",
     "SNAIL",
     "ConditionalNeuralProcess",

@@ -1,13 +1,11 @@
 """Shared shell of the gradient-based learners (MAML and its relatives).
 
-A ``GradientMetaLearner`` wraps any ``nn.Module`` and adapts it with the functional inner
-loop ``theta_{t+1} = theta_t + update(grad L_support(theta_t))`` of ``metaloop.functional``
-(its inner optimizer is a composable transform, ``functional.optim``).  Subclasses change
-only what differs: the inner optimizer (Meta-SGD and LSLR learn its rates, the learned
-optimizer its rule), which parameters adapt (ANIL), ``theta_0`` (Proto-MAML) and how the
-adapted parameters become a meta-loss (MAML: query loss; Reptile: a surrogate).  How the
-inner loop and meta-step execute (rematerialized, compiled, batch-norm guarded) is
-``functional.executor``'s job; transductive fine-tuning is ``algorithms.transductive``.
+A ``GradientMetaLearner`` adapts any ``nn.Module`` with the inner loop
+``theta_{t+1} = theta_t + update(grad L_support(theta_t))`` (``update``: a composable
+``functional.optim`` transform).  Subclasses change only what differs: the inner optimizer
+(Meta-SGD, LSLR, learned rule), which parameters adapt (ANIL), ``theta_0`` (Proto-MAML),
+the meta-loss (Reptile).  Execution (remat, compile, vmap guards) is ``functional.executor``;
+transductive fine-tuning is ``algorithms.transductive``.
 """
 
 from __future__ import annotations
@@ -23,14 +21,15 @@ from metaloop.algorithms.transductive import (
     check_entropy_weight,
     mean_entropy,
     transductive_predictions,
+    transductive_predictor,
 )
 from metaloop.functional import executor
 from metaloop.functional.batching import VectorizePolicy, has_convolution, map_tasks
-from metaloop.functional.inner import GradientMode, InnerLoop, TaskLoss, inner_steps_iter
+from metaloop.functional.inner import GradientMode, InnerLoop, TaskLoss
 from metaloop.functional.losses import LossFn, accuracy
 from metaloop.functional.optim import InnerOptimizer
 from metaloop.functional.params import Params, call, detach, name_filter, split_module
-from metaloop.functional.speed import SpeedOptions, attach_gradient
+from metaloop.functional.speed import SpeedOptions
 from metaloop.models.norm import PerStepBatchNorm2d, set_norm_step
 from metaloop.tasks.base import Task, TaskBatch
 
@@ -106,27 +105,16 @@ class GradientMetaLearner(MetaLearner):
     eval_steps = property(lambda self: self.inner.eval_steps)
     inner_optimizer_name = property(lambda self: self.inner.optimizer_name)
     inner_optimizer_kwargs = property(lambda self: self.inner.optimizer_kwargs)
-
-    @property
-    def inner_lr(self) -> float:
-        return self.inner.lr
-
-    @inner_lr.setter
-    def inner_lr(self, value: float) -> None:
-        self.inner.lr = float(value)  # a named optimizer is rebuilt from it at every use
-
-    @property
-    def chunk_size(self) -> int | None:
-        return self.speed.chunk_size
-
-    @chunk_size.setter
-    def chunk_size(self, value: int | None) -> None:
-        self.speed.chunk_size = value
+    # settable: a named optimizer is rebuilt from ``inner_lr`` at every use
+    inner_lr = property(lambda self: self.inner.lr, lambda self, v: setattr(self.inner, "lr", v))
+    chunk_size = property(
+        lambda self: self.speed.chunk_size, lambda self, v: setattr(self.speed, "chunk_size", v)
+    )
 
     @property
     def inner_optimizer(self) -> InnerOptimizer:
-        """The inner optimizer, built afresh from its recipe at every use (a few closures),
-        so that it reads this learner's own learned rates or rule (copies included)."""
+        """Built afresh from its recipe at every use (a few closures), so that it reads this
+        learner's own learned rates or rule (copies included)."""
         if self._optimizer_recipe is None:
             return self.inner.build_optimizer(self.inner.lr)
         fn, args, kwargs = self._optimizer_recipe
@@ -175,17 +163,9 @@ class GradientMetaLearner(MetaLearner):
         return loss
 
     def adapt_params(
-        self,
-        params: Params,
-        buffers: Params,
-        x: Tensor,
-        y: Tensor,
-        steps: int,
-        mode: GradientMode | None = None,
-        *,
-        remat_steps: bool = False,
-        backend: str = "func",
-    ) -> Params:
+        self, params: Params, buffers: Params, x: Tensor, y: Tensor, steps: int,
+        mode: GradientMode | None = None, *, remat_steps: bool = False, backend: str = "func",
+    ) -> Params:  # fmt: skip
         """``theta_K`` after ``steps`` inner steps on ``(x, y)`` from ``params`` (executed by
         ``functional.executor.run_inner``; ``checkpoint=True`` rematerializes every step)."""
         return executor.run_inner(
@@ -207,13 +187,7 @@ class GradientMetaLearner(MetaLearner):
         params, buffers = split_module(self.model)
         model, loss_fn, steps = self.model, self.loss_fn, self.inner_steps
         classification = self.classification
-        guard = executor.vmap_batch_norm_guard(mode, self.policy, model, sx.device)
-        if guard and self.speed.autocast_dtype is not None:
-            raise ValueError(
-                "autocast with second-order vmap through batch norm is not supported (mixed "
-                "dtypes in the rematerialized batch-norm double backward); use "
-                "vectorize='loop' or no autocast"
-            )
+        guard = executor.remat_guard(mode, self.policy, model, sx.device, self.speed)
         plain_init = type(self).task_init is GradientMetaLearner.task_init
         backend = executor.inner_backend(self.policy, sx.device, in_transform, plain_init)
 
@@ -251,44 +225,22 @@ class GradientMetaLearner(MetaLearner):
     # -- protocol ------------------------------------------------------------------------
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """``(1/T) sum_i L_query_i(theta_K^i)`` differentiated per ``gradient_mode``."""
-        mode, device = self.gradient_mode, batch.support_x.device
-        if self.speed.compile_options is not None and torch.is_grad_enabled():
-            compiled = None
-            if executor.vmap_batch_norm_guard(mode, self.policy, self.model, device):
-                self.speed.compile_skipped(
-                    "meta_grad",
-                    "second-order vmap through batch norm runs eagerly with "
-                    "rematerialized steps (a PyTorch vmap bug makes the fused graph wrong)",
-                )
-            else:
-                args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-                per_task = not self.policy.uses_vmap_on(device)
-                compiled = executor.compiled_meta_gradient(self, self.speed, args, mode, per_task)
-            if compiled is not None:
-                grads, losses, accs = compiled
-                named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-                loss = attach_gradient(
-                    losses.mean(), tuple(p for _, p in named), tuple(grads[n] for n, _ in named)
-                )
-                return loss, self.metrics(loss, losses, accs)
+        mode = self.gradient_mode
+        args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        compiled = executor.compiled_meta_loss(
+            self, self.speed, self.policy, self.model, args, mode
+        )
+        if compiled is not None:
+            loss, losses, accs = compiled
+            return loss, self.metrics(loss, losses, accs)
         losses, accs = self.query_loss_per_task(batch, mode)
-        loss = losses.mean()
-        return loss, self.metrics(loss, losses, accs)
+        return losses.mean(), self.metrics(losses.mean(), losses, accs)
 
     def adapt(self, support: Task | tuple[Tensor, Tensor], steps: int | None = None) -> Predictor:
-        x, y = as_support(support)
+        (x, y), (params, buffers), model = as_support(support), split_module(self.model), self.model
         steps = self.eval_steps if steps is None else steps
-        params, buffers = split_module(self.model)
-        model = self.model
-        if self.transductive:
-            # the inner loop needs the task's unlabelled inputs: it runs once per call
-            def predict_transductive(inputs: Tensor) -> Tensor:
-                *_, last = transductive_predictions(
-                    self, detach(params), buffers, x, y, inputs, steps
-                )
-                return last.detach()
-
-            return predict_transductive
+        if self.transductive:  # the inner loop needs the task's unlabelled inputs
+            return transductive_predictor(self, detach(params), buffers, x, y, steps)
         start = self.task_init(params, buffers, x, y)
         adapted = detach(self.adapt_params(start, buffers, x, y, steps, "first_order"))
 
@@ -300,67 +252,40 @@ class GradientMetaLearner(MetaLearner):
 
     @torch.no_grad()
     def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:
-        """One inner loop per task up to ``max(steps)``; query metrics at each step count.
-
-        ``fuse_forward``: the query forward at ``theta_t`` runs in the same call as the
-        support forward of step ``t + 1`` (``cat(support, query)``, the query rows an aux
-        output of the inner loop's loss)."""
+        """One inner loop per task up to ``max(steps)``; query metrics at each step count
+        (``fuse_forward``: see ``functional.executor.predictions_at_steps``)."""
         steps = sorted(set(steps if steps is not None else self.default_eval_steps))
         if steps and steps[0] < 0:
             raise ValueError(f"evaluation step counts must be >= 0, got {steps}")
         params, buffers = split_module(self.model)
         params = detach(params)
         model, loss_fn, classification = self.model, self.loss_fn, self.classification
-        wanted, last, optimizer = set(steps), max(steps), self.inner_optimizer
+        wanted, optimizer = set(steps), self.inner_optimizer
         fuse = self.speed.fuse_for(model) and not self.transductive
 
         def per_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
-            losses, accs = [], []
-
-            def record(prediction: Tensor) -> None:
-                losses.append(loss_fn(prediction, qy))
-                accs.append(accuracy(prediction, qy) if classification else losses[-1] * 0)
-
             if self.transductive:
-                predictions = transductive_predictions(self, params, buffers, sx, sy, qx, last)
-                for t, prediction in enumerate(predictions):
-                    if t in wanted:
-                        record(prediction)
-                return torch.stack(losses), torch.stack(accs)
-            self.set_norm_row(0)
-            start = self.task_init(params, buffers, sx, sy)
-            n_support, both, with_query = sx.shape[0], torch.cat([sx, qx]), [0 in wanted]
-
-            def fused_loss(p: Params, x: Tensor, y: Tensor, bufs: Params) -> tuple[Tensor, Tensor]:
-                out = call(model, p, bufs, both if with_query[0] else x)
-                return loss_fn(out[:n_support], y), out[n_support:]
-
-            inner = inner_steps_iter(
-                fused_loss if fuse else self.task_loss(buffers), start, sx, sy, optimizer,
-                last, "first_order", self.adapt_names, buffers=buffers, has_aux=fuse,
-            )  # fmt: skip
-            if self.per_step_norm:  # row t for the query at theta_t and the support of step t
-                inner = executor.with_norm_rows(model, inner)
-            if 0 in wanted and not (fuse and last > 0):
-                record(call(model, start, buffers, qx))
-            for t, (adapted, aux) in enumerate(inner, start=1):
-                if fuse and with_query[0]:
-                    record(aux[1])  # the query at theta_{t-1}
-                with_query[0] = t in wanted and t < last
-                if t in wanted and not (fuse and t < last):
-                    record(call(model, adapted, buffers, qx))
+                every = transductive_predictions(self, params, buffers, sx, sy, qx, max(steps))
+                predictions = [p for t, p in enumerate(every) if t in wanted]
+            else:
+                self.set_norm_row(0)
+                start = self.task_init(params, buffers, sx, sy)
+                predictions = list(executor.predictions_at_steps(
+                    model, self.task_loss(buffers), loss_fn, start, buffers, sx, sy, qx,
+                    optimizer, wanted, self.adapt_names, fuse=fuse,
+                    per_step_norm=self.per_step_norm,
+                ))  # fmt: skip
+            losses = [loss_fn(p, qy) for p in predictions]
+            accs = [accuracy(p, qy) if classification else loss * 0 for p, loss in zip(
+                predictions, losses)]  # fmt: skip
             return torch.stack(losses), torch.stack(accs)
 
         losses, accs = map_tasks(
             per_task, batch.support_x, batch.support_y, batch.query_x, batch.query_y,
             policy=self.policy, chunk_size=self.chunk_size,
         )  # fmt: skip
-        out: StepMetrics = {}
-        for j, s in enumerate(steps):
-            out[s] = {"loss": losses[:, j]}
-            if classification:
-                out[s]["accuracy"] = accs[:, j]
-        return out
+        extra = (lambda j: {"accuracy": accs[:, j]}) if classification else (lambda j: {})
+        return {s: {"loss": losses[:, j], **extra(j)} for j, s in enumerate(steps)}
 
     def extra_repr(self) -> str:
         speed = self.speed.describe()

@@ -17,7 +17,7 @@ prototypes use the joint forward with ``lambda = 0``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -104,3 +104,21 @@ def transductive_predictions(
         inner = with_norm_rows(model, inner)
     for adapted, _ in inner:
         yield call(model, adapted, buffers, both)[n_support:]
+
+
+def transductive_predictor(
+    learner: GradientMetaLearner,
+    params: Params,
+    buffers: Params,
+    sx: Tensor,
+    sy: Tensor,
+    steps: int,
+) -> Callable[[Tensor], Tensor]:
+    """``adapt`` of a transductive learner: a predictor that runs the inner loop on the
+    support and the inputs it is given (once per call) and returns their predictions."""
+
+    def predict(inputs: Tensor) -> Tensor:
+        *_, last = transductive_predictions(learner, params, buffers, sx, sy, inputs, steps)
+        return last.detach()
+
+    return predict

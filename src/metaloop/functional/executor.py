@@ -36,9 +36,15 @@ from metaloop.functional.inner import (
     inner_steps_iter,
     split_fast,
 )
+from metaloop.functional.losses import LossFn
 from metaloop.functional.optim import InnerOptimizer, apply_updates
-from metaloop.functional.params import Params
-from metaloop.functional.speed import SpeedOptions, updates_running_stats, vmap_batch_norm_hazard
+from metaloop.functional.params import Params, call
+from metaloop.functional.speed import (
+    SpeedOptions,
+    attach_gradient,
+    updates_running_stats,
+    vmap_batch_norm_hazard,
+)
 from metaloop.models.norm import set_norm_step
 
 _Item = TypeVar("_Item")
@@ -83,6 +89,21 @@ def vmap_batch_norm_guard(
         and torch.is_grad_enabled()
         and vmap_batch_norm_hazard(model)
     )
+
+
+def remat_guard(
+    mode: GradientMode, policy: VectorizePolicy, model: nn.Module, device: torch.device,
+    speed: SpeedOptions,
+) -> bool:  # fmt: skip
+    """``vmap_batch_norm_guard``, refusing autocast where it applies (unsupported)."""
+    guard = vmap_batch_norm_guard(mode, policy, model, device)
+    if guard and speed.autocast_dtype is not None:
+        raise ValueError(
+            "autocast with second-order vmap through batch norm is not supported (mixed "
+            "dtypes in the rematerialized batch-norm double backward); use "
+            "vectorize='loop' or no autocast"
+        )
+    return guard
 
 
 def inner_backend(
@@ -138,6 +159,54 @@ def run_inner(
     return adapted
 
 
+def predictions_at_steps(
+    model: nn.Module,
+    task_loss: TaskLoss,
+    loss_fn: LossFn,
+    start: Params,
+    buffers: Params,
+    sx: Tensor,
+    sy: Tensor,
+    qx: Tensor,
+    optimizer: InnerOptimizer,
+    wanted: set[int],
+    adapt: Sequence[str] | None,
+    *,
+    fuse: bool = False,
+    per_step_norm: bool = False,
+) -> Iterator[Tensor]:
+    """Query predictions ``f_{theta_t}(x_q)`` for every ``t`` in ``wanted``, in order, along
+    one first-order inner loop of ``task_loss`` on ``(sx, sy)`` from ``start``.
+
+    ``fuse``: the query forward at ``theta_t`` runs in the same call as the support forward
+    of step ``t + 1`` (``cat(support, query)``, the query rows an aux output of the inner
+    loss ``loss_fn(f(x_s), y_s)``); only for models that treat examples independently.
+    ``per_step_norm``: row ``t`` of the model's per-step norm for the forwards at ``theta_t``.
+    """
+    last = max(wanted)
+    n_support, both, with_query = sx.shape[0], torch.cat([sx, qx]), [0 in wanted]
+
+    def fused_loss(p: Params, x: Tensor, y: Tensor, bufs: Params) -> tuple[Tensor, Tensor]:
+        out = call(model, p, bufs, both if with_query[0] else x)
+        return loss_fn(out[:n_support], y), out[n_support:]
+
+    inner = inner_steps_iter(
+        fused_loss if fuse else task_loss, start, sx, sy, optimizer, last, "first_order",
+        adapt, buffers=buffers, has_aux=fuse,
+    )  # fmt: skip
+    if per_step_norm:  # row t for the query at theta_t and the support of step t
+        set_norm_step(model, 0)
+        inner = with_norm_rows(model, inner)
+    if 0 in wanted and not (fuse and last > 0):
+        yield call(model, start, buffers, qx)
+    for t, (adapted, aux) in enumerate(inner, start=1):
+        if fuse and with_query[0]:
+            yield aux[1]  # the query at theta_{t-1}
+        with_query[0] = t in wanted and t < last
+        if t in wanted and not (fuse and t < last):
+            yield call(model, adapted, buffers, qx)
+
+
 class _Carried:
     """Marks a state tensor that a rematerialized step passed through unchanged."""
 
@@ -183,11 +252,14 @@ def _run_rematerialized(
         )
         return apply_updates(fast, updates), new_state
 
+    def put_back(new_state: Any, carried: list[Any]) -> Any:
+        return tree_map(lambda v: carried[v.index] if isinstance(v, _Carried) else v, new_state)
+
     for k in range(steps):
         row = k if norm_model is not None else None
         carried = tree_leaves(state)
         fast, state = remat(step, fast, state, fixed, x, y, row)
-        state = tree_map(lambda v: carried[v.index] if isinstance(v, _Carried) else v, state)
+        state = put_back(state, carried)
     if [b._version for b in buffers.values()] != versions:
         raise RuntimeError(BUFFER_MESSAGE)
     if norm_model is not None:
@@ -218,6 +290,39 @@ def _meta_objective(
 
 #: ``(grads, (loss, per-task losses, per-task accuracies))``; compiled per learner
 _META_GRAD = grad(_meta_objective, has_aux=True)
+
+
+def compiled_meta_loss(
+    learner: nn.Module,
+    speed: SpeedOptions,
+    policy: VectorizePolicy,
+    model: nn.Module,
+    args: tuple[Tensor, ...],
+    mode: GradientMode,
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``compile=True``: ``(loss, per-task losses, per-task accuracies)`` where ``loss``
+    carries the meta-gradient computed ahead of time by ``compiled_meta_gradient``
+    (``loss.backward()`` delivers it, ``speed.attach_gradient``); ``None`` when compilation
+    is off, failed, or skipped (second-order vmap through batch norm runs eagerly with
+    rematerialized steps: a PyTorch vmap bug makes the fused graph wrong)."""
+    if speed.compile_options is None or not torch.is_grad_enabled():
+        return None
+    device = args[0].device
+    if vmap_batch_norm_guard(mode, policy, model, device):
+        speed.compile_skipped(
+            "meta_grad",
+            "second-order vmap through batch norm runs eagerly with "
+            "rematerialized steps (a PyTorch vmap bug makes the fused graph wrong)",
+        )
+        return None
+    per_task = not policy.uses_vmap_on(device)
+    compiled = compiled_meta_gradient(learner, speed, args, mode, per_task)
+    if compiled is None:
+        return None
+    grads, losses, accs = compiled
+    named = [(n, p) for n, p in learner.named_parameters() if p.requires_grad]
+    params, values = tuple(p for _, p in named), tuple(grads[n] for n, _ in named)
+    return attach_gradient(losses.mean(), params, values), losses, accs
 
 
 def compiled_meta_gradient(
