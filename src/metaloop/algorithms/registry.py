@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import pkgutil
 import re
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -68,9 +69,24 @@ def register(name: str) -> Any:
     return decorate
 
 
+_SCANNED = False
+
+
 def _builtins() -> None:
-    """Import the built-in algorithms (their ``@register`` decorators fill the registry)."""
-    importlib.import_module("metaloop.algorithms")
+    """Import every module of ``metaloop.algorithms`` once (their ``@register`` decorators
+    fill the registry), so that an in-tree algorithm is one new file: nothing else names
+    it.  A module whose optional third-party dependency is not installed is left out."""
+    global _SCANNED
+    package = importlib.import_module("metaloop.algorithms")
+    if _SCANNED:
+        return
+    _SCANNED = True
+    for module in pkgutil.iter_modules(package.__path__):
+        try:
+            importlib.import_module(f"{package.__name__}.{module.name}")
+        except ModuleNotFoundError as err:  # an optional third-party package is missing
+            if not err.name or err.name.split(".")[0] == "metaloop":
+                raise
 
 
 def _qualified(cls: type) -> str:
