@@ -48,6 +48,10 @@ def test_bounds_over_many_draws() -> None:
         assert items.unique().numel() == items.numel()  # support and query disjoint
         assert torch.equal(ds.labels[plan["support"]], classes.repeat_interleave(shots))
     assert min(seen.values()) > 40  # both domains drawn
+    batch = sampler.sample(1, torch.Generator().manual_seed(1))
+    offset = 0 if batch.info["domain"] == "small" else 7
+    assert sampler.num_classes == 67
+    assert bool((batch.info["classes"] >= offset).all())
     batch = sampler.only("large").sample(1, torch.Generator().manual_seed(1))
     assert batch.info["domain"] == "large" and len(batch) == 1
     assert batch.support_y.shape[1] == int(batch.info["shots"].sum())

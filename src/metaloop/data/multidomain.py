@@ -19,7 +19,10 @@ alphabet-based class choice are left out: classes are drawn uniformly):
 
 Because sizes vary, an episode is a ``TaskBatch`` of one task (support and query laid
 out class-major, labels ``0 .. N-1`` in random class order); ``info`` holds
-``domain``, ``classes`` and ``shots`` (``k_c`` per label).  ``only(domain)`` restricts
+``domain``, ``classes`` (ids unique over all domains: the domain's class id plus the
+number of classes of the domains before it, so ``num_classes`` heads such as the
+fine-tuning baseline's pretraining head work on the mixture) and ``shots`` (``k_c`` per
+label).  ``only(domain)`` restricts
 the sampler to one domain (per-domain evaluation); ``mean_rank`` ranks methods per
 domain and averages, as the paper's tables do.
 
@@ -125,6 +128,13 @@ class MultiDomainSampler:
             )
         self.weights = torch.tensor(weights, dtype=torch.float64)
         self.normalize = normalize
+        self.class_offset: dict[str, int] = {}
+        offset = 0
+        for name, ds in self.domains.items():
+            self.class_offset[name] = offset
+            offset += ds.num_classes
+        #: classes over all domains (the range of ``info["classes"]``)
+        self.num_classes = offset
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -187,7 +197,7 @@ class MultiDomainSampler:
             ways,
             info={
                 "domain": plan["domain"],
-                "classes": plan["classes"][None],  # type: ignore[index]
+                "classes": plan["classes"][None] + self.class_offset[plan["domain"]],  # type: ignore[index]
                 "shots": shots[None],  # type: ignore[index]
             },
         )
