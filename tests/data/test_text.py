@@ -3,7 +3,6 @@ the tokenizer or meta-training (checked on the real file), tokenisation, episode
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -269,12 +268,7 @@ def test_no_test_intent_or_utterance_reaches_tokenizer_or_training(
 
 
 def run_context(run_dir: Path, **fields) -> FamilyContext:
-    """A ``FamilyContext`` naming the run directory (a field of it once the CLI passes one)."""
-    if "run_dir" in {f.name for f in dataclasses.fields(FamilyContext)}:
-        return FamilyContext(run_dir=str(run_dir), **fields)
-    context = FamilyContext(**fields)
-    object.__setattr__(context, "run_dir", str(run_dir))
-    return context
+    return FamilyContext(run_dir=str(run_dir), **fields)
 
 
 def test_registered_family_saves_and_reuses_the_tokenizer(tmp_path: Path) -> None:

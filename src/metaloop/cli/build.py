@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,10 @@ MODELS: dict[str, str] = {
     "relation_embedding": "metaloop.algorithms.relation:relation_embedding",
     # raw vector inputs for learners that take an encoder (the CNP on synthetic families)
     "identity": "torch.nn:Identity",
+    # text encoders over token ids (sized by the text family's model_hints)
+    "text_bag": "metaloop.models.text:EmbeddingBag",
+    "text_cnn": "metaloop.models.text:TextCNN",
+    "text_transformer": "metaloop.models.text:TextTransformer",
 }
 
 
@@ -156,6 +161,7 @@ def build_family(
     evaluation: bool = False,
     cache: dict[Any, Any] | None = None,
     protocol: str = "standard",
+    run_dir: str | os.PathLike[str] | None = None,
     **override: Any,
 ) -> Any:
     """The task family for ``part`` (``train``, ``val`` or ``test``) with optional overrides
@@ -167,7 +173,9 @@ def build_family(
     ``eval --part train`` measures how well the meta-training classes themselves are
     learned (the generalisation gap is the difference with ``--part test``).  Builds of
     one command that pass the same ``cache`` dictionary share what they load (one decode
-    of a dataset for its training and validation parts)."""
+    of a dataset for its training and validation parts).  ``run_dir`` is the run's
+    directory, for families that keep data-derived state there (a text family's
+    tokenizer)."""
     entry, options = _family(cfg)
     options.update({k: v for k, v in override.items() if v})
     if protocol not in entry.protocols:
@@ -177,7 +185,7 @@ def build_family(
         )
     kwargs = constructor_kwargs("task", entry.build, options, skip=("context",))
     context = _context(cfg, entry, part=part, evaluation=evaluation, protocol=protocol)
-    context = dataclasses.replace(context, cache=cache)
+    context = dataclasses.replace(context, cache=cache, run_dir=run_dir)
     return _family_call(entry, entry.build, kwargs, context)
 
 
@@ -251,10 +259,18 @@ def _mlp_model(spec: TaskSpec, role: str) -> dict[str, Any]:
 
 #: the size arguments of the built-in models, from the family's spec and the learner's
 #: ``model_role`` (then the spec's ``model_hints``, then the config's ``[model]`` keys)
+def _head_only(spec: TaskSpec, role: str) -> dict[str, Any]:
+    """Models whose other sizes come from ``model_hints`` (text encoders): the head."""
+    return {"ways": None if role == "embedding" else spec.y_dim}
+
+
 MODEL_SIZES: dict[str, Callable[[TaskSpec, str], dict[str, Any]]] = {
     "mlp": _mlp_model,
     "conv4": _image_model,
     "resnet12": _image_model,
+    "text_bag": _head_only,
+    "text_cnn": _head_only,
+    "text_transformer": _head_only,
 }
 
 

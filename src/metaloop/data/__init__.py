@@ -58,6 +58,7 @@ from metaloop.data.omniglot import (
     resolve_root,
 )
 from metaloop.data.splits import ClassSplit, check_disjoint, lake_split, vinyals_split
+from metaloop.data.text import CLINC_DATA_KEYS  # registers [task] family clinc150
 from metaloop.data.transforms import (
     Compose,
     RandomAffine,
@@ -163,6 +164,7 @@ def omniglot_family(
 
 __all__ = [
     "ARCHIVES",
+    "CLINC_DATA_KEYS",
     "IMAGE_FOLDER_DATA_KEYS",
     "OMNIGLOT_DATA_KEYS",
     "SPLITS",

@@ -48,6 +48,7 @@ from metaloop.data.dataset import ClassDataset
 from metaloop.data.episodes import ClassGroups, EpisodicFamily
 from metaloop.data.splits import ClassSplit, check_disjoint
 from metaloop.tasks.base import TaskBatch, TaskError, check_positive
+from metaloop.tasks.registry import FamilyContext, TaskSpec, register_family
 
 PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
 SPECIAL_TOKENS = (PAD, UNK, CLS)  # ids 0, 1, 2
@@ -626,7 +627,7 @@ class TextEpisodicFamily(EpisodicFamily):
         )
 
     @property
-    def spec(self) -> Any:
+    def spec(self) -> TaskSpec:
         """Token ids ``[max_length]`` in, ``ways`` class scores out, the part's intents as
         ``num_classes``; ``model_hints`` size the text models (vocabulary, positions)."""
         ds = self.dataset
@@ -784,7 +785,7 @@ TOKENIZER_FILE = "tokenizer.json"
 TEXT_MODELS = ("text_bag", "text_cnn", "text_transformer")
 
 
-def _clinc_data(context: Any) -> dict[str, Any]:
+def _clinc_data(context: FamilyContext) -> dict[str, Any]:
     d = {**CLINC_DATA_KEYS, **context.data}
     if d["text_split"] not in PROTOCOLS:
         raise TextDataError(
@@ -801,9 +802,7 @@ def _clinc_data(context: Any) -> dict[str, Any]:
     return d
 
 
-def _text_spec(ways: int, max_length: int, vocab_size: int, num_classes: int | None) -> Any:
-    from metaloop.tasks.registry import TaskSpec
-
+def _text_spec(ways: int, max_length: int, vocab_size: int, num_classes: int | None) -> TaskSpec:
     sizes = {"vocab_size": vocab_size}
     return TaskSpec(
         input_shape=(max_length,),
@@ -819,7 +818,9 @@ def _text_spec(ways: int, max_length: int, vocab_size: int, num_classes: int | N
     )
 
 
-def clinc150_spec(ways: int = 5, shots: int = 1, queries: int = 15, *, context: Any) -> Any:
+def clinc150_spec(
+    ways: int = 5, shots: int = 1, queries: int = 15, *, context: FamilyContext
+) -> TaskSpec:
     """Token ids ``[max_length]`` in, ``ways`` class scores out; reads no file."""
     for k, v in (("ways", ways), ("shots", shots), ("queries", queries)):
         check_positive(k, v)
@@ -827,13 +828,12 @@ def clinc150_spec(ways: int = 5, shots: int = 1, queries: int = 15, *, context: 
     return _text_spec(ways, d["max_length"], d["vocab_size"], None)
 
 
-def load_run_split(context: Any) -> TextSplit:
+def load_run_split(context: FamilyContext) -> TextSplit:
     """The ``TextSplit`` of a command: built once per command (``context.cache``), with the
     tokenizer read from the run directory when it holds one (evaluation, resumption) and
     otherwise trained on the meta-training utterances and saved there."""
     d = _clinc_data(context)
-    run_dir = getattr(context, "run_dir", None)
-    path = Path(run_dir) / TOKENIZER_FILE if run_dir else None
+    path = Path(context.run_dir) / TOKENIZER_FILE if context.run_dir else None
     key = ("clinc150", d["root"], d["text_split"], d["tokenizer"], d["vocab_size"], d["max_length"])
     cache = context.cache if context.cache is not None else {}
     if key not in cache:
@@ -849,32 +849,25 @@ def load_run_split(context: Any) -> TextSplit:
     return cache[key]
 
 
-def _register() -> None:
-    from metaloop.tasks.registry import register_family
-
-    @register_family(
-        "clinc150", data_keys=CLINC_DATA_KEYS, spec=clinc150_spec, protocols=("standard", "oos")
+@register_family(
+    "clinc150", data_keys=CLINC_DATA_KEYS, spec=clinc150_spec, protocols=("standard", "oos")
+)
+def clinc150(
+    ways: int = 5, shots: int = 1, queries: int = 15, *, context: FamilyContext
+) -> TextEpisodicFamily:
+    """N-way K-shot episodes of the intents of ``context.part`` (``data.text_split``); under
+    the ``"oos"`` protocol each episode also carries ``data.oos_queries`` out-of-scope
+    utterances (CLINC's ``oos_val`` for the val part, ``oos_test`` for the test part)."""
+    d = _clinc_data(context)
+    split = load_run_split(context)
+    oos_queries = d["oos_queries"] if context.protocol == "oos" else 0
+    oos = None
+    if oos_queries:
+        if context.part not in split.oos:
+            raise TextDataError(
+                f"out-of-scope episodes exist for the val and test parts, not {context.part!r}"
+            )
+        oos = split.oos[context.part]
+    return TextEpisodicFamily(
+        split[context.part], ways, shots, queries, oos=oos, oos_queries=oos_queries
     )
-    def clinc150(
-        ways: int = 5, shots: int = 1, queries: int = 15, *, context: Any
-    ) -> TextEpisodicFamily:
-        """N-way K-shot episodes of the intents of ``context.part`` (``data.text_split``);
-        under the ``"oos"`` protocol each episode also carries ``data.oos_queries``
-        out-of-scope utterances (CLINC's ``oos_val`` for the val part, ``oos_test`` for
-        test)."""
-        d = _clinc_data(context)
-        split = load_run_split(context)
-        oos_queries = d["oos_queries"] if context.protocol == "oos" else 0
-        oos = None
-        if oos_queries:
-            if context.part not in split.oos:
-                raise TextDataError(
-                    f"out-of-scope episodes exist for the val and test parts, not {context.part!r}"
-                )
-            oos = split.oos[context.part]
-        return TextEpisodicFamily(
-            split[context.part], ways, shots, queries, oos=oos, oos_queries=oos_queries
-        )
-
-
-_register()

@@ -96,6 +96,8 @@ class FamilyContext:
         data: the ``[data]`` table: the global keys plus this family's ``data_keys``.
         cache: a dictionary shared by every build of one command (``None``: no sharing),
             where a builder may keep what it loaded (a decoded dataset) for the next part.
+        run_dir: the run directory of the command (``None`` outside a run), where a family
+            may keep state derived from the training data (a text family's tokenizer).
     """
 
     part: str = "train"
@@ -103,6 +105,7 @@ class FamilyContext:
     protocol: str = "standard"
     data: Mapping[str, Any] = field(default_factory=dict)
     cache: dict[Any, Any] | None = field(default=None, compare=False, repr=False)
+    run_dir: Any = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.part not in PARTS:
