@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from metaloop.algorithms.finetune import feature_reuse_experiment
+from metaloop.diagnostics.feature_reuse import feature_reuse_experiment
 
 torch.set_num_threads(1)
 

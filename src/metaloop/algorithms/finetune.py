@@ -30,14 +30,14 @@ The encoder is used in whatever mode it is in: in ``train()`` mode batch norm us
 running statistics follow) the batches it sees, as in any forward pass; evaluate in
 ``eval()`` mode.  ``finetune="all"`` works on copies of parameters and buffers.
 
-``feature_reuse_experiment`` is the seed experiment contrasting this baseline with MAML.
+Stage 1's training loop, ``pretrain``, is in ``finetune_pretrain.py``;
+``metaloop.diagnostics.feature_reuse`` holds the seed experiment contrasting this baseline
+with MAML.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
+from metaloop.algorithms.finetune_pretrain import PretrainResult, pretrain
 from metaloop.algorithms.metric import (
     check_labels,
     class_means,
@@ -62,136 +63,6 @@ from metaloop.tasks.registry import TaskSpec
 
 FineTune = Literal["head", "all"]
 HeadInit = Literal["zeros", "prototypes"]
-
-
-# -- stage 1: supervised pretraining ---------------------------------------------------------
-
-
-@dataclass
-class PretrainResult:
-    """The trained classification head and per-epoch mean training loss and accuracy."""
-
-    head: nn.Module
-    loss: list[float] = field(default_factory=list)
-    accuracy: list[float] = field(default_factory=list)
-
-
-def _embedding_dim(encoder: nn.Module, example: Tensor) -> int:
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with torch.no_grad():
-            return int(embed(encoder, example[:1]).flatten(1).shape[1])
-    finally:
-        encoder.train(was_training)
-
-
-def _as_tensors(data: Any, labels: Tensor | None) -> tuple[Tensor, Tensor] | None:
-    if isinstance(data, Tensor):
-        if labels is None:
-            raise ValueError("pretrain(encoder, x, y): labels are required with a tensor x")
-        return data, torch.as_tensor(labels)
-    if hasattr(data, "images") and hasattr(data, "labels"):
-        return torch.as_tensor(data.images), torch.as_tensor(data.labels)
-    return None
-
-
-def pretrain(
-    encoder: nn.Module,
-    data: Any,
-    labels: Tensor | None = None,
-    *,
-    num_classes: int | None = None,
-    epochs: int = 10,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    weight_decay: float = 0.0,
-    head: nn.Module | None = None,
-    generator: torch.Generator | None = None,
-    transform: Callable[[Tensor], Tensor] | None = None,
-) -> PretrainResult:
-    """Train ``encoder`` and a linear head on global labels with Adam and cross-entropy.
-
-    ``data`` is a tensor ``x [N, ...]`` with ``labels [N]``, an object with ``images`` and
-    ``labels`` attributes, or any map-style dataset of ``(x, y)`` pairs such as
-    ``metaloop.data.ClassDataset`` (then ``num_classes`` comes from the argument, the
-    dataset's ``num_classes`` attribute or ``head``).  ``num_classes`` defaults to
-    ``max(y) + 1`` for tensors; ``head`` defaults to ``nn.Linear(embedding_dim,
-    num_classes)``.  ``uint8`` images are scaled to ``[0, 1]``, then ``transform`` (e.g. a
-    normalisation) is applied to every input batch.  The encoder is trained in place; the
-    head is returned with the training curve.
-    """
-
-    param = next(iter(encoder.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-
-    def prepare(xb: Tensor) -> Tensor:
-        xb = xb.to(device)
-        xb = xb.float() / 255.0 if xb.dtype == torch.uint8 else xb
-        return transform(xb) if transform is not None else xb
-
-    if epochs < 0 or batch_size < 1 or lr <= 0:
-        raise ValueError(
-            f"need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}"
-        )
-    tensors = _as_tensors(data, labels)
-    if tensors is not None:
-        x, y = tensors
-        if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-            raise ValueError(
-                f"need as many labels as inputs (and at least one), got "
-                f"{x.shape[0]} inputs and {y.shape[0]} labels"
-            )
-        if y.is_floating_point():
-            raise ValueError(f"labels must be integer class ids, got dtype {y.dtype}")
-        num_classes = num_classes or int(y.max()) + 1
-        if int(y.min()) < 0 or int(y.max()) >= num_classes:
-            raise ValueError(
-                f"labels must lie in 0..{num_classes - 1}, found {int(y.min())}..{int(y.max())}"
-            )
-        first = x[:1]
-
-        def batches() -> Iterator[tuple[Tensor, Tensor]]:
-            order = torch.randperm(x.shape[0], generator=generator)
-            for i in range(0, x.shape[0], batch_size):
-                idx = order[i : i + batch_size]
-                yield x[idx], y[idx]
-    else:
-        num_classes = num_classes or getattr(data, "num_classes", None)
-        if num_classes is None and head is None:
-            raise ValueError("pretrain on a generic dataset needs num_classes or head")
-        loader = torch.utils.data.DataLoader(
-            data, batch_size=batch_size, shuffle=True, generator=generator
-        )
-        first = torch.as_tensor(data[0][0]).unsqueeze(0)
-
-        def batches() -> Iterator[tuple[Tensor, Tensor]]:
-            for xb, yb in loader:
-                yield torch.as_tensor(xb), torch.as_tensor(yb)
-
-    if head is None:
-        dim = _embedding_dim(encoder, prepare(first))
-        head = nn.Linear(dim, int(num_classes)).to(device)  # type: ignore[arg-type]
-    params = list(encoder.parameters()) + list(head.parameters())
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    result = PretrainResult(head)
-    encoder.train()
-    head.train()
-    for _ in range(epochs):
-        total, correct, count = 0.0, 0, 0
-        for xb, yb in batches():
-            logits = head(embed(encoder, prepare(xb)).flatten(1))
-            yb = yb.to(device)
-            loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * yb.shape[0]
-            correct += int((logits.argmax(-1) == yb).sum())
-            count += yb.shape[0]
-        result.loss.append(total / max(count, 1))
-        result.accuracy.append(correct / max(count, 1))
-    return result
 
 
 # -- stage 2: per-task heads -----------------------------------------------------------------
@@ -481,125 +352,3 @@ class FineTuneBaseline(MetaLearner):
             f"finetune={self.finetune}, steps={self.steps}, lr={self.lr}, "
             f"optimizer={self.optimizer_name}, head_init={self.head_init}"
         )
-
-
-# -- the feature-reuse seed experiment ---------------------------------------------------------
-
-
-def feature_reuse_model() -> nn.Sequential:
-    """``x in R^2 -> features: Linear(2, 1) -> head: Linear(1, 2)``: a one-unit bottleneck."""
-    return nn.Sequential(OrderedDict(features=nn.Linear(2, 1), head=nn.Linear(1, 2)))
-
-
-def feature_reuse_experiment(
-    seed: int = 0,
-    iterations: int = 150,
-    meta_batch_size: int = 16,
-    outer_lr: float = 0.01,
-    angle_std: float = 5.0,
-    shots: int = 20,
-    queries: int = 100,
-    inner_lr: float = 1.0,
-    inner_steps: int = 5,
-    test_steps: int = 10,
-    head_steps: int = 200,
-    head_lr: float = 0.1,
-    test_tasks: int = 200,
-    finetune_all_tasks: int = 20,
-) -> dict[str, float]:
-    """Feature reuse (frozen pretrained features + new head) vs MAML on a rotated task.
-
-    Meta-training tasks are 2-D binary problems whose boundary is a line through the origin
-    at ``90 +- angle_std`` degrees (nearly vertical: the label is essentially the sign of
-    ``x_1``); the test task is the horizontal boundary (``angle = 0``: label = sign of
-    ``x_2``).  Both learners use ``feature_reuse_model``: a feature layer
-    ``f(x) = w . x + c`` with a single unit, then a linear head.
-
-    * Feature reuse (``FineTuneBaseline(finetune="head")``): pretraining on the vertical
-      tasks drives ``w`` to ``(+-r, ~0)``: the feature *is* the x-coordinate, and nothing in
-      the training signal rewards keeping ``x_2``.  On the horizontal task the label is
-      independent of ``x_1``, so any head on the frozen feature is at chance (about 50%),
-      however long it is fitted.
-    * MAML adapts every parameter, the feature layer included: the inner-loop gradient of
-      the support loss with respect to ``w`` is ``mean_i (p_i - y_i) a x_i`` (``a`` the head's
-      weight difference), whose ``x_2`` component is non-zero once the labels depend on
-      ``x_2``; a few steps rotate ``w`` towards ``(0, 1)`` and accuracy goes above 90%.
-
-    The bottleneck is what makes the contrast honest rather than an artefact: with a wide
-    random feature layer, features trained on vertical boundaries would still carry ``x_2``
-    and a refitted head would succeed; the experiment isolates the case where pretraining
-    has collapsed the representation onto the directions its tasks needed.
-
-    For contrast, ``finetune_all_horizontal`` fine-tunes the pretrained encoder together
-    with the new head (on ``finetune_all_tasks`` tasks; it is a per-task loop): it also
-    recovers, which locates the failure in *freezing* the features, not in pretraining.
-
-    Both learners are trained for ``iterations`` Adam steps (``outer_lr``) on batches of
-    ``meta_batch_size`` vertical tasks; the baseline through its ``meta_loss`` (plain
-    classification on the pooled tasks), MAML through its second-order meta-loss with
-    ``inner_steps`` steps at ``inner_lr`` (``test_steps`` at test time).  Returns accuracies
-    (fractions) on ``test_tasks`` horizontal tasks (and on vertical ones as a sanity check),
-    MAML's accuracy on horizontal tasks before adapting, and the pretrained feature
-    direction's angle from the x axis in degrees.  Seeded by ``seed``; about 5 s on one CPU
-    thread.
-    """
-    from metaloop.algorithms.maml import MAML
-    from metaloop.tasks.synthetic import RotatingBoundary
-
-    torch.manual_seed(seed)
-    train_family = RotatingBoundary(shots, queries, angle_mean=90.0, angle_std=angle_std)
-    horizontal = RotatingBoundary(shots, queries, angle_mean=0.0, angle_std=0.0)
-    vertical = RotatingBoundary(shots, queries, angle_mean=90.0, angle_std=0.0)
-
-    def train(learner: MetaLearner, offset: int) -> None:
-        gen = torch.Generator().manual_seed(seed + offset)
-        opt = torch.optim.Adam(learner.parameters(), lr=outer_lr)
-        for _ in range(iterations):
-            loss, _ = learner.meta_loss(train_family.sample(meta_batch_size, gen))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-    def accuracy(
-        learner: MetaLearner, family: RotatingBoundary, steps: int, tasks: int = test_tasks
-    ) -> float:
-        gen = torch.Generator().manual_seed(seed + 10_000)
-        metrics = learner.evaluate_batch(family.sample(tasks, gen), steps=(steps,))
-        return float(metrics[steps]["accuracy"].mean())
-
-    baseline_model = feature_reuse_model()
-    baseline = FineTuneBaseline(
-        baseline_model.features,
-        finetune="head",
-        steps=head_steps,
-        lr=head_lr,
-        num_classes=2,
-        embedding_dim=1,
-    )
-    train(baseline, 1)
-    w = baseline_model.features.weight.detach()[0]
-    angle = float(torch.rad2deg(torch.atan2(w[1].abs(), w[0].abs())))
-    finetune_all = FineTuneBaseline(
-        baseline_model.features, finetune="all", steps=head_steps, lr=head_lr
-    )
-
-    maml_model = feature_reuse_model()
-    maml = MAML(
-        maml_model,
-        inner_lr=inner_lr,
-        inner_steps=inner_steps,
-        loss="cross_entropy",
-        eval_steps=test_steps,
-    )
-    train(maml, 2)
-    return {
-        "frozen_features_horizontal": accuracy(baseline, horizontal, head_steps),
-        "frozen_features_vertical": accuracy(baseline, vertical, head_steps),
-        "finetune_all_horizontal": accuracy(
-            finetune_all, horizontal, head_steps, finetune_all_tasks
-        ),
-        "maml_horizontal": accuracy(maml, horizontal, test_steps),
-        "maml_horizontal_0_steps": accuracy(maml, horizontal, 0),
-        "maml_vertical": accuracy(maml, vertical, test_steps),
-        "feature_angle_degrees": angle,
-    }

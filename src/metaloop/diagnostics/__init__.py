@@ -13,6 +13,7 @@ from metaloop.diagnostics.core import (
     meta_gradient_stats,
     parameter_distance,
 )
+from metaloop.diagnostics.feature_reuse import feature_reuse_experiment
 from metaloop.diagnostics.sharpness import Sharpness, sharpness, support_sharpness
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Sharpness",
     "adaptation_curve",
     "adapted_copy",
+    "feature_reuse_experiment",
     "first_second_order_gap",
     "leave_one_task_out",
     "linear_regression_oracle",
