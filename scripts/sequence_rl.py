@@ -5,6 +5,8 @@
     python scripts/sequence_rl.py bandit-baselines --out /work/runs/bandit-baselines
     python scripts/sequence_rl.py rl2 --arms 5 --horizon 10 --out /work/runs/rl2-5-10
     python scripts/sequence_rl.py navigation --out /work/runs/nav-maml-rl
+    python scripts/sequence_rl.py plot --bandits /work/runs/bandit-baselines \\
+        --rl2 /work/runs/rl2-5-10 --png docs/sequence-rl-regret.png --out /tmp/plot
 
 Each command writes ``result.json`` (and a log on stdout) to ``--out``.  One torch thread.
 """
@@ -169,6 +171,31 @@ def run_navigation(args: argparse.Namespace) -> dict:
     return out
 
 
+def run_plot(args: argparse.Namespace) -> dict:
+    """Cumulative regret against pulls: every baseline (and RL² where measured)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    baselines = json.loads((args.bandits / "result.json").read_text())
+    rl2 = json.loads((args.rl2 / "result.json").read_text()) if args.rl2 else {}
+    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(5 * len(SETTINGS), 3.6))
+    for ax, (arms, horizon) in zip(axes, SETTINGS):
+        for name, row in baselines[f"k={arms},n={horizon}"].items():
+            curve = row["regret_curve"]
+            ax.plot(range(1, len(curve) + 1), curve, label=name, lw=1.2)
+        if rl2.get("arms") == arms and f"n={horizon}" in rl2:
+            curve = rl2[f"n={horizon}"]["regret_curve"]
+            ax.plot(range(1, len(curve) + 1), curve, "k--", label="RL² (short training)")
+        ax.set(xlabel="pull", ylabel="cumulative regret", title=f"k = {arms}, n = {horizon}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.png, dpi=100)
+    return {"png": str(args.png)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -195,6 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--meta-batch-size", type=int, default=10)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--tasks", type=int, default=40)
+    p = sub.add_parser("plot")
+    p.add_argument("--bandits", type=Path, required=True)
+    p.add_argument("--rl2", type=Path, default=None)
+    p.add_argument("--png", type=Path, required=True)
     for p in sub.choices.values():
         p.add_argument("--out", type=Path, required=True)
         p.add_argument("--seed", type=int, default=0)
@@ -206,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         "bandit-baselines": run_bandit_baselines,
         "rl2": run_rl2,
         "navigation": run_navigation,
+        "plot": run_plot,
     }
     result = commands[args.command](args)
     print(json.dumps(result, indent=1))
