@@ -84,7 +84,9 @@ def test_train_eval_plot_resume(tmp_path, config, capsys):
         "best_iteration",
         "best_loss",
         "stopped_early",
+        "skipped_steps",
     }
+    assert summary["skipped_steps"] == 0
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "best.pt",
         "config.toml",

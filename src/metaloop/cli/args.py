@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from metaloop.cli.config import ConfigError
 
 
 def steps_list(text: str) -> list[int]:
@@ -15,6 +18,50 @@ def steps_list(text: str) -> list[int]:
     if not steps or any(s < 0 for s in steps):
         raise argparse.ArgumentTypeError(f"--steps takes integers >= 0, got {text!r}")
     return steps
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from err
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from err
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"a seed must lie in -2**63..2**63-1, got {value}")
+    return value
+
+
+def check_output_path(path: str | Path, option: str) -> None:
+    """Fail before any work when ``path`` cannot be written: a folder above it is a file,
+    missing, or not writable (a probe file is created and removed).  Creates nothing."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; give a file path")
+    parent = path.parent
+    if not parent.exists():
+        raise ConfigError(f"{option} {path}: the directory {parent} does not exist")
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(
+            f"{option} {path}: the directory {parent} is not writable ({err.strerror or err})"
+        ) from err
 
 
 def positive_int(text: str) -> int:

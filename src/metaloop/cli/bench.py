@@ -51,6 +51,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.retain_memory and not retain_freed_memory():
         raise ConfigError("--retain-memory needs glibc (Linux); this C library has no mallopt")
+    if args.workload != "sampler":
+        from metaloop.cli.config import _check_device
+
+        try:
+            _check_device(args.device)
+        except ConfigError as err:
+            raise ConfigError(f"--device: {err}") from err
     kwargs: dict[str, Any] = {"threads": args.threads}
     try:
         if args.workload == "sampler":

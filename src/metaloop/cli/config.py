@@ -144,9 +144,19 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            what = "is a directory, not a file" if path.is_dir() else "does not exist"
+            raise ConfigError(f"config file {path} {what}")
         try:
-            loaded = tomllib.loads(path.read_text())
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"config file {path} is not UTF-8 text (byte {err.start}: {err.reason}); a "
+                "config is a TOML file"
+            ) from err
+        try:
+            loaded = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
         merge(cfg, loaded, source=str(path))

@@ -9,7 +9,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from metaloop.cli.args import add_overrides, add_tta_arguments, positive_int, steps_list
+from metaloop.cli.args import (
+    add_overrides,
+    add_tta_arguments,
+    check_output_path,
+    nonnegative_int,
+    positive_int,
+    seed_int,
+    steps_list,
+)
 from metaloop.cli.config import PARTS, ConfigError
 from metaloop.cli.runs import (
     apply_balance,
@@ -35,7 +43,7 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--shots", type=positive_int, default=None)
     e.add_argument("--queries", type=positive_int, default=None)
     e.add_argument("--ways", type=positive_int, default=None)
-    e.add_argument("--seed", type=int, default=None)
+    e.add_argument("--seed", type=seed_int, default=None)
     e.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     e.add_argument("--protocol", choices=("standard", "within-alphabet"), default=None)
     e.add_argument(
@@ -98,7 +106,7 @@ def add_parsers(sub: Any) -> None:
     lk = sub.add_parser("lake-runs", help="Lake et al.'s 20-run one-shot benchmark")
     lk.add_argument("run_dir", nargs="+", help="a run directory; several score their ensemble")
     lk.add_argument("--runs", required=True, help="all_runs.zip or its extracted folder")
-    lk.add_argument("--steps", type=int, default=None)
+    lk.add_argument("--steps", type=nonnegative_int, default=None)
     lk.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     add_tta_arguments(lk)
     lk.add_argument("--json", action="store_true")
@@ -109,6 +117,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from metaloop.cli.build import build_family
     from metaloop.evaluation import evaluate
 
+    if args.save_predictions:  # refuse before the evaluation, not after
+        if Path(args.save_predictions).exists():
+            raise ConfigError(
+                f"--save-predictions {args.save_predictions} already exists; predictions "
+                "are never overwritten"
+            )
+        check_output_path(args.save_predictions, "--save-predictions")
     loaded: dict[Any, Any] = {}  # one data load for the learners and the episodes
     learner, members = load_members(args, args.overrides, loaded)
     cfg, state = members[0].cfg, members[0].state
@@ -287,6 +302,13 @@ def run_lake(args: argparse.Namespace) -> int:
     from metaloop.data import lake
 
     learner, members = load_members(args)
+    for member in members:
+        if not member.learner.classification:
+            raise ConfigError(
+                f"{member.path} is not an image classifier (task family "
+                f"{member.cfg['task'].get('family')!r}, loss {member.learner.loss_name!r}); "
+                "Lake's runs are 20-way one-shot character classification"
+            )
     cfg, state = members[0].cfg, members[0].state
     for member in members:
         check_background_only(member.cfg, f"Lake's 20-run benchmark ({member.path})")

@@ -18,6 +18,7 @@ Every error the user can fix is printed as one line on stderr with exit status 2
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from metaloop.cli import bench, diagnose, images, plot, rl, train
@@ -42,22 +43,56 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"metaloop {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, RuntimeError, FloatingPointError) as err:
-        # data, task, checkpoint, lock and non-finite (NonFiniteError) errors carry a
-        # message meant for the user
-        from metaloop.train import CheckpointError, NonFiniteError
-        from metaloop.train.lock import RunLockedError
-
-        if not isinstance(err, (ValueError, CheckpointError, NonFiniteError, RunLockedError)):
-            raise
-        print(f"metaloop {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"metaloop {args.command}: interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130
+    except Exception as err:
+        return report(args.command, err)
+
+
+def report(command: str, err: Exception) -> int:
+    """Print ``err`` as one ``metaloop COMMAND: error: ...`` line; return the exit status.
+
+    Configuration, data, task, checkpoint, lock and non-finite (``NonFiniteError``) errors
+    carry a message meant for the user (status 2); a file-system fault names the path and
+    the problem (status 2); anything else is a bug, reported on one line as an internal
+    error (status 3), or raised with its traceback when ``METALOOP_DEBUG`` is set.
+    """
+    from metaloop.train import CheckpointError, NonFiniteError
+    from metaloop.train.lock import RunLockedError
+
+    if isinstance(err, (ConfigError, ValueError, CheckpointError, NonFiniteError, RunLockedError)):
+        message, status = one_line(err), 2
+    elif isinstance(err, OSError):
+        message, status = describe_os_error(err), 2
+    else:
+        if os.environ.get("METALOOP_DEBUG"):
+            raise err
+        message = (
+            f"internal error ({type(err).__name__}: {one_line(err)[:300]}); rerun with "
+            "METALOOP_DEBUG=1 for the traceback and please report it"
+        )
+        status = 3
+    print(f"metaloop {command}: error: {message}", file=sys.stderr)
+    return status
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (torch and other libraries write several)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def describe_os_error(err: OSError) -> str:
+    """``cannot write PATH: Permission denied``-style text for an ``OSError``."""
+    import errno
+
+    reason = err.strerror or str(err) or type(err).__name__
+    if err.errno == errno.ENOSPC:
+        reason = "no space left on the device"
+    if err.filename is None:
+        return f"{reason} ({type(err).__name__})"
+    where = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 else "")
+    return f"{where}: {reason}"
 
 
 if __name__ == "__main__":  # pragma: no cover

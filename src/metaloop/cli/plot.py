@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from metaloop.cli.args import check_output_path
 from metaloop.cli.config import ConfigError
 
 
@@ -32,10 +33,16 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         import matplotlib.pyplot as plt
     except ImportError as err:
         raise ConfigError("plotting needs matplotlib: pip install 'metaloop[plot]'") from err
+    out = Path(out) if out else Path(run_dir) / "curves.png"
+    if not out.suffix:  # matplotlib would add ".png" itself; say where the file really goes
+        out = out.with_name(out.name + ".png")
+    check_output_path(out, "--out")
     records = read_log(run_dir)
-    train = [r for r in records if r.get("split") == "train"]
+    # a window of skipped steps logs no loss, a diverged validation a null: leave them out
+    train = [r for r in records if r.get("split") == "train" and _number(r.get("loss"))]
     val = [r for r in records if r.get("split") == "val"]
     val_key = "accuracy" if val and "accuracy" in val[0] else "loss"
+    val = [r for r in val if _number(r.get(val_key))]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     axes[0].plot([r["iteration"] for r in train], [r["loss"] for r in train], lw=1)
     axes[0].set(
@@ -50,10 +57,13 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle(str(run_dir))
     fig.tight_layout()
-    out = Path(out) if out else Path(run_dir) / "curves.png"
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def add_parser(sub: Any) -> None:

@@ -77,7 +77,7 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[dict[str, Any], Pat
     run_dir = Path(args.run_dir)
     cfg = load_config(source, args.overrides)
     saved = run_dir / CONFIG_NAME
-    if saved.exists():
+    if saved.exists() and has_checkpoint(run_dir):  # else the earlier attempt never trained
         previous = load_config(saved)
         changed = _differences(
             previous, cfg, ignore={("train", "iterations"), ("train", "progress")}
@@ -88,6 +88,41 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[dict[str, Any], Pat
                 "resume it with `metaloop train " + str(run_dir) + "` or choose a new --run-dir"
             )
     return cfg, run_dir
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    from metaloop.train.checkpoint import LATEST, PREVIOUS
+
+    return (run_dir / LATEST).exists() or (run_dir / PREVIOUS).exists()
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Fail before any work when ``run_dir`` cannot hold a run: it, or the nearest existing
+    folder above it, is a file, or an existing run directory cannot be written (a probe
+    file is created and removed).  Creates nothing."""
+    import os
+    import tempfile
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file, not a directory")
+    ancestor = run_dir
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"--run-dir {run_dir}: {ancestor} is a file, not a directory")
+    if ancestor != run_dir:
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise ConfigError(f"--run-dir {run_dir}: cannot create it in {ancestor}")
+        return
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=run_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(
+            f"run directory {run_dir} is not writable ({err.strerror or err}); checkpoints "
+            "and logs go there"
+        ) from err
 
 
 def _differences(a: dict, b: dict, ignore: set[tuple[str, str]]) -> list[str]:
@@ -120,6 +155,19 @@ def run(args: argparse.Namespace) -> int:
     if args.no_progress:
         cfg["train"]["progress"] = False
     validate(cfg)
+    check_run_dir(run_dir)
+    # a resume reads its checkpoint first: an unreadable or refused one stops it before any
+    # file of the run is written, and a resume with nothing left to train rewrites nothing
+    write_config = True
+    if has_checkpoint(run_dir):
+        from metaloop.train.checkpoint import load_latest
+
+        state = load_latest(run_dir)
+        done = int(state["iteration"]) if state is not None else 0
+        saved = run_dir / CONFIG_NAME
+        write_config = cfg["train"]["iterations"] > done and (
+            not saved.exists() or load_config(saved) != cfg
+        )
     runtime(cfg)
     import torch
 
@@ -159,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
             learner,
             optimizer,
             scheduler,
+            write_config=write_config,
         )
         if launched:
             distributed.shutdown()  # only on success: a failed rank cannot reach the barrier
@@ -182,12 +231,21 @@ def _warm_start(model, source: str) -> None:
 
 
 def _train(
-    cfg, run_dir, trainer_cls, main_process, family, val_family, learner, optimizer, scheduler
+    cfg,
+    run_dir,
+    trainer_cls,
+    main_process,
+    family,
+    val_family,
+    learner,
+    optimizer,
+    scheduler,
+    write_config: bool = True,
 ) -> int:
     from metaloop.train.checkpoint import atomic_write_text
 
     t = cfg["train"]
-    if main_process:
+    if main_process and write_config:
         atomic_write_text(dump_toml(cfg), run_dir / CONFIG_NAME)  # a kill never truncates it
     trainer = trainer_cls(
         learner,
@@ -225,6 +283,7 @@ def _train(
         "best_iteration": result.best_iteration,
         "best_" + (result.metric_name or "metric"): result.best_metric,
         "stopped_early": result.stopped_early,
+        "skipped_steps": result.skipped_steps,
     }
     if main_process:
         print(json.dumps(summary))

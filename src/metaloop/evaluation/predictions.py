@@ -22,6 +22,9 @@ episode count and every query label must agree, which ``combine_predictions`` ch
 
 from __future__ import annotations
 
+import errno
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,9 +140,21 @@ def save_predictions(predictions: Predictions, path: str | Path) -> Path:
         "seed": predictions.seed,
         "info": predictions.info,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        try:  # a hard link never replaces: of two evaluations saving here, one wins
+            os.link(tmp, path)
+        except FileExistsError:
+            raise FileExistsError(
+                errno.EEXIST,
+                "already exists (another evaluation saved there first); predictions are "
+                "never overwritten",
+                str(path),
+            ) from None
+    finally:
+        os.unlink(tmp)
     return path
 
 

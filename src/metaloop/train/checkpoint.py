@@ -158,9 +158,11 @@ def _atomic_write(path: str | os.PathLike, write: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None:  # say which file
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
     _fsync_dir(path.parent)
 
@@ -198,10 +200,19 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | os.PathLike) -> Path:
     run_dir = Path(run_dir)
     latest = run_dir / LATEST
     state = {"format_version": FORMAT_VERSION, **state}
-    if latest.exists():
+    moved = latest.exists()
+    if moved:
         os.replace(latest, run_dir / PREVIOUS)
         # from here until the next rename only latest.prev.pt exists: load_latest handles it
-    atomic_save(state, latest)
+    try:
+        atomic_save(state, latest)
+    except OSError:  # disk full, directory made read-only: the last good checkpoint stays
+        if moved and not latest.exists():
+            try:
+                os.replace(run_dir / PREVIOUS, latest)
+            except OSError:
+                pass  # latest.prev.pt is still read by load_latest
+        raise
     return latest
 
 

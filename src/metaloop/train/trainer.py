@@ -29,6 +29,7 @@ from metaloop.algorithms.base import MetaLearner
 from metaloop.tasks.base import TaskBatch, TaskFamily, validate_batch
 from metaloop.train.checkpoint import (
     BEST,
+    CheckpointError,
     atomic_save,
     load_latest,
     remove_stale_temporaries,
@@ -551,8 +552,17 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.learner.load_state_dict(state["learner"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Continue from ``state`` (``Trainer.state``); a state of another model or optimizer
+        raises ``CheckpointError`` with the first mismatch."""
+        try:
+            self.learner.load_state_dict(state["learner"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            detail = " ".join(str(err).split())
+            raise CheckpointError(
+                f"the checkpoint does not fit this learner and optimizer (another model, "
+                f"algorithm or optimizer wrote it): {detail[:400]}"
+            ) from err
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
