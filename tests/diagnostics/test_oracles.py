@@ -130,7 +130,7 @@ def test_meta_sgd_learns_the_map_rate_on_gaussian_means():
         outer.zero_grad()
         learner.meta_loss(family.sample(200, gen))[0].backward()
         outer.step()
-    rates = learner.inner_learning_rates()
+    rates = learner.lrs()  # the learned rates, name -> tensor
     rate = float(next(iter(rates.values())).detach().reshape(-1)[0])
     assert rate == pytest.approx(alpha_map, rel=0.15)
     assert abs(float(next(model.parameters()))) < 0.1  # theta_0 at the prior mean
