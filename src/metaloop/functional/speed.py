@@ -115,7 +115,7 @@ def vmap_batch_norm_hazard(model: nn.Module) -> bool:
     """Whether ``model`` has a batch norm layer that normalises with batch statistics
     *and* can run under ``vmap`` (no in-place running-statistics update in this mode):
     the case where PyTorch's vmapped second-order gradient is wrong (see
-    ``GradientMetaLearner._vmap_batch_norm_guard``)."""
+    ``functional.executor.vmap_batch_norm_guard``)."""
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             if m.training and m.track_running_stats:
