@@ -12,7 +12,6 @@ with and without them shows what each does to the U.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,18 +29,20 @@ def inner_step_curves(
     """Mean support and query loss after ``0..max_steps`` inner steps, one curve per rate.
 
     For each ``alpha`` in ``inner_lrs`` (default: the learner's own rate) the learner's
-    inner loop is run from its ``theta_0`` with ``alpha`` in place of ``inner_lr`` (on a
-    shallow copy, so the learner is left as it was); everything else (inner optimizer,
-    adapted parameters, weight decay, support transform) is the learner's.
+    inner loop is run from its ``theta_0`` with ``alpha`` as ``inner_lr`` (restored
+    afterwards); everything else (inner optimizer, adapted parameters, weight decay) is the
+    learner's.  Learners whose rates are learned (Meta-SGD) ignore ``inner_lr``.
     """
     rates = [learner.inner_lr] if inner_lrs is None else list(inner_lrs)
     if not rates or any(not (isinstance(a, (int, float)) and a > 0) for a in rates):
         raise ValueError(f"inner_lrs must be positive numbers, got {inner_lrs!r}")
-    curves = {}
-    for alpha in rates:
-        variant = copy.copy(learner)  # shares the model and parameters, own inner_lr
-        variant.inner_lr = float(alpha)
-        curves[float(alpha)] = adaptation_curve(variant, batch, max_steps)
+    curves, original = {}, learner.inner_lr
+    try:
+        for alpha in rates:
+            learner.inner_lr = float(alpha)
+            curves[float(alpha)] = adaptation_curve(learner, batch, max_steps)
+    finally:
+        learner.inner_lr = original
     return curves
 
 
