@@ -307,18 +307,20 @@ def build_learner(
     family: Any = None,
     spec: TaskSpec | None = None,
     cache: dict[Any, Any] | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
 ) -> Any:
     """The ``[algorithm]`` learner around ``model``: the config's keys over the class's
     ``config_defaults`` for the family's spec.  ``family`` is the command's training
     family when it has one (its spec knows ``num_classes``); without it, a learner that
-    ``needs_training_classes`` gets the training family built here (sharing ``cache``)."""
+    ``needs_training_classes`` gets the training family built here (sharing ``cache``,
+    in ``run_dir``)."""
     name = cfg["algorithm"].get("name", "maml")
     cls = algorithm_class(name)
     options = _algorithm_options(cfg, cls)
     if spec is None:
         spec = family_spec(cfg, family)
         if family is None and spec.num_classes is None and cls.needs_training_classes(options):
-            spec = family_spec(cfg, build_family(cfg, "train", cache=cache))
+            spec = family_spec(cfg, build_family(cfg, "train", cache=cache, run_dir=run_dir))
     kwargs = {**cls.config_defaults(spec, model, options), **options}
     try:
         return cls(model, **kwargs)

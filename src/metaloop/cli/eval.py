@@ -66,6 +66,24 @@ def add_parsers(sub: Any) -> None:
     )
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument(
+        "--oos",
+        action="store_true",
+        help="out-of-scope rejection (families with an 'oos' protocol, e.g. clinc150): "
+        "in-scope accuracy, out-of-scope recall and AUROC, threshold from validation episodes",
+    )
+    e.add_argument(
+        "--oos-score",
+        choices=("max_probability", "max_logit"),
+        default="max_probability",
+        help="confidence that decides abstention (metaloop.evaluation.oos)",
+    )
+    e.add_argument(
+        "--oos-validation-episodes",
+        type=positive_int,
+        default=200,
+        help="validation episodes the abstention threshold is chosen on",
+    )
+    e.add_argument(
         "--divergence-factor",
         type=float,
         default=None,
@@ -137,6 +155,8 @@ def run_eval(args: argparse.Namespace) -> int:
         "shots": args.shots or ev["shots"] or None,
         "queries": args.queries or ev["queries"] or None,
     }
+    if args.oos:
+        return _run_oos(args, cfg, learner, members, sizes, episodes, steps, loaded)
     if protocol == "within-alphabet":
         from metaloop.cli.build import build_within_alphabet, check_background_only
 
@@ -144,7 +164,9 @@ def run_eval(args: argparse.Namespace) -> int:
         for member in members[1:]:
             check_background_only(member.cfg, f"the within-alphabet protocol ({member.path})")
     else:
-        family = build_family(cfg, args.part, evaluation=True, cache=loaded, **sizes)
+        family = build_family(
+            cfg, args.part, evaluation=True, cache=loaded, run_dir=members[0].path, **sizes
+        )
     seed = args.seed if args.seed is not None else ev["seed"]
     learner, tta_shift = apply_test_time_shift(learner, members, args.tta_shift)
     if args.save_predictions and args.balanced:
@@ -355,3 +377,50 @@ def _divergence_factor(args: argparse.Namespace, ev: dict[str, Any]) -> float:
     if not (math.isfinite(factor) and factor >= 1):
         raise ConfigError(f"--divergence-factor must be a finite number >= 1, got {factor:g}")
     return factor
+
+
+def _run_oos(args, cfg, learner, members, sizes, episodes, steps, loaded) -> int:
+    """``eval --oos``: the abstention threshold chosen on validation episodes (validation
+    intents and out-of-scope utterances), the figures on test episodes."""
+    from metaloop.cli.build import build_family
+    from metaloop.evaluation.oos import evaluate_oos
+
+    if args.save_predictions or args.attack_epsilon is not None or args.part != "test":
+        raise ConfigError(
+            "--oos reports out-of-scope rejection on the test part; leave out "
+            "--save-predictions, --attack-epsilon and --part"
+        )
+    ev = cfg["eval"]
+    run_dir = members[0].path
+    kw = dict(evaluation=True, cache=loaded, protocol="oos", run_dir=run_dir, **sizes)
+    val, test = build_family(cfg, "val", **kw), build_family(cfg, "test", **kw)
+    seed = args.seed if args.seed is not None else ev["seed"]
+    result = evaluate_oos(
+        learner,
+        val,
+        test,
+        episodes=episodes,
+        validation_episodes=args.oos_validation_episodes,
+        seed=seed,
+        score=args.oos_score,
+        steps=steps[-1] if steps else None,
+        batch_size=ev["batch_size"],
+        device=cfg["device"],
+        progress=not args.no_progress,
+    )
+    shape = {
+        "ways": test.ways,
+        "shots": test.shots,
+        "queries": test.queries,
+        "oos_queries": getattr(test, "oos_queries", None),
+    }
+    if args.json:
+        print(json.dumps({**result.to_dict(), "run_dir": str(run_dir), "episode": shape}))
+        return 0
+    print(
+        f"{run_dir} ({cfg['algorithm'].get('name')}, checkpoint {args.checkpoint}), "
+        f"{shape['ways']}-way {shape['shots']}-shot, {shape['queries']} queries per intent and "
+        f"{shape['oos_queries']} out-of-scope queries per episode"
+    )
+    print(result)
+    return 0

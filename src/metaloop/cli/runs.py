@@ -45,7 +45,7 @@ def load_run(
     cfg = load_config(run_dir / CONFIG_NAME, overrides)
     validate(cfg)
     model = build_model(cfg)
-    learner = build_learner(cfg, model, cache=cache)
+    learner = build_learner(cfg, model, cache=cache, run_dir=run_dir)
     state = load_best(run_dir) if checkpoint == "best" else load_latest(run_dir)
     if state is None:
         raise ConfigError(f"{run_dir} has no checkpoint yet (train it first)")

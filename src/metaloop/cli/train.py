@@ -173,11 +173,11 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(cfg["seed"])  # model initialisation is part of the seeded run
     loaded: dict[Any, Any] = {}  # the training and validation parts share one data load
-    family = build_family(cfg, "train", cache=loaded)
+    family = build_family(cfg, "train", cache=loaded, run_dir=run_dir)
     shots = cfg["train"]["validation_shots"] or None  # validation on the reported shots
     ways = cfg["train"]["validation_ways"] or None
     val_family = (
-        build_family(cfg, "val", shots=shots, ways=ways, cache=loaded)
+        build_family(cfg, "val", shots=shots, ways=ways, cache=loaded, run_dir=run_dir)
         if has_validation(cfg)
         else None
     )

@@ -725,6 +725,11 @@ def clinc150_split(
     if tokenizer is None:
         if tokenizer_path is not None and Path(tokenizer_path).is_file():
             tokenizer = load_tokenizer(tokenizer_path)
+            if tokenizer.get_vocab_size() > vocab_size:
+                raise TextDataError(
+                    f"{tokenizer_path} holds {tokenizer.get_vocab_size()} tokens but "
+                    f"vocab_size = {vocab_size}; use the run's own settings or a new run"
+                )
         else:
             corpus = meta_training_utterances(data, intents["train"])
             tokenizer = train_tokenizer(corpus, vocab_size, tokenizer_kind)
@@ -834,7 +839,15 @@ def load_run_split(context: FamilyContext) -> TextSplit:
     otherwise trained on the meta-training utterances and saved there."""
     d = _clinc_data(context)
     path = Path(context.run_dir) / TOKENIZER_FILE if context.run_dir else None
-    key = ("clinc150", d["root"], d["text_split"], d["tokenizer"], d["vocab_size"], d["max_length"])
+    key = (
+        "clinc150",
+        d["root"],
+        d["text_split"],
+        d["tokenizer"],
+        d["vocab_size"],
+        d["max_length"],
+        str(path),
+    )
     cache = context.cache if context.cache is not None else {}
     if key not in cache:
         cache[key] = clinc150_split(
