@@ -46,13 +46,13 @@ from torch import Tensor, nn
 
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
 from metaloop.algorithms.finetune_pretrain import PretrainResult, pretrain
+from metaloop.algorithms.global_head import episode_global_labels
 from metaloop.algorithms.metric import (
     check_labels,
     class_means,
     embed,
     embed_batch,
     embed_episode,
-    episode_global_labels,
     infer_ways,
 )
 from metaloop.algorithms.registry import register

@@ -21,11 +21,9 @@ against its dataset class ``c(x)`` (``episode_global_labels``),
 
     L = L_episode + lambda * (1 / N) sum_x CE(W f_phi(x) + b, c(x)),
 
-the auxiliary co-training of Oreshkin et al. 2018 (TADAM).  With ``global_classifier =
-"cosine"`` the head is ``metaloop.models.CosineClassifier`` instead, ``s (cos(f_phi(x), w_c)
-- m [c = c(x)])`` (normalised softmax, with CosFace's additive margin ``m``; ``global_scale``
-is ``s``, ``global_margin`` is ``m``).  The head is used in training only; evaluation and
-``adapt`` never read it.
+the auxiliary co-training of Oreshkin et al. 2018 (TADAM); the head and its loss are in
+``global_head.py``.  The head is used in training only; evaluation and ``adapt`` never
+read it.
 
 Metric learners take no inner steps: ``steps`` is accepted for protocol compatibility and
 ignored (every requested step count reports the same numbers).
@@ -49,6 +47,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
+from metaloop.algorithms.global_head import (
+    global_classification_loss,
+    make_global_head,
+)
 from metaloop.data.transforms import shift_views, translate
 from metaloop.functional.assignment import balance_log_probs
 from metaloop.functional.losses import LossFn
@@ -271,57 +273,6 @@ def embed_batch(
     return z[: t * s].reshape(t, s, *z.shape[1:]), z[t * s :].reshape(t, q, *z.shape[1:])
 
 
-def episode_global_labels(batch: TaskBatch, key: str = "global_labels") -> Tensor | None:
-    """Dataset class ids ``[T, S+Q]`` of every support then query example of a batch.
-
-    Read from ``batch.info[key]`` when present, else from ``batch.info["classes"][t, y]``
-    (the dataset class of episode label ``y``, which ``metaloop.data`` episodes carry);
-    ``None`` when the batch carries neither.
-    """
-    info = batch.info or {}
-    local = torch.cat([batch.support_y, batch.query_y], dim=1)
-    if info.get(key) is not None:
-        labels = torch.as_tensor(info[key]).to(local.device)
-        if labels.shape != local.shape:
-            raise TaskError(
-                f"batch.info[{key!r}] has shape {tuple(labels.shape)}; expected "
-                f"{tuple(local.shape)} (one global label per support and query example)"
-            )
-        return labels
-    if info.get("classes") is not None:
-        return torch.gather(torch.as_tensor(info["classes"]).to(local.device), 1, local)
-    return None
-
-
-GLOBAL_CLASSIFIERS = ("linear", "cosine")
-
-
-def check_global_head(
-    global_classes: object, global_loss_weight: object, embedding_dim: object
-) -> tuple[int | None, float]:
-    """Validate the auxiliary global-classification options; ``(classes, weight)``."""
-    if isinstance(global_loss_weight, bool) or not isinstance(global_loss_weight, (int, float)):
-        raise ValueError(f"global_loss_weight must be a number >= 0, got {global_loss_weight!r}")
-    if global_loss_weight < 0:
-        raise ValueError(f"global_loss_weight must be >= 0, got {global_loss_weight!r}")
-    if global_classes is None:
-        if global_loss_weight > 0:
-            raise ValueError(
-                "global_loss_weight > 0 needs global_classes (the number of meta-training "
-                "classes; the CLI fills it in from the training data)"
-            )
-        return None, float(global_loss_weight)
-    integer = isinstance(global_classes, int) and not isinstance(global_classes, bool)
-    if not integer or global_classes < 2:
-        raise ValueError(f"global_classes must be an integer >= 2, got {global_classes!r}")
-    if not isinstance(embedding_dim, int) or embedding_dim < 1:
-        raise ValueError(
-            "global_classes needs the encoder's flattened embedding size: use an encoder with "
-            f"an integer embedding_dim attribute (Conv4(ways=None)), got {embedding_dim!r}"
-        )
-    return global_classes, float(global_loss_weight)
-
-
 # -- the shared learner shell --------------------------------------------------------------
 
 
@@ -385,44 +336,16 @@ class MetricMetaLearner(MetaLearner):
         scale: float = 10.0,
         margin: float = 0.0,
     ) -> None:
+        """Set ``global_head`` and ``global_loss_weight`` (``global_head.make_global_head``)."""
         dim = getattr(self.encoder, "embedding_dim", None)
-        classes, weight = check_global_head(global_classes, global_loss_weight, dim)
-        if classifier not in GLOBAL_CLASSIFIERS:
-            raise ValueError(
-                f"unknown global_classifier {classifier!r}; choose one of "
-                f"{', '.join(GLOBAL_CLASSIFIERS)}"
-            )
-        if classifier == "linear" and margin != 0:
-            raise ValueError(
-                f"global_margin={margin!r} needs global_classifier='cosine' (a margin is "
-                "defined on cosines)"
-            )
-        self.global_loss_weight = weight
-        if classes is not None and classifier == "cosine":
-            self.global_head = CosineClassifier(dim, classes, scale, margin)
-        elif classes is not None:
-            self.global_head = nn.Linear(dim, classes)
+        self.global_head, self.global_loss_weight = make_global_head(
+            global_classes, global_loss_weight, dim, classifier, scale, margin
+        )
 
     def global_loss(self, batch: TaskBatch, z_support: Tensor, z_query: Tensor) -> Tensor:
         """``(1/N) sum_x CE(W f(x) + b, c(x))`` over every support and query embedding."""
         assert self.global_head is not None
-        labels = episode_global_labels(batch)
-        if labels is None:
-            raise TaskError(
-                "global_loss_weight > 0 needs the dataset class of every example: batches "
-                "must carry info['classes'] (metaloop.data episodes do) or info['global_labels']"
-            )
-        z = torch.cat([z_support.flatten(2), z_query.flatten(2)], dim=1).flatten(0, 1)
-        y = labels.reshape(-1)
-        classes = self.global_head.out_features
-        if int(y.min()) < 0 or int(y.max()) >= classes:
-            raise TaskError(
-                f"global labels {int(y.min())}..{int(y.max())} exceed the head's {classes} "
-                "classes: global_classes must be the number of meta-training classes"
-            )
-        if isinstance(self.global_head, CosineClassifier):
-            return F.cross_entropy(self.global_head(z, y), y)
-        return F.cross_entropy(self.global_head(z), y)
+        return global_classification_loss(self.global_head, batch, z_support, z_query)
 
     def scores(self, z_support: Tensor, y_support: Tensor, z_query: Tensor, ways: int) -> Tensor:
         """Class scores ``[T, Q, ways]`` of each query (higher is more likely)."""
