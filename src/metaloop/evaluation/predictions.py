@@ -129,8 +129,10 @@ def save_predictions(predictions: Predictions, path: str | Path) -> Path:
     path = Path(path)
     if path.exists():
         raise FileExistsError(
-            f"{path} already exists; predictions are never overwritten: choose another path "
-            "or remove the file"
+            errno.EEXIST,
+            "already exists; predictions are never overwritten: choose another path or "
+            "remove the file",
+            str(path),
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
