@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         from metaloop.bench import format_table, run_benchmark
     except ImportError as err:  # pragma: no cover
         raise ConfigError(f"benchmarks are not available: {err}") from err
-    from metaloop.functional.speed import retain_freed_memory
+    from metaloop.runtime import retain_freed_memory
 
     if args.retain_memory and not retain_freed_memory():
         raise ConfigError("--retain-memory needs glibc (Linux); this C library has no mallopt")

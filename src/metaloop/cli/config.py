@@ -57,7 +57,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "nonfinite": "stop",
     "tasks_per_chunk": 0,
     "threads": 0,
-    # keep freed CPU memory for reuse (glibc; functional.speed.retain_freed_memory)
+    # keep freed CPU memory for reuse (glibc; metaloop.runtime.retain_freed_memory)
     "retain_memory": True,
     "progress": True,
     "tensorboard": False,

@@ -15,15 +15,11 @@ CONFIG_NAME = "config.toml"
 
 
 def runtime(cfg: dict[str, Any]) -> None:
-    """Process-wide settings of a run: torch threads and the allocator policy."""
-    import torch
+    """Process-wide settings of a run: torch threads and the allocator policy
+    (``metaloop.runtime.configure``)."""
+    from metaloop.runtime import configure
 
-    from metaloop.functional.speed import retain_freed_memory
-
-    if cfg["train"]["threads"]:
-        torch.set_num_threads(cfg["train"]["threads"])
-    if cfg["train"]["retain_memory"]:
-        retain_freed_memory()
+    configure(cfg["train"]["threads"], cfg["train"]["retain_memory"])
 
 
 def load_run(

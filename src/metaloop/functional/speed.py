@@ -37,28 +37,28 @@ effects are in ``docs/performance.md``.
   enables it when the model has no batch-norm layer that uses batch statistics.
 * ``chunk_size`` (already a learner argument): at most that many tasks per vectorized
   call; the peak memory of the meta-step scales with it.  The max-memory knob.
-* Allocator: ``retain_freed_memory()`` keeps freed CPU memory for the next step instead
-  of returning every large block to the kernel (glibc); process-wide like threads, so the
-  CLI applies it (``[train] retain_memory``) and the benchmark runner has a flag for it.
-* Threads: ``torch.set_num_threads`` is process-wide, so it is the benchmark runner's
-  ``threads=`` option (and ``num_threads`` here), not a learner option.  On a shared
-  2-core machine one thread is often faster than two (OpenMP threads wait on each other
-  when another process holds a core).
+
+Process-wide settings (the allocator's ``retain_freed_memory``, thread counts) are not
+engine options: they live in ``metaloop.runtime`` (re-exported here for old imports).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import re
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+# process settings, re-exported for old imports (metaloop.runtime holds them)
+from metaloop.runtime import num_threads as num_threads
+from metaloop.runtime import retain_freed_memory as retain_freed_memory
+from metaloop.runtime import retained_memory_threshold as retained_memory_threshold
 
 AUTOCAST_DTYPES = {
     "bfloat16": torch.bfloat16,
@@ -134,63 +134,6 @@ def updates_running_stats(model: nn.Module) -> bool:
         isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
         for m in model.modules()
     )
-
-
-@contextlib.contextmanager
-def num_threads(n: int | None) -> Iterator[None]:
-    """Temporarily ``torch.set_num_threads(n)`` (``None``: leave unchanged)."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_RETAINED: list[int] = []  # the threshold in effect, once retain_freed_memory succeeded
-
-
-def retain_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
-    """Keep freed CPU memory in the process for reuse (glibc ``mallopt``); process-wide.
-
-    glibc serves every allocation above its mmap threshold (at most 32 MiB, adjusted
-    dynamically) with a fresh ``mmap`` and unmaps it on ``free``.  A convolutional
-    training step allocates activations of tens to hundreds of MB (60-way Omniglot
-    episodes: 360 images x 64 channels x 28 x 28 floats = 72 MB per layer), so every
-    step page-faults them back in from the kernel, zero-filled: on this 2-core machine
-    half the step time was system time.  With ``M_MMAP_THRESHOLD = M_TRIM_THRESHOLD =
-    threshold_bytes`` allocations below the threshold come from the heap and freed
-    blocks stay there for the next step (the Lake ProtoNet preset trains 2.1x faster
-    here; docs/performance.md, section 5).  The cost: the process keeps its peak heap
-    (resident memory does not shrink after a large step).  Numbers are unchanged.
-
-    Cannot be undone (setting a threshold switches off glibc's dynamic adjustment).
-    Returns whether it took effect: ``False`` off glibc (macOS, Windows, musl).
-    """
-    if threshold_bytes <= 0:
-        raise ValueError(f"threshold_bytes must be > 0, got {threshold_bytes}")
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only; AttributeError elsewhere
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    value = min(int(threshold_bytes), 2**31 - 1)
-    if mallopt(_M_MMAP_THRESHOLD, value) and mallopt(_M_TRIM_THRESHOLD, value):
-        _RETAINED[:] = [value]
-        return True
-    return False
-
-
-def retained_memory_threshold() -> int | None:
-    """The threshold set by ``retain_freed_memory`` in this process (``None``: not set)."""
-    return _RETAINED[0] if _RETAINED else None
 
 
 def _to_channels_last(t: Tensor) -> Tensor:
