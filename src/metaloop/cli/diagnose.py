@@ -36,7 +36,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from metaloop import diagnostics
-    from metaloop.algorithms.gradient import GradientMetaLearner
     from metaloop.cli.build import build_family
 
     cfg, learner, state = load_run(args.run_dir, args.checkpoint)
@@ -47,11 +46,11 @@ def run(args: argparse.Namespace) -> int:
         "run_dir": str(args.run_dir),
         "checkpoint_iteration": state.get("iteration"),
     }
-    if isinstance(learner, GradientMetaLearner):
+    if learner.adapts_by_steps:  # an adaptation curve over inner steps means something
         report["adaptation_curve"] = dataclasses.asdict(
             diagnostics.adaptation_curve(learner, batch, args.max_steps)
         )
-        if hasattr(learner, "first_order"):
+        if learner.first_order is not None:
             report["order_gap"] = dataclasses.asdict(
                 diagnostics.first_second_order_gap(learner, batch)
             )
