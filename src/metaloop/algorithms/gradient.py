@@ -49,6 +49,9 @@ class GradientMetaLearner(MetaLearner):
             execution (``functional.speed.SpeedOptions``; ``docs/performance.md``).
         transductive_entropy: ``lambda >= 0`` of transductive fine-tuning at test time
             (classification only; default 0, off; ``algorithms.transductive``).
+        support_transform: inner-loop data augmentation, ``(x_s, y_s) -> (x_s', y_s')`` on
+            a batch's support tensors ``[T, S, ...]`` (``tasks.augment``), applied before
+            every inner loop (``meta_loss``, ``evaluate_batch``, ``adapt``); queries untouched.
 
     Per-step normalization (``norm="batch_per_step"``, MAML++ "BNWB").  When the model holds
     a ``PerStepBatchNorm2d`` the learner selects its affine row in every path: row ``k``
@@ -81,6 +84,7 @@ class GradientMetaLearner(MetaLearner):
         *,
         inner: InnerLoop | None = None,
         speed: SpeedOptions | None = None,
+        support_transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         super().__init__(loss)
         self.inner = inner or InnerLoop(
@@ -99,6 +103,9 @@ class GradientMetaLearner(MetaLearner):
         #: whether the model has per-step batch norm, whose row the learner selects
         self.per_step_norm = any(isinstance(m, PerStepBatchNorm2d) for m in model.modules())
         self._optimizer_recipe: tuple[Callable[..., InnerOptimizer], tuple, dict] | None = None
+        if support_transform is not None and not callable(support_transform):
+            raise ValueError(f"support_transform must be callable, got {support_transform!r}")
+        self.support_transform = support_transform
 
     # -- options -------------------------------------------------------------------------
     inner_steps = property(lambda self: self.inner.steps)
@@ -225,7 +232,7 @@ class GradientMetaLearner(MetaLearner):
     # -- protocol ------------------------------------------------------------------------
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """``(1/T) sum_i L_query_i(theta_K^i)`` differentiated per ``gradient_mode``."""
-        mode = self.gradient_mode
+        batch, mode = self.augment_support(batch), self.gradient_mode
         args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
         compiled = executor.compiled_meta_loss(
             self, self.speed, self.policy, self.model, args, mode
@@ -236,8 +243,17 @@ class GradientMetaLearner(MetaLearner):
         losses, accs = self.query_loss_per_task(batch, mode)
         return losses.mean(), self.metrics(losses.mean(), losses, accs)
 
+    def augment_support(self, batch: TaskBatch) -> TaskBatch:
+        """``batch`` with ``support_transform`` applied to its support sets (as is without)."""
+        if self.support_transform is None:
+            return batch
+        sx, sy = self.support_transform(batch.support_x, batch.support_y)
+        return TaskBatch(sx, sy, batch.query_x, batch.query_y, batch.ways, batch.info)
+
     def adapt(self, support: Task | tuple[Tensor, Tensor], steps: int | None = None) -> Predictor:
         (x, y), (params, buffers), model = as_support(support), split_module(self.model), self.model
+        if self.support_transform is not None:
+            x, y = (t.squeeze(0) for t in self.support_transform(x.unsqueeze(0), y.unsqueeze(0)))
         steps = self.eval_steps if steps is None else steps
         if self.transductive:  # the inner loop needs the task's unlabelled inputs
             return transductive_predictor(self, detach(params), buffers, x, y, steps)
@@ -257,6 +273,7 @@ class GradientMetaLearner(MetaLearner):
         steps = sorted(set(steps if steps is not None else self.default_eval_steps))
         if steps and steps[0] < 0:
             raise ValueError(f"evaluation step counts must be >= 0, got {steps}")
+        batch = self.augment_support(batch)
         params, buffers = split_module(self.model)
         params = detach(params)
         model, loss_fn, classification = self.model, self.loss_fn, self.classification
