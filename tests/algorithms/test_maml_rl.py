@@ -19,9 +19,10 @@ MEANS = (0.8, 0.3)
 ALPHA = 1.0
 
 
-def closed_form_gradient(bias: torch.Tensor) -> torch.Tensor:
+def closed_form_gradient(bias: torch.Tensor, count_inner: bool = False) -> torch.Tensor:
     """grad of F(theta) = sum_a pi(a) sum_r P(r | a) J(theta + alpha r grad log pi(a)),
-    J(phi) = sum_a softmax(phi)_a m_a: one inner pull, no baseline (K = 1)."""
+    J(phi) = sum_a softmax(phi)_a m_a: one inner pull, no baseline (K = 1); with
+    ``count_inner`` the inner pull counts too: (J(theta) + F(theta)) / 2."""
     b = bias.detach().double().requires_grad_(True)
     m = torch.tensor(MEANS, dtype=torch.float64)
     logp = torch.log_softmax(b, 0)
@@ -35,7 +36,9 @@ def closed_form_gradient(bias: torch.Tensor) -> torch.Tensor:
     return torch.autograd.grad(total, b)[0]
 
 
-def estimates(sampling_term: bool, chunks: int = 8, tasks: int = 1000) -> torch.Tensor:
+def estimates(
+    sampling_term: bool, count_inner: bool = False, chunks: int = 8, tasks: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     policy = nn.Linear(1, 2)  # the observation is 0: the bias is the logits
     with torch.no_grad():
@@ -43,17 +46,18 @@ def estimates(sampling_term: bool, chunks: int = 8, tasks: int = 1000) -> torch.
         policy.bias.copy_(torch.tensor([0.2, -0.1]))
     learner = MAMLRL(
         policy, BernoulliBanditEnv(arms=2, horizon=1), inner_lr=ALPHA, inner_episodes=1,
-        outer_episodes=1, gamma=1.0, sampling_term=sampling_term,
+        outer_episodes=1, gamma=1.0, sampling_term=sampling_term, count_inner=count_inner,
     )  # fmt: skip
     out = []
     for c in range(chunks):
         loss, _ = learner.meta_loss([{"means": np.array(MEANS)}] * tasks, seed=100_000 * c)
         out.append(torch.autograd.grad(-loss, policy.bias)[0])
-    return torch.stack(out), closed_form_gradient(policy.bias)
+    return torch.stack(out), closed_form_gradient(policy.bias, count_inner)
 
 
-def test_meta_gradient_estimator_is_unbiased_on_a_one_step_bandit():
-    est, exact = estimates(sampling_term=True)
+@pytest.mark.parametrize("count_inner", [False, True])
+def test_meta_gradient_estimator_is_unbiased_on_a_one_step_bandit(count_inner):
+    est, exact = estimates(sampling_term=True, count_inner=count_inner)
     se = est.std(0) / est.shape[0] ** 0.5
     assert ((est.mean(0).double() - exact).abs() < 4 * se.double() + 1e-4).all()
 

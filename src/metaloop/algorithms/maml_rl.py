@@ -38,6 +38,16 @@ biased; also tested); ``first_order=True`` also drops ``d g / d theta``.  With s
 inner steps, each samples fresh episodes with the current parameters and the box covers
 all inner samples.
 
+``count_inner=True`` maximises the return of *every* episode, the inner ones included,
+
+    F(theta) = E[ sum_s K_s J(theta_s) ] / sum_s K_s,    theta_0 = theta,
+
+each term with the score of the inner samples drawn before it; this is the protocol for
+bandits, where every pull of the horizon counts: with env horizon 1 (one pull per
+episode), ``inner_steps = m`` and ``inner_episodes = outer_episodes = n / (m + 1)``, the
+policy pulls ``n / (m + 1)`` times, takes a policy-gradient step on the pulls of that
+block, pulls again, ..., and the total reward is the sum over all ``n`` pulls.
+
 Policies: any ``nn.Module`` from observations ``[N, obs_dim]`` to logits (Discrete action
 spaces) or Gaussian means (Box; a learned state-independent ``log_std``, adapted too).  All
 tasks of a batch run in lockstep, the policy vectorised over per-task parameters with
@@ -110,6 +120,8 @@ class MAMLRL(nn.Module):
         first_order: drop ``d g / d theta`` (the inner step's Jacobian).
         sampling_term: keep the score term of the inner samples (unbiased; default).
         init_log_std: initial log standard deviation of Gaussian policies.
+        count_inner: also maximise the return of the inner episodes (every pull counts:
+            the bandit protocol below).
     """
 
     def __init__(
@@ -124,6 +136,7 @@ class MAMLRL(nn.Module):
         first_order: bool = False,
         sampling_term: bool = True,
         init_log_std: float = 0.0,
+        count_inner: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -147,6 +160,7 @@ class MAMLRL(nn.Module):
         self.inner_lr, self.inner_steps = float(inner_lr), inner_steps
         self.inner_episodes, self.outer_episodes = inner_episodes, outer_episodes
         self.gamma, self.first_order, self.sampling_term = gamma, first_order, sampling_term
+        self.count_inner = bool(count_inner)
         self._pool: list[MetaEnv] = []
 
     # -- the functional core ---------------------------------------------------------------
@@ -245,25 +259,36 @@ class MAMLRL(nn.Module):
         return params, history
 
     def meta_loss(self, tasks: Sequence[dict], seed: int = 0) -> tuple[Tensor, dict[str, float]]:
-        """``-`` the surrogate of the module docstring, averaged over ``tasks``."""
+        """``-`` the surrogate of the module docstring, averaged over ``tasks``; with
+        ``count_inner``, the average of every batch's term weighted by its episodes."""
         b = len(tasks)
         params = self.batched(self.params(), b)
         inner_log_prob = torch.zeros(b)
+        terms: list[tuple[float, Tensor, Tensor, Tensor]] = []  # weight, S, R, score prefix
         first_returns = None
         for s in range(self.inner_steps):
             episodes = self.rollout(params, tasks, self.inner_episodes, seed + 7919 * s)
+            returns = episodes.discounted_returns(self.gamma).mean(-1)
             if first_returns is None:
-                first_returns = episodes.discounted_returns(self.gamma).mean()
+                first_returns = returns.mean()
+            if self.count_inner:
+                terms.append(
+                    (self.inner_episodes, self.surrogate(params, episodes), returns, inner_log_prob)
+                )
             if self.sampling_term:
                 inner_log_prob = inner_log_prob + self.log_probs(params, episodes).sum((1, 2))
             params = self.inner_update(params, episodes, create_graph=not self.first_order)
         outer = self.rollout(params, tasks, self.outer_episodes, seed + 7919 * self.inner_steps)
-        objective = self.surrogate(params, outer)  # [B]
         returns = outer.discounted_returns(self.gamma).mean(-1)  # R_out per task
-        if self.sampling_term:
-            baseline = (returns.sum() - returns) / (b - 1) if b > 1 else torch.zeros_like(returns)
-            box = torch.exp(inner_log_prob - inner_log_prob.detach())
-            objective = objective + (box - 1) * (returns - baseline).detach()
+        terms.append((self.outer_episodes, self.surrogate(params, outer), returns, inner_log_prob))
+        total_weight = sum(t[0] for t in terms)
+        objective = torch.zeros(b)
+        for weight, surrogate, r, prefix in terms:
+            if self.sampling_term:
+                baseline = (r.sum() - r) / (b - 1) if b > 1 else torch.zeros_like(r)
+                box = torch.exp(prefix - prefix.detach())
+                surrogate = surrogate + (box - 1) * (r - baseline).detach()
+            objective = objective + weight / total_weight * surrogate
         loss = -objective.mean()
         metrics = {
             "loss": float(loss.detach()),
