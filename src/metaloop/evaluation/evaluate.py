@@ -149,7 +149,7 @@ def evaluation_batches(
         while done < episodes:
             n = min(batch_size, episodes - done)
             batch = family.sample(n, g).to(device)
-            if done == 0 and hasattr(learner, "check_batch"):
+            if done == 0:
                 learner.check_batch(batch)  # model output vs the episode's ways/targets
             yield batch
             done += n
