@@ -132,7 +132,7 @@ def evaluation_batches(
     """The evaluation batches: ``episodes`` tasks from ``family`` in batches of
     ``batch_size``, drawn from ``torch.Generator().manual_seed(seed)``, with ``learner`` in
     ``eval()`` mode while they are consumed (its mode is restored afterwards) and the first
-    batch checked against it (``check_batch``, when the learner has one).  ``progress``
+    batch checked against it (its ``check_batch``).  ``progress``
     shows a progress bar (stderr) counting the episodes consumed."""
     check_positive("episodes", episodes)
     check_positive("batch_size", batch_size)
