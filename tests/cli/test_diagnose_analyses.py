@@ -62,6 +62,7 @@ def test_diagnose_flags_report_and_plot(run_dir, capsys):
     argv += ["--oracle", "--inner-lrs", "0.05,0.2", "--loto", "--loto-tasks", "3"]
     argv += ["--iterations", "3", "--pool-sizes", "1,2", "--pool-points", "12"]
     argv += ["--noise", "--noise-draws", "3,2,2", "--plot", str(plots), "--inner-decay", "0.5"]
+    argv += ["--support-jitter", "0.3"]
     argv += ["--geometry", "--noise-shots", "2,5"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
@@ -81,18 +82,18 @@ def test_diagnose_flags_report_and_plot(run_dir, capsys):
     assert len(geometry["alignment"]["cosines"]) == 25
     assert geometry["alignment"]["optima"] == "true task weights"
     assert geometry["dead_relu"] is None and geometry["subspace"]["to_subspace"] < 1e-9
-    decay = report["inner_decay"]
+    decay = report["remedies"]
     assert decay["inner_lr"] == 0.05
     curves = decay["curves"]
-    assert set(curves) == {"no decay", "decay 0.5 to zero", "decay 0.5 to init"}
+    assert set(curves) == {"as trained", "decay 0.5 to zero", "decay 0.5 to init", "jitter 0.3 x4"}
     # same theta_0, so the same loss before any step; the decay changes every later step
     assert len({c["query_loss"][0] for c in curves.values()}) == 1
-    assert len({c["query_loss"][-1] for c in curves.values()}) == 3
-    assert curves["no decay"]["query_loss"] == report["inner_curves"]["0.05"]["query_loss"]
+    assert len({c["query_loss"][-1] for c in curves.values()}) == 4
+    assert curves["as trained"]["query_loss"] == report["inner_curves"]["0.05"]["query_loss"]
     assert set(report["noise_by_shots"]) == {"2", "5"}
     for name in (
         "noise_by_shots.png",
-        "inner_decay.png",
+        "remedies.png",
         "inner_curves.png",
         "pool_sizes.png",
         "noise.png",

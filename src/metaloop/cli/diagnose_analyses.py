@@ -60,6 +60,13 @@ def add_arguments(dg: argparse.ArgumentParser) -> None:
         help="inner-step curves with inner weight decay c (first --inner-lrs rate)",
     )
     dg.add_argument(
+        "--support-jitter",
+        type=_float_list,
+        default=None,
+        metavar="STD1,..",
+        help="inner-step curves with 4 noisy copies of each support point (input noise std)",
+    )
+    dg.add_argument(
         "--decay-toward",
         default="zero,init",
         help="--inner-decay anchors: zero and/or init (theta_0), comma-separated",
@@ -147,8 +154,8 @@ def run_analyses(
             }
             for a, c in curves.items()
         }
-    if args.inner_decay:
-        out["inner_decay"] = _decay_curves(args, cfg, learner, batch)
+    if args.inner_decay or args.support_jitter:
+        out["remedies"] = _remedy_curves(args, cfg, learner, batch)
     if args.geometry:
         out["geometry"] = _geometry(learner, family, batch)
     if args.loto:
@@ -296,21 +303,26 @@ def _diversity(
     }
 
 
-def _decay_curves(
+def _remedy_curves(
     args: argparse.Namespace, cfg: dict[str, Any], learner: Any, batch: Any
 ) -> dict[str, Any]:
     """Inner-step curves of the learner and of copies of it (same model, same ``theta_0``)
-    whose inner optimizer adds weight decay ``c (theta_t - anchor)``, for each ``c`` and
-    anchor; all at the first ``--inner-lrs`` rate (default: the learner's)."""
+    whose inner optimizer adds weight decay ``c (theta_t - anchor)`` (each ``c`` and
+    anchor of ``--inner-decay``/``--decay-toward``) or whose support sets get 4 noisy
+    copies of each point (each std of ``--support-jitter``); all at the first
+    ``--inner-lrs`` rate (default: the learner's)."""
+    import torch
+
     from metaloop.cli.build import build_learner
     from metaloop.diagnostics import inner_curve
+    from metaloop.tasks.augment import SupportJitter
 
     anchors = [a.strip() for a in args.decay_toward.split(",") if a.strip()]
     if not anchors or any(a not in ("zero", "init") for a in anchors):
         raise ConfigError(f"--decay-toward takes zero and/or init, got {args.decay_toward!r}")
     rate = (args.inner_lrs or [learner.inner_lr])[0]
-    variants = {"no decay": learner}
-    for anchor in anchors:
+    variants = {"as trained": learner}
+    for anchor in anchors if args.inner_decay else []:
         for coef in args.inner_decay:
             changed = copy.deepcopy(cfg)
             algorithm = changed["algorithm"]
@@ -318,8 +330,13 @@ def _decay_curves(
             kwargs.update(weight_decay=coef, decay_toward=anchor)
             algorithm["inner_optimizer_kwargs"] = kwargs
             variants[f"decay {coef:g} to {anchor}"] = build_learner(changed, learner.model)
+    for std in args.support_jitter or []:
+        variant = build_learner(cfg, learner.model)
+        variant.support_transform = SupportJitter(std, copies=4)
+        variants[f"jitter {std:g} x4"] = variant
     out = {}
     for label, variant in variants.items():
+        torch.manual_seed(0)  # the jitter's draws
         curve = inner_curve.inner_step_curves(variant, batch, args.max_steps, [rate])[rate]
         out[label] = {
             **dataclasses.asdict(curve),
@@ -342,11 +359,11 @@ def print_analyses(out: dict[str, Any]) -> None:
             f"{s['best_step']} steps, {s['final_query_loss']:.4g} at {c['steps'][-1]} "
             f"(x{s['rise']:.3g})"
         )
-    if "inner_decay" in out:
-        for label, c in out["inner_decay"]["curves"].items():
+    if "remedies" in out:
+        for label, c in out["remedies"]["curves"].items():
             s = c["summary"]
             print(
-                f"{label} (alpha {out['inner_decay']['inner_lr']}): best query loss "
+                f"{label} (alpha {out['remedies']['inner_lr']}): best query loss "
                 f"{s['best_query_loss']:.4g} at {s['best_step']} steps, "
                 f"{s['final_query_loss']:.4g} at {c['steps'][-1]}"
             )

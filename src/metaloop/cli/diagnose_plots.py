@@ -126,13 +126,13 @@ def plot_analyses(out: dict[str, Any], folder: Path) -> list[Path]:
     if "inner_curves" in out:
         curves = {f"alpha={k}": v for k, v in out["inner_curves"].items()}
         paths.append(plot_inner_curves(curves, folder / "inner_curves.png"))
-    if "inner_decay" in out:
-        rate = out["inner_decay"]["inner_lr"]
+    if "remedies" in out:
+        rate = out["remedies"]["inner_lr"]
         paths.append(
             plot_inner_curves(
-                out["inner_decay"]["curves"],
-                folder / "inner_decay.png",
-                f"inner weight decay (alpha = {rate})",
+                out["remedies"]["curves"],
+                folder / "remedies.png",
+                f"inner-loop overfitting remedies (alpha = {rate})",
             )
         )
     if "pool_sizes" in out:
