@@ -5,6 +5,7 @@
     python scripts/sequence_rl.py bandit-baselines --out /work/runs/bandit-baselines
     python scripts/sequence_rl.py rl2 --arms 5 --horizon 10 --out /work/runs/rl2-5-10
     python scripts/sequence_rl.py navigation --out /work/runs/nav-maml-rl
+    python scripts/sequence_rl.py maml-bandit --arms 5 --horizon 100 --steps 4 --out /work/runs/mb
     python scripts/sequence_rl.py plot --bandits /work/runs/bandit-baselines \\
         --rl2 /work/runs/rl2-5-10 --png docs/sequence-rl-regret.png --out /tmp/plot
 
@@ -130,6 +131,42 @@ def run_rl2(args: argparse.Namespace) -> dict:
     return out
 
 
+def run_maml_bandit(args: argparse.Namespace) -> dict:
+    """MAML-RL on bandits, every pull counting: blocks of ``horizon / (steps + 1)`` pulls,
+    a policy-gradient step after each block but the last (see ``MAMLRL``'s docstring)."""
+    from metaloop.algorithms.maml_rl import MAMLRL
+    from metaloop.tasks.envs import BernoulliBanditEnv
+    from metaloop.train.rl import fit_meta_rl
+
+    block = args.horizon // (args.steps + 1)
+    if block * (args.steps + 1) != args.horizon:
+        raise SystemExit(f"horizon {args.horizon} is not a multiple of steps + 1")
+    env = BernoulliBanditEnv(arms=args.arms, horizon=1)
+    torch.manual_seed(args.seed)
+    policy = nn.Linear(1, args.arms)  # the observation is 0: the bias is the logits
+    learner = MAMLRL(
+        policy, env, inner_lr=args.inner_lr, inner_steps=args.steps, inner_episodes=block,
+        outer_episodes=block, gamma=1.0, count_inner=True,
+    )  # fmt: skip
+    start = time.perf_counter()
+    records = fit_meta_rl(
+        learner, args.iterations, meta_batch_size=args.meta_batch_size, lr=args.lr,
+        seed=args.seed, log_every=25, log=args.out / "train.jsonl",
+    )  # fmt: skip
+    out = {"arms": args.arms, "horizon": args.horizon, "steps": args.steps, "block": block,
+           "inner_lr": args.inner_lr, "iterations": args.iterations, "last_log": records[-1],
+           "train_minutes": (time.perf_counter() - start) / 60}  # fmt: skip
+    tasks = env.sample_tasks(args.tasks, torch.Generator().manual_seed(TEST_SEED))
+    _, history = learner.adapt(tasks, steps=args.steps, seed=TEST_SEED)
+    total = sum(h.rewards.sum((1, 2)) for h in history)
+    out["total_reward"] = interval(total.numpy())
+    means = torch.tensor(np.stack([t["means"] for t in tasks]), dtype=torch.float32)
+    out["initial_policy"] = torch.softmax(policy.bias.detach(), 0).tolist()
+    out["best_arm_mean"] = float(means.max(1).values.mean() * args.horizon)
+    print(out["total_reward"], flush=True)
+    return out
+
+
 def run_navigation(args: argparse.Namespace) -> dict:
     from metaloop.algorithms.maml_rl import MAMLRL
     from metaloop.models.mlp import MLP
@@ -214,6 +251,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--meta-batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--tasks", type=int, default=500)
+    p = sub.add_parser("maml-bandit")
+    p.add_argument("--arms", type=int, default=5)
+    p.add_argument("--horizon", type=int, default=10)
+    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--inner-lr", type=float, default=2.0)
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--meta-batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--tasks", type=int, default=500)
     p = sub.add_parser("navigation")
     p.add_argument("--horizon", type=int, default=20)
     p.add_argument("--episodes", type=int, default=10)
@@ -237,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         "bandit-baselines": run_bandit_baselines,
         "rl2": run_rl2,
         "navigation": run_navigation,
+        "maml-bandit": run_maml_bandit,
         "plot": run_plot,
     }
     result = commands[args.command](args)
