@@ -28,6 +28,7 @@ from metaloop.algorithms.registry import register
 from metaloop.functional.inner import GradientMode
 from metaloop.functional.params import Params
 from metaloop.tasks.base import TaskBatch
+from metaloop.validate import is_int
 
 CONTEXT = "context"
 
@@ -43,7 +44,7 @@ class ContextModel(nn.Module):
 
     def __init__(self, model: nn.Module, num_context: int) -> None:
         super().__init__()
-        if isinstance(num_context, bool) or not isinstance(num_context, int) or num_context < 1:
+        if not is_int(num_context) or num_context < 1:
             raise ValueError(f"num_context must be a positive integer, got {num_context!r}")
         ref = next(iter(model.parameters()), None)
         factory = {} if ref is None else {"dtype": ref.dtype, "device": ref.device}

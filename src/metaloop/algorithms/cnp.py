@@ -49,6 +49,7 @@ from metaloop.functional.losses import LossFn
 from metaloop.models.mlp import MLP
 from metaloop.tasks.base import Task, TaskBatch, TaskError
 from metaloop.tasks.registry import TaskSpec
+from metaloop.validate import is_int
 
 Likelihood = Literal["gaussian", "deterministic"]
 
@@ -107,7 +108,7 @@ class ConditionalNeuralProcess(MetaLearner):
     ) -> None:
         super().__init__(loss)
         for name, value in (("x_dim", x_dim), ("y_dim", y_dim), ("representation", representation)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if likelihood not in ("gaussian", "deterministic"):
             raise ValueError(

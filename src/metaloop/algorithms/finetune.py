@@ -60,6 +60,7 @@ from metaloop.functional.params import call
 from metaloop.functional.speed import uses_batch_statistics
 from metaloop.tasks.base import Task, TaskBatch, TaskError
 from metaloop.tasks.registry import TaskSpec
+from metaloop.validate import is_int
 
 FineTune = Literal["head", "all"]
 HeadInit = Literal["zeros", "prototypes"]
@@ -156,7 +157,7 @@ class FineTuneBaseline(MetaLearner):
         super().__init__("cross_entropy")
         if finetune not in ("head", "all"):
             raise ValueError(f"finetune must be 'head' or 'all', got {finetune!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        if not is_int(steps) or steps < 0:
             raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
         for name, value in (("lr", lr), ("backbone_lr", backbone_lr)):
             if value is not None and (not isinstance(value, (int, float)) or value <= 0):

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from metaloop.models.heads import CosineClassifier
 from metaloop.tasks.base import TaskBatch, TaskError
+from metaloop.validate import is_number
 
 
 def episode_global_labels(batch: TaskBatch, key: str = "global_labels") -> Tensor | None:
@@ -52,7 +53,7 @@ def check_global_head(
     global_classes: object, global_loss_weight: object, embedding_dim: object
 ) -> tuple[int | None, float]:
     """Validate the auxiliary global-classification options; ``(classes, weight)``."""
-    if isinstance(global_loss_weight, bool) or not isinstance(global_loss_weight, (int, float)):
+    if not is_number(global_loss_weight):
         raise ValueError(f"global_loss_weight must be a number >= 0, got {global_loss_weight!r}")
     if global_loss_weight < 0:
         raise ValueError(f"global_loss_weight must be >= 0, got {global_loss_weight!r}")

@@ -34,6 +34,7 @@ from metaloop.functional.inner import TaskLoss
 from metaloop.functional.losses import accuracy
 from metaloop.functional.params import Params, call, detach, split_module, squared_distance
 from metaloop.tasks.base import TaskBatch
+from metaloop.validate import is_int
 
 
 @register("imaml")
@@ -64,7 +65,7 @@ class IMAML(GradientMetaLearner):
         super().__init__(model, *args, **kwargs)
         if not isinstance(lam, (int, float)) or not 0 < lam < float("inf"):
             raise ValueError(f"lam must be a positive finite number, got {lam!r}")
-        if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 1:
+        if not is_int(cg_steps) or cg_steps < 1:
             raise ValueError(f"cg_steps must be a positive integer, got {cg_steps!r}")
         self.lam = float(lam)
         self.cg_steps = cg_steps

@@ -67,6 +67,7 @@ from torch.distributions import Categorical, Normal
 from torch.func import functional_call, vmap
 
 from metaloop.tasks.envs import EnvError, MetaEnv, check_observation, check_transition, env_pool
+from metaloop.validate import is_int
 
 Params = dict[str, Tensor]
 
@@ -144,7 +145,7 @@ class MAMLRL(nn.Module):
             ("inner_episodes", inner_episodes),
             ("outer_episodes", outer_episodes),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0 <= gamma <= 1:
             raise ValueError(f"gamma must lie in [0, 1], got {gamma}")

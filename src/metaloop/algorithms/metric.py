@@ -58,6 +58,7 @@ from metaloop.functional.speed import autocast_context, autocast_dtype, uses_bat
 from metaloop.models.heads import CosineClassifier
 from metaloop.tasks.base import Task, TaskBatch, TaskError
 from metaloop.tasks.registry import TaskSpec
+from metaloop.validate import is_int
 
 # -- distances ---------------------------------------------------------------------------
 
@@ -147,7 +148,7 @@ def class_sums(z: Tensor, labels: Tensor, ways: int, mean: bool = False) -> Tens
 
 def check_transductive_steps(steps: object) -> int:
     """``steps`` if it is a valid number of soft k-means refinements (an int >= 0)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    if not is_int(steps) or steps < 0:
         raise ValueError(
             f"transductive_steps must be an integer >= 0 (0 turns it off), got {steps!r}"
         )

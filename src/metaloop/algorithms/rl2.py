@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Normal
 
 from metaloop.tasks.envs import EnvError, MetaEnv, check_observation, check_transition, env_pool
+from metaloop.validate import is_int
 
 
 @dataclass
@@ -93,7 +94,7 @@ class RL2(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("hidden", hidden), ("episodes_per_trial", episodes_per_trial)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (0 <= gamma <= 1 and 0 <= gae_lambda <= 1):
             raise ValueError(f"gamma and gae_lambda must lie in [0, 1], got {gamma}, {gae_lambda}")

@@ -33,11 +33,12 @@ from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_sup
 from metaloop.functional.losses import LossFn
 from metaloop.tasks.base import Task, TaskBatch, TaskError
 from metaloop.tasks.registry import TaskSpec
+from metaloop.validate import is_int
 
 
 def check_size(name: str, value: object) -> int:
     """A positive integer, or a one-line ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
 

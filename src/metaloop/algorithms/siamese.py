@@ -50,6 +50,7 @@ from metaloop.algorithms.metric import (
 from metaloop.algorithms.registry import register
 from metaloop.tasks.base import TaskBatch, TaskError
 from metaloop.tasks.pairs import pair_masks, sample_pair_indices, sample_triplet_indices
+from metaloop.validate import is_int
 
 PairLoss = Literal["contrastive", "triplet"]
 Mining = Literal["all", "hard"]
@@ -146,9 +147,7 @@ class SiameseNet(MetricMetaLearner):
             raise ValueError(f"mining must be 'all' or 'hard', got {mining!r}")
         if not isinstance(margin, (int, float)) or margin <= 0:
             raise ValueError(f"margin must be a positive number, got {margin!r}")
-        if samples is not None and (
-            isinstance(samples, bool) or not isinstance(samples, int) or samples < 1
-        ):
+        if samples is not None and (not is_int(samples) or samples < 1):
             raise ValueError(f"samples must be None or a positive integer, got {samples!r}")
         self.pair_loss, self.margin, self.mining = loss, float(margin), mining
         self.balanced, self.samples, self.generator = balanced, samples, generator

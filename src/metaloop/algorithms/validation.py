@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from metaloop.tasks.base import Task, TaskBatch, TaskError, validate_batch
+from metaloop.validate import is_int
 
 _local = threading.local()
 
@@ -64,7 +65,7 @@ def check_steps(steps: Any, name: str = "steps") -> None:
     steps silently)."""
     if steps is None:
         return
-    if isinstance(steps, bool) or not isinstance(steps, int):
+    if not is_int(steps):
         raise TaskError(f"{name} must be an integer >= 0 or None, got {steps!r}")
     if steps < 0:
         raise TaskError(f"{name} must be >= 0, got {steps}")

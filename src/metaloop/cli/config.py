@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from metaloop.validate import is_int
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -359,7 +361,7 @@ def validate_fixed(cfg: dict[str, Any]) -> None:
                 if minimum is not None and value < minimum:
                     raise ConfigError(f"{section}.{key} must be >= 0, got {value!r}")
     steps = cfg["eval"]["steps"]
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps):
+    if any(not is_int(s) or s < 0 for s in steps):
         raise ConfigError(f"eval.steps must be a list of integers >= 0, got {steps!r}")
     _check_validation_protocol(cfg["train"])
     if cfg["eval"]["divergence_factor"] < 1:
@@ -372,7 +374,7 @@ def _check_validation_protocol(train: dict[str, Any]) -> None:
     """``train.validation_steps`` (integers >= 0) and ``train.select_on`` (``""``, a metric
     name, or ``"metric@steps"`` with ``steps`` among the validation step counts)."""
     steps = train["validation_steps"]
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps):
+    if any(not is_int(s) or s < 0 for s in steps):
         raise ConfigError(f"train.validation_steps must be a list of integers >= 0, got {steps!r}")
     select = train["select_on"]
     if not select:

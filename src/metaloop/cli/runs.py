@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from metaloop.cli.config import ConfigError, load_config
+from metaloop.validate import is_int
 
 CONFIG_NAME = "config.toml"
 
@@ -111,7 +112,7 @@ def describe_members(members: list[Member]) -> list[dict[str, Any]]:
 def member_shift(member: Any, option: int | None) -> int:
     """``--tta-shift`` if given, else the run's ``[eval] tta_shift``; checked."""
     shift = option if option is not None else member.cfg["eval"]["tta_shift"]
-    if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
+    if not is_int(shift) or shift < 0:
         raise ConfigError(f"--tta-shift must be an integer >= 0, got {shift}")
     return shift
 

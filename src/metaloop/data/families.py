@@ -14,6 +14,7 @@ from typing import Any
 from metaloop.data.episodes import EpisodicFamily
 from metaloop.data.transforms import Compose, RandomAffine, RandomShift
 from metaloop.tasks.registry import FamilyContext, TaskSpec, register_family
+from metaloop.validate import is_int
 
 #: the ``[data]`` keys of Omniglot runs and their defaults
 OMNIGLOT_DATA_KEYS: dict[str, Any] = {
@@ -41,7 +42,7 @@ def _data(context: FamilyContext) -> Mapping[str, Any]:
 def _check(sizes: Mapping[str, Any], context: FamilyContext) -> Mapping[str, Any]:
     """The checks every Omniglot build and spec makes before reading any file."""
     for k, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"[task] omniglot needs {k} as a positive integer, got {value!r}")
     d = _data(context)
     if d["split"] == "vinyals" and d["val_alphabets"] != OMNIGLOT_DATA_KEYS["val_alphabets"]:

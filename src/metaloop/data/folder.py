@@ -56,6 +56,7 @@ from metaloop.data.dataset import ClassDataset
 from metaloop.data.episodes import EpisodicFamily, ImageTransform
 from metaloop.data.omniglot import default_cache_dir
 from metaloop.data.splits import PARTS, ClassSplit, check_disjoint
+from metaloop.validate import is_int, is_number
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def _size_pair(image_size: Size) -> tuple[int, int] | None:
     if image_size is None:
         return None
     pair = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
+    if len(pair) != 2 or any(not is_int(v) or v < 1 for v in pair):
         raise ImageDataError(
             f"image_size must be a positive integer, a (height, width) pair or None, "
             f"got {image_size!r}"
@@ -575,9 +576,7 @@ def load_image_classes(
 def _split_by_proportion(
     classes: Sequence[str], proportions: Sequence[float], seed: int
 ) -> dict[str, list[str]]:
-    if len(proportions) != 3 or any(
-        isinstance(p, bool) or not isinstance(p, (int, float)) or p < 0 for p in proportions
-    ):
+    if len(proportions) != 3 or any(not is_number(p) or p < 0 for p in proportions):
         raise ImageDataError(
             f"proportions must be three numbers >= 0 (train, val, test), got {proportions!r}"
         )

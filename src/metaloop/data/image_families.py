@@ -33,6 +33,7 @@ from typing import Any
 from metaloop.data.episodes import EpisodicFamily
 from metaloop.data.transforms import Compose
 from metaloop.tasks.registry import FamilyContext, TaskSpec, register_family
+from metaloop.validate import is_int
 
 _SHARED = {"root": "", "image_size": 28, "cache_dir": ""}
 _PIPELINE = {"augment": "none", "normalize": "none"}
@@ -66,14 +67,14 @@ NORMALIZATIONS = ("none", "imagenet", "cifar100")
 
 def _sizes(name: str, ways: Any, shots: Any, queries: Any) -> None:
     for k, value in (("ways", ways), ("shots", shots), ("queries", queries)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"[task] {name} needs {k} as a positive integer, got {value!r}")
 
 
 def _data(defaults: Mapping[str, Any], context: FamilyContext) -> dict[str, Any]:
     d = {**defaults, **{k: v for k, v in context.data.items() if k in defaults}}
     size = d["image_size"]
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if not is_int(size) or size < 1:
         raise ValueError(f"[data] image_size must be a positive integer, got {size!r}")
     for key, allowed in (("augment", AUGMENTS), ("normalize", NORMALIZATIONS)):
         if key in d and d[key] not in allowed:

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from metaloop.data.dataset import ClassDataset, to_float_images
 from metaloop.tasks.base import TaskBatch, TaskError
+from metaloop.validate import is_int
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class EpisodeSizes:
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise TaskError(f"EpisodeSizes.{name} must be a positive integer, got {value!r}")
         if self.min_ways > self.max_ways:
             raise TaskError(f"min_ways ({self.min_ways}) exceeds max_ways ({self.max_ways})")

@@ -49,6 +49,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from metaloop.data.dataset import ClassDataset
+from metaloop.validate import is_int
 
 log = logging.getLogger(__name__)
 
@@ -471,9 +472,7 @@ def load_omniglot_subset(
         strict: require the official image/alphabet/character counts.
         progress: show a progress bar while downloading.
     """
-    if image_size is not None and (
-        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
-    ):
+    if image_size is not None and (not is_int(image_size) or image_size < 1):
         raise OmniglotError(f"image_size must be a positive integer or None, got {image_size!r}")
     path = locate_archive(root, subset, download=download, progress=progress)
     source = _Source(path)

@@ -34,6 +34,7 @@ import torch
 from metaloop.data.dataset import ClassDataset
 from metaloop.data.transforms import augment_rotations
 from metaloop.tasks.base import TaskError
+from metaloop.validate import is_int
 
 PARTS = ("train", "val", "test")
 
@@ -175,7 +176,7 @@ def lake_split(
             with ``seed`` (from the alphabets not in ``minimal`` when given); 0 for none.
         rotate: parts to augment with rotations (default none).
     """
-    if isinstance(val_alphabets, bool) or not isinstance(val_alphabets, int) or val_alphabets < 0:
+    if not is_int(val_alphabets) or val_alphabets < 0:
         raise TaskError(f"val_alphabets must be an integer >= 0, got {val_alphabets!r}")
     if background is None and (minimal is None or val_alphabets > 0):
         raise TaskError(

@@ -49,6 +49,7 @@ from metaloop.data.episodes import ClassGroups, EpisodicFamily
 from metaloop.data.splits import ClassSplit, check_disjoint
 from metaloop.tasks.base import TaskBatch, TaskError, check_positive
 from metaloop.tasks.registry import FamilyContext, TaskSpec, register_family
+from metaloop.validate import is_int
 
 PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
 SPECIAL_TOKENS = (PAD, UNK, CLS)  # ids 0, 1, 2
@@ -302,7 +303,7 @@ def train_tokenizer(
         raise TextDataError(
             f"unknown tokenizer {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}"
         )
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 8:
+    if not is_int(vocab_size) or vocab_size < 8:
         raise TextDataError(f"vocab_size must be an integer >= 8, got {vocab_size!r}")
     if not utterances:
         raise TextDataError("cannot train a tokenizer on zero utterances")
@@ -372,7 +373,7 @@ class Encoded:
 def encode(tokenizer: Any, utterances: Sequence[str], max_length: int = 32) -> Encoded:
     """Token ids of ``utterances``, right-padded with ``0``, cut to ``max_length`` tokens
     (``[CLS]`` included); the cut ones are counted in ``Encoded.truncated``."""
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+    if not is_int(max_length) or max_length < 2:
         raise TextDataError(f"max_length must be an integer >= 2 (tokens), got {max_length!r}")
     for i, u in enumerate(utterances):
         if not isinstance(u, str) or not u.strip():
@@ -557,7 +558,7 @@ class TextEpisodicFamily(EpisodicFamily):
             check_positive(k, v)
         check_utterances_per_intent(dataset, shots, queries)
         super().__init__(dataset, ways, shots, queries, class_groups=class_groups)
-        if isinstance(oos_queries, bool) or not isinstance(oos_queries, int) or oos_queries < 0:
+        if not is_int(oos_queries) or oos_queries < 0:
             raise TextDataError(f"oos_queries must be an integer >= 0, got {oos_queries!r}")
         if oos_queries and oos is None:
             raise TextDataError(
@@ -802,7 +803,7 @@ def _clinc_data(context: FamilyContext) -> dict[str, Any]:
         )
     for key, low in (("vocab_size", 8), ("max_length", 2), ("oos_queries", 0)):
         v = d[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        if not is_int(v) or v < low:
             raise TextDataError(f"data.{key} must be an integer >= {low}, got {v!r}")
     return d
 

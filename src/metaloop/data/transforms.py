@@ -22,6 +22,7 @@ from torch import Tensor
 
 from metaloop.data.dataset import ClassDataset
 from metaloop.tasks.base import TaskBatch, TaskError
+from metaloop.validate import is_int
 
 ROTATIONS = (0, 90, 180, 270)
 
@@ -80,7 +81,7 @@ class RandomShift:
     axis, filling with ``fill`` (0 = background for inverted Omniglot strokes)."""
 
     def __init__(self, max_shift: int = 2, fill: float = 0.0) -> None:
-        if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+        if not is_int(max_shift) or max_shift < 0:
             raise TaskError(f"max_shift must be an integer >= 0, got {max_shift!r}")
         self.max_shift, self.fill = max_shift, fill
 
@@ -121,7 +122,7 @@ def translate(images: Tensor, dx: int, dy: int, fill: float = 0.0) -> Tensor:
 def shift_views(max_shift: int) -> list[tuple[int, int]]:
     """Every integer offset ``(dx, dy)`` in ``[-max_shift, max_shift]^2`` (``(0, 0)`` first):
     the views of test-time augmentation by translation."""
-    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+    if not is_int(max_shift) or max_shift < 0:
         raise TaskError(f"the test-time shift must be an integer >= 0, got {max_shift!r}")
     r = range(-max_shift, max_shift + 1)
     return [(0, 0)] + [(dx, dy) for dy in r for dx in r if (dx, dy) != (0, 0)]

@@ -37,6 +37,7 @@ from metaloop.algorithms.gradient import GradientMetaLearner
 from metaloop.functional.batching import map_tasks
 from metaloop.functional.params import detach, split_module
 from metaloop.tasks.base import TaskBatch
+from metaloop.validate import is_int
 
 #: the gradient-descent stability limit of ``alpha * lambda_max``
 STABILITY_LIMIT = 2.0
@@ -72,7 +73,7 @@ def top_eigenvalue(
 
 
 def _check_iterations(iterations: int) -> None:
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+    if not is_int(iterations) or iterations < 1:
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
 
 

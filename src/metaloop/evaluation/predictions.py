@@ -45,6 +45,7 @@ from metaloop.evaluation.scoring import (
 from metaloop.functional.assignment import balance_log_probs, check_balance_options
 from metaloop.tasks.base import TaskFamily
 from metaloop.train.checkpoint import CheckpointError, UnsafeCheckpointError, safe_load
+from metaloop.validate import is_int
 
 FORMAT = "metaloop-predictions-1"
 _REMAKE_HINT = "make it again with `metaloop eval --save-predictions`"
@@ -203,7 +204,7 @@ def _check_payload(payload: dict[str, Any], path: str | Path) -> None:
         raise bad(f"log_probs must be a non-empty dict {{steps: tensor}}, got {_kind(log_probs)}")
     shape = None
     for steps, value in log_probs.items():
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        if not is_int(steps) or steps < 0:
             raise bad(f"log_probs keys must be step counts (integers >= 0), got {steps!r}")
         if not isinstance(value, Tensor) or not value.is_floating_point() or value.dim() != 3:
             raise bad(
@@ -234,7 +235,7 @@ def _check_payload(payload: dict[str, Any], path: str | Path) -> None:
             f"0..{shape[2] - 1} for {shape[2]} ways"
         )
     seed = payload["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_int(seed):
         raise bad(f"seed must be an integer, got {_kind(seed)}")
     info = payload.get("info")
     if info is not None and not isinstance(info, dict):

@@ -26,6 +26,7 @@ from metaloop.algorithms.base import Adaptable, Predictor
 from metaloop.data.transforms import shift_views, translate
 from metaloop.evaluation.wrapper import EvaluationWrapper
 from metaloop.tasks.base import Task, TaskError
+from metaloop.validate import is_int
 
 
 class ShiftAveraged(EvaluationWrapper):
@@ -43,7 +44,7 @@ class ShiftAveraged(EvaluationWrapper):
             "cross_entropy",
             needs_classifier="test-time shift averages class probabilities",
         )
-        if isinstance(shift, bool) or not isinstance(shift, int) or shift < 1:
+        if not is_int(shift) or shift < 1:
             raise ValueError(f"shift must be an integer >= 1, got {shift!r}")
         self.shift = shift
         self.views = shift_views(shift)

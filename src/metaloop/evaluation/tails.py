@@ -25,13 +25,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from metaloop.validate import is_number
+
 #: default multiple of the pre-adaptation query loss above which an episode is divergent
 DIVERGENCE_FACTOR = 10.0
 
 
 def check_divergence_factor(factor: float) -> float:
     """``factor`` as a float; a clear error unless it is a finite number >= 1."""
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+    if not is_number(factor):
         raise ValueError(f"divergence_factor must be a number >= 1, got {factor!r}")
     if not (math.isfinite(factor) and factor >= 1):
         raise ValueError(f"divergence_factor must be a finite number >= 1, got {factor!r}")

@@ -17,10 +17,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from metaloop.validate import is_number
+
 
 def check_epsilon(epsilon: float) -> float:
     """``epsilon`` as a float, or a ``ValueError`` naming what is allowed."""
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
+    if not is_number(epsilon):
         raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}")
     if not 0 <= epsilon < float("inf"):
         raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")

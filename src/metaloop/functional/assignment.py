@@ -28,11 +28,13 @@ import math
 import torch
 from torch import Tensor
 
+from metaloop.validate import is_int
+
 
 def check_balance_options(iterations: object, temperature: object) -> None:
     """Raise ``ValueError`` unless ``iterations`` is an int >= 1 and ``temperature`` a
     positive finite number."""
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+    if not is_int(iterations) or iterations < 1:
         raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
     if not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")

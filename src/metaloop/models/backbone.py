@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from metaloop.validate import is_int
+
 
 def check_ways(ways: object) -> None:
     """Raise ``ValueError`` unless ``ways`` is a positive integer or ``None`` (no head)."""
-    if ways is not None and (isinstance(ways, bool) or not isinstance(ways, int) or ways < 1):
+    if ways is not None and (not is_int(ways) or ways < 1):
         raise ValueError(f"ways must be a positive integer or None (no head), got {ways!r}")
 
 

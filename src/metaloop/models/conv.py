@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from metaloop.models.backbone import Backbone, check_ways
 from metaloop.models.norm import make_norm
+from metaloop.validate import is_int
 
 
 class ConvBlock(nn.Module):
@@ -118,7 +119,7 @@ class Conv4(Backbone):
             ("blocks", blocks),
             ("convs_per_block", convs_per_block),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         check_ways(ways)
         pool_blocks = blocks if pool_blocks is None else pool_blocks

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metaloop.validate import is_int, is_number
+
 
 class CosineClassifier(nn.Module):
     """Scaled cosine classifier with an optional additive margin (CosFace).
@@ -33,11 +35,11 @@ class CosineClassifier(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+        if not is_number(scale) or scale <= 0:
             raise ValueError(f"scale must be a positive number, got {scale!r}")
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        if not is_number(margin) or not 0 <= margin < 1:
             raise ValueError(f"margin must be a number in [0, 1), got {margin!r}")
         self.in_features, self.out_features = in_features, num_classes
         self.scale, self.margin = float(scale), float(margin)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from metaloop.models.backbone import Backbone, check_ways
 from metaloop.models.norm import make_norm
+from metaloop.validate import is_int
 
 
 class ResidualBlock(nn.Module):
@@ -92,11 +93,9 @@ class ResNet12(Backbone):
         super().__init__()
         widths = tuple(widths)
         for name, value in (("in_channels", in_channels), ("image_size", image_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not widths or any(
-            isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths
-        ):
+        if not widths or any(not is_int(w) or w < 1 for w in widths):
             raise ValueError(
                 f"widths must be a non-empty list of positive integers, got {widths!r}"
             )

@@ -36,13 +36,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaloop.models.backbone import Backbone
+from metaloop.validate import is_int
 
 PAD_ID = 0
 POOLINGS = ("mean", "cls")
 
 
 def _check_int(name: str, value: object, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if not is_int(value) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     return value
 

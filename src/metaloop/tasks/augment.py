@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from metaloop.validate import is_int
+
 
 class SupportJitter:
     """Append ``copies`` noisy copies of every support point: ``x + e``, ``e ~ N(0, std^2)``,
@@ -21,7 +23,7 @@ class SupportJitter:
     def __init__(self, std: float, copies: int = 1) -> None:
         if not (isinstance(std, (int, float)) and std >= 0):
             raise ValueError(f"std must be a number >= 0, got {std!r}")
-        if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        if not is_int(copies) or copies < 1:
             raise ValueError(f"copies must be an integer >= 1, got {copies!r}")
         self.std, self.copies = float(std), copies
 

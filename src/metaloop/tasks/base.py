@@ -17,6 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from metaloop.validate import is_int
+
 
 class TaskError(ValueError):
     """A task or task batch is malformed (shapes, labels, non-finite values)."""
@@ -223,7 +225,7 @@ class TaskFamily(Protocol):
 
 def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> int:
     """Validate an integer size argument and return it."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise TaskError(f"{name} must be an integer, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else ">= 1"

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from metaloop.tasks.base import TaskBatch, TaskError
+from metaloop.validate import is_int
 
 
 def episode_examples(batch: TaskBatch) -> tuple[Tensor, Tensor]:
@@ -56,7 +57,7 @@ def _uniform_choice(valid: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 def _check_count(name: str, count: int) -> None:
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    if not is_int(count) or count < 1:
         raise TaskError(f"{name} must be a positive integer, got {count!r}")
 
 

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from metaloop.tasks.base import TaskError
+from metaloop.validate import is_int
 
 #: the entry-point group through which installed packages add task families
 ENTRY_POINT_GROUP = "metaloop.task_families"
@@ -63,14 +64,14 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         shape = tuple(self.input_shape)
-        if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+        if not shape or any(not is_int(d) or d < 1 for d in shape):
             raise TaskError(f"TaskSpec.input_shape must be positive integers, got {shape!r}")
         object.__setattr__(self, "input_shape", shape)
         for name in ("y_dim", "ways", "num_classes"):
             value = getattr(self, name)
             if value is None and name != "y_dim":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise TaskError(f"TaskSpec.{name} must be a positive integer, got {value!r}")
         object.__setattr__(self, "model_hints", MappingProxyType(dict(self.model_hints)))
 

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from metaloop.validate import is_int
+
 
 def fit_meta_rl(
     learner: nn.Module,
@@ -31,7 +33,7 @@ def fit_meta_rl(
 ) -> list[dict[str, Any]]:
     """Meta-train ``learner`` with Adam for ``iterations`` meta-updates."""
     for name, value in (("iterations", iterations), ("meta_batch_size", meta_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

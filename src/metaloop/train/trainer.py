@@ -35,6 +35,7 @@ from metaloop.train.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
+from metaloop.validate import is_int
 
 METRICS_LOG = "metrics.jsonl"
 NONFINITE_POLICIES = ("stop", "skip")
@@ -71,7 +72,7 @@ class FitResult:
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
@@ -131,7 +132,7 @@ class Trainer:
             )
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63:
+        if not is_int(seed) or not -(2**63) <= seed < 2**63:
             raise ValueError(f"seed must be an integer in -2**63..2**63-1, got {seed!r}")
         self.learner = learner.to(device)
         self.optimizer = optimizer
@@ -614,7 +615,7 @@ def _selection(
     ``fit``'s ``validation_steps`` and ``select_on`` (``"loss@10"``, ``"accuracy"``)."""
     if steps is not None:
         steps = tuple(steps)
-        if not steps or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps):
+        if not steps or any(not is_int(s) or s < 0 for s in steps):
             raise ValueError(
                 f"validation_steps must be a non-empty list of integers >= 0, got {list(steps)}"
             )
