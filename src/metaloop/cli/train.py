@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         build_learner,
         build_model,
         build_optimizer,
+        family_spec,
         has_validation,
         validate,
     )
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         if has_validation(cfg)
         else None
     )
-    model = build_model(cfg)
+    model = build_model(cfg, family_spec(cfg, family))  # sized by the family just built
     if cfg["train"]["init_from"] and not (run_dir / LATEST).exists():  # not when resuming
         _warm_start(model, cfg["train"]["init_from"])
     learner = build_learner(cfg, model, family=family)
