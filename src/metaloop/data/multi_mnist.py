@@ -373,10 +373,13 @@ def resize_dataset(dataset: ClassDataset, image_size: int | None) -> ClassDatase
     unchanged when ``None`` or already that size."""
     if image_size is None or image_size == dataset.image_shape[-1]:
         return dataset
-    x = dataset.storage.float()
-    small = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="area")
+    pieces = []
+    for start in range(0, dataset.storage.shape[0], 8192):  # bounded float32 memory
+        x = dataset.storage[start : start + 8192].float()
+        small = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="area")
+        pieces.append(small.round().clamp(0, 255).to(torch.uint8))
     return ClassDataset(
-        small.round().clamp(0, 255).to(torch.uint8),
+        torch.cat(pieces),
         dataset.labels,
         dataset.class_info,
         rows=dataset.rows,
