@@ -115,3 +115,24 @@ def test_register_family_refuses_conflicting_data_defaults(monkeypatch) -> None:
     register_family("h2_family_a", data_keys={"h2_key": 1})(lambda: None)
     with pytest.raises(TaskError, match="h2_key"):
         register_family("h2_family_b", data_keys={"h2_key": 2})(lambda: None)
+
+
+def test_entry_points_of_installed_packages_are_names(monkeypatch) -> None:
+    import importlib.metadata
+    from pathlib import Path
+
+    from metaloop.algorithms import registry
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "fixtures"))
+    entry = importlib.metadata.EntryPoint(
+        "h2_plugged", "contract_plugin.outoftree:ShiftedMean", registry.ENTRY_POINT_GROUP
+    )
+    broken = importlib.metadata.EntryPoint(
+        "h2_broken", "contract_plugin.no_such_module:X", registry.ENTRY_POINT_GROUP
+    )
+    found = {"h2_plugged": entry, "h2_broken": broken}
+    monkeypatch.setattr(registry, "_entry_points", lambda: found)
+    assert {"h2_plugged", "h2_broken"} <= set(available())
+    assert resolve("h2_plugged").__name__ == "ShiftedMean"
+    with pytest.raises(RegistryError, match=r"'h2_broken' .*failed to import"):
+        resolve("h2_broken")
