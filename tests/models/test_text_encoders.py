@@ -169,3 +169,30 @@ def test_maml_vmap_and_loop_agree_on_the_transformer() -> None:
         results.append((loss, flat_grad(loss, params)))
     assert torch.allclose(results[0][0], results[1][0], atol=1e-12)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-10)
+
+
+@pytest.mark.parametrize("learner", ["matching", "relation", "finetune", "anil", "protomaml"])
+def test_every_learner_kind_takes_a_text_encoder(learner: str) -> None:
+    """No learner code changed: embedding learners take ``ways=None``, classifier learners
+    a head; the meta-loss is finite and has a gradient for every encoder parameter."""
+    from metaloop.algorithms.registry import resolve
+
+    cls = resolve(learner)
+    embedding = cls.model_role == "embedding"
+    torch.manual_seed(0)
+    model = TextCNN(VOCAB, 4, channels=3, kernel_sizes=(2, 3), ways=None if embedding else 2)
+    kwargs = {
+        "relation": {"input_shape": (5,)},  # a shape dry run on all-padding ids
+        "finetune": {"num_classes": 4, "steps": 5},
+        "anil": {"loss": "cross_entropy"},
+        "protomaml": {"loss": "cross_entropy"},
+    }.get(learner, {})
+    meta = cls(model, **kwargs)
+    batch = text_task_batch(tasks=2)
+    batch.info["classes"] = torch.tensor([[0, 1], [2, 3]])
+    loss, _ = meta.meta_loss(batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.features.embed.table.weight.grad is not None
+    scores = meta.evaluate_batch(batch)
+    assert all(bool(torch.isfinite(m["loss"]).all()) for m in scores.values())
