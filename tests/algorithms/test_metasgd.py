@@ -166,3 +166,28 @@ def test_meta_loss_and_gradient_equal_a_hand_written_inner_loop(granularity):
         rtol=1e-10,
         atol=1e-12,
     )
+
+
+def test_an_optimizer_object_and_copies_of_learned_rates():
+    """A learner takes an inner optimizer object as well as a name; a copy of a Meta-SGD
+    learner adapts with its own rates, not the original's."""
+    import copy
+
+    from metaloop.functional.optim import add_decayed_weights, chain, scale_by_learning_rate
+
+    model, batch = setup(4)
+    by_name = MAML(model, inner_lr=0.05, inner_steps=2).meta_loss(batch)[0]
+    plain = chain(scale_by_learning_rate(0.05))
+    by_object = MAML(model, inner_optimizer=plain, inner_steps=2).meta_loss(batch)[0]
+    torch.testing.assert_close(by_object, by_name, rtol=1e-14, atol=0)
+    decayed = chain(add_decayed_weights(0.5, "init"), scale_by_learning_rate(0.05))
+    assert MAML(model, inner_optimizer=decayed, inner_steps=2).meta_loss(batch)[0] != by_name
+    learner = MetaSGD(model, inner_lr=0.05, inner_steps=2)
+    twin = copy.deepcopy(learner)
+    with torch.no_grad():
+        for p in twin.lrs.values():
+            p.mul_(2.0)
+    assert float(twin.meta_loss(batch)[0]) != float(learner.meta_loss(batch)[0])
+    torch.testing.assert_close(learner.meta_loss(batch)[0], by_name, rtol=1e-14, atol=0)
+    with pytest.raises(ValueError, match="inner_optimizer_kwargs apply to a named"):
+        MAML(model, inner_optimizer=plain, inner_optimizer_kwargs={"beta": 0.5})

@@ -127,12 +127,12 @@ class GradientMetaLearner(MetaLearner):
         fn, args, kwargs = self._optimizer_recipe
         return fn(*args, **kwargs)
 
-    def use_inner_optimizer(self, fn: Callable[..., InnerOptimizer], *args: Any, **kwargs: Any):
-        """Make ``fn(*args, **kwargs)`` the inner optimizer.  Learnable parts among ``args``
+    def use_inner_optimizer(self, fn: Callable[..., InnerOptimizer], *args: Any, **kw: Any) -> None:
+        """Make ``fn(*args, **kw)`` the inner optimizer.  Learnable parts among ``args``
         (a ``LearnedRates``, a rule) must be modules of this learner, registered before, so
         that they are saved and receive the meta-gradient (Meta-SGD, LSLR, learned rule)."""
-        self._optimizer_recipe = (fn, args, kwargs)
-        fn(*args, **kwargs)  # validates now rather than in the first inner loop
+        self._optimizer_recipe = (fn, args, kw)
+        fn(*args, **kw)  # validates now rather than in the first inner loop
 
     def set_norm_row(self, step: int) -> None:
         """Select affine row ``step`` of the model's per-step batch norm (no-op without)."""
