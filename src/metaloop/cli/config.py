@@ -379,17 +379,18 @@ def _check_validation_protocol(train: dict[str, Any]) -> None:
     select = train["select_on"]
     if not select:
         return
-    metric, at, count = select.partition("@")
-    if not metric or (at and not count.isdigit()):
+    metric, at, counts = select.partition("@")
+    if not metric or (at and not all(c.strip().isdigit() for c in counts.split(","))):
         raise ConfigError(
-            "train.select_on must be a metric name or 'metric@steps' (for example "
-            f"'loss@10'), got {select!r}"
+            "train.select_on must be a metric name, 'metric@steps' or 'metric@steps,steps,...' "
+            f"(for example 'loss@10' or 'loss@1,5,10'), got {select!r}"
         )
-    if at and steps and int(count) not in steps:
-        raise ConfigError(
-            f"train.select_on = {select!r} names {count} steps; train.validation_steps "
-            f"{steps} does not include it"
-        )
+    for count in counts.split(",") if at else ():
+        if steps and int(count) not in steps:
+            raise ConfigError(
+                f"train.select_on = {select!r} names {count.strip()} steps; "
+                f"train.validation_steps {steps} does not include it"
+            )
 
 
 def constructor_kwargs(

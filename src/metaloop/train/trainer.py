@@ -276,13 +276,14 @@ class Trainer:
         self,
         batches: Sequence[TaskBatch],
         steps: Sequence[int] | None = None,
-        select: int | None = None,
+        select: int | Sequence[int] | None = None,
     ) -> dict[str, float]:
         """Mean query metrics of the learner over fixed task batches.
 
-        The metrics at step count ``select`` (default: the largest evaluated) keep their
-        plain names (``loss``, ``accuracy``); when several step counts are evaluated, each
-        one's metrics are also given as ``name@steps`` (``loss@1``, ``loss@10``).
+        The metrics at step count ``select`` (default: the largest evaluated; several step
+        counts: their mean) keep their plain names (``loss``, ``accuracy``); when several
+        step counts are evaluated, each one's metrics are also given as ``name@steps``
+        (``loss@1``, ``loss@10``).
         """
         self.learner.eval()
         sums: dict[int, dict[str, float]] = {}
@@ -294,13 +295,17 @@ class Trainer:
                     sums.setdefault(s, {})[k] = sums.get(s, {}).get(k, 0.0) + float(v.sum())
             count += len(batch)
         self.learner.train()
-        chosen = max(sums) if select is None else select
-        if chosen not in sums:
+        if select is None:
+            chosen: Sequence[int] = (max(sums),)
+        else:
+            chosen = (select,) if isinstance(select, int) else tuple(select)
+        missing = [s for s in chosen if s not in sums]
+        if missing:
             raise ValueError(
-                f"validation at {chosen} steps was asked for, but the learner reported step "
+                f"validation at {missing} steps was asked for, but the learner reported step "
                 f"counts {sorted(sums)}"
             )
-        out = {k: v / count for k, v in sums[chosen].items()}
+        out = {k: sum(sums[s][k] for s in chosen) / (count * len(chosen)) for k in sums[chosen[0]]}
         if len(sums) > 1:
             for s in sorted(sums):
                 out.update({f"{k}@{s}": v / count for k, v in sums[s].items()})
@@ -333,7 +338,8 @@ class Trainer:
         Validation adapts with every step count in ``validation_steps`` (default: the
         learner's ``default_eval_steps``) and logs each one's metrics (``loss@10``).  The
         best checkpoint is chosen on ``select_on``, ``"metric@steps"`` (``"loss@10"``: the
-        mean query loss after 10 steps, lowest wins; ``accuracy`` highest wins) or a bare
+        mean query loss after 10 steps, lowest wins; ``accuracy`` highest wins), its mean
+        over several step counts (``"loss@1,5,10"``: ``(L_1 + L_5 + L_10) / 3``) or a bare
         metric name (at the largest validation step count); default: accuracy for
         classification, else loss, at the largest validation step count.  To validate on
         the protocol that is reported, give ``validate_on`` the test episodes' shape (shots)
@@ -610,9 +616,10 @@ class _Running:
 
 def _selection(
     steps: Sequence[int] | None, select_on: str | None, classification: bool
-) -> tuple[tuple[int, ...] | None, int | None, str]:
-    """``(validation step counts, step count that selects, metric that selects)`` from
-    ``fit``'s ``validation_steps`` and ``select_on`` (``"loss@10"``, ``"accuracy"``)."""
+) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None, str]:
+    """``(validation step counts, step counts that select, metric that selects)`` from
+    ``fit``'s ``validation_steps`` and ``select_on`` (``"loss@10"``, ``"loss@1,5,10"``,
+    ``"accuracy"``)."""
     if steps is not None:
         steps = tuple(steps)
         if not steps or any(not is_int(s) or s < 0 for s in steps):
@@ -622,22 +629,24 @@ def _selection(
     if select_on is None:
         return steps, None, "accuracy" if classification else "loss"
     metric, at, step_text = str(select_on).partition("@")
-    if not metric or (at and not step_text.isdigit()):
+    counts = step_text.split(",")
+    if not metric or (at and not all(c.strip().isdigit() for c in counts)):
         raise ValueError(
-            f"select_on must be 'metric' or 'metric@steps' (for example 'loss@10' or "
-            f"'accuracy@1'), got {select_on!r}"
+            f"select_on must be 'metric', 'metric@steps' or 'metric@steps,steps,...' (for "
+            f"example 'loss@10', 'loss@1,5,10' or 'accuracy@1'), got {select_on!r}"
         )
     if not at:
         return steps, None, metric
-    step = int(step_text)
+    chosen = tuple(dict.fromkeys(int(c) for c in counts))
     if steps is None:
-        steps = (step,)
-    elif step not in steps:
-        raise ValueError(
-            f"select_on {select_on!r} names {step} steps, which validation_steps "
-            f"{list(steps)} does not include"
-        )
-    return steps, step, metric
+        steps = chosen
+    for step in chosen:
+        if step not in steps:
+            raise ValueError(
+                f"select_on {select_on!r} names {step} steps, which validation_steps "
+                f"{list(steps)} does not include"
+            )
+    return steps, chosen, metric
 
 
 def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
