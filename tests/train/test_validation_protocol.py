@@ -112,6 +112,18 @@ def test_selection_on_a_step_count_keeps_the_hand_computed_best(tmp_path, select
         assert record["loss"] == record[f"loss@{step}"]
 
 
+def test_selection_on_the_mean_of_several_step_counts(tmp_path):
+    # (L_1 + L_5) / 2 by hand: A 1.05 / 3, B 0.53 / 3, C more: B, which 1 step alone does not pick
+    result, best = train(tmp_path, validation_steps=(1, 5, 10), select_on="loss@1,5")
+    hand = [(hand_loss(w, 1) + hand_loss(w, 5)) / 2 for w in WEIGHTS]
+    assert result.best_iteration == 1 + min(range(3), key=hand.__getitem__) == 2
+    assert result.best_metric == pytest.approx(hand[1], rel=1e-5)
+    assert best["metric"] == {"loss@1,5": pytest.approx(hand[1], rel=1e-5)}
+    val = [r for r in result.history if r["split"] == "val"]
+    assert [r["loss"] for r in val] == pytest.approx(hand, rel=1e-5)
+    assert val[0]["loss@10"] == pytest.approx(hand_loss(WEIGHTS[0], 10), rel=1e-5)
+
+
 def test_select_on_alone_sets_the_validation_step_count(tmp_path):
     result, _ = train(tmp_path, select_on="loss@5")
     val = [r for r in result.history if r["split"] == "val"]
@@ -123,7 +135,8 @@ def test_select_on_alone_sets_the_validation_step_count(tmp_path):
     "options, message",
     [
         ({"validation_steps": (1, 5), "select_on": "loss@10"}, "names 10 steps, which"),
-        ({"select_on": "loss@ten"}, "select_on must be 'metric' or 'metric@steps'"),
+        ({"select_on": "loss@ten"}, "select_on must be 'metric', 'metric@steps' or"),
+        ({"validation_steps": (1, 5), "select_on": "loss@1,10"}, "names 10 steps, which"),
         ({"validation_steps": ()}, "validation_steps must be a non-empty list"),
         ({"validation_steps": (1, -1)}, "validation_steps must be a non-empty list"),
         ({"select_on": "accuracy@1"}, "select_on 'accuracy@1': the learner's validation reports"),
