@@ -53,10 +53,8 @@ class GradientMetaLearner(MetaLearner):
             a batch's support tensors ``[T, S, ...]`` (``tasks.augment``), applied before
             every inner loop (``meta_loss``, ``evaluate_batch``, ``adapt``); queries untouched.
 
-    Per-step normalization (``norm="batch_per_step"``, MAML++ "BNWB").  When the model holds
-    a ``PerStepBatchNorm2d`` the learner selects its affine row in every path: row ``k``
-    for the support forward of inner step ``k`` and row ``K`` for the query forward after
-    ``K`` steps (rows past the last one clamp to it); the same row for all tasks of a batch.
+    Per-step normalization (MAML++ "BNWB", a ``PerStepBatchNorm2d`` in the model): row ``k``
+    for the support forward of inner step ``k``, row ``K`` for the query after ``K`` steps.
     """
 
     gradient_mode: GradientMode = "second_order"
@@ -102,7 +100,6 @@ class GradientMetaLearner(MetaLearner):
         self.policy = VectorizePolicy(self.speed.vectorize, loop_on_cpu=has_convolution(model))
         #: whether the model has per-step batch norm, whose row the learner selects
         self.per_step_norm = any(isinstance(m, PerStepBatchNorm2d) for m in model.modules())
-        self._optimizer_recipe: tuple[Callable[..., InnerOptimizer], tuple, dict] | None = None
         if support_transform is not None and not callable(support_transform):
             raise ValueError(f"support_transform must be callable, got {support_transform!r}")
         self.support_transform = support_transform
@@ -118,21 +115,9 @@ class GradientMetaLearner(MetaLearner):
         lambda self: self.speed.chunk_size, lambda self, v: setattr(self.speed, "chunk_size", v)
     )
 
-    @property
-    def inner_optimizer(self) -> InnerOptimizer:
-        """Built afresh from its recipe at every use (a few closures), so that it reads this
-        learner's own learned rates or rule (copies included)."""
-        if self._optimizer_recipe is None:
-            return self.inner.build_optimizer(self.inner.lr)
-        fn, args, kwargs = self._optimizer_recipe
-        return fn(*args, **kwargs)
-
-    def use_inner_optimizer(self, fn: Callable[..., InnerOptimizer], *args: Any, **kw: Any) -> None:
-        """Make ``fn(*args, **kw)`` the inner optimizer.  Learnable parts among ``args``
-        (a ``LearnedRates``, a rule) must be modules of this learner, registered before, so
-        that they are saved and receive the meta-gradient (Meta-SGD, LSLR, learned rule)."""
-        self._optimizer_recipe = (fn, args, kw)
-        fn(*args, **kw)  # validates now rather than in the first inner loop
+    #: the inner optimizer, ``inner.current_optimizer()``: a factory such as Meta-SGD's sets
+    #: its own with ``self.inner.use(fn, *args)`` (``functional.inner.InnerLoop.use``)
+    inner_optimizer = property(lambda self: self.inner.current_optimizer())
 
     def set_norm_row(self, step: int) -> None:
         """Select affine row ``step`` of the model's per-step batch norm (no-op without)."""
@@ -224,9 +209,8 @@ class GradientMetaLearner(MetaLearner):
         self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, mode: GradientMode | None = None,
         in_transform: bool = False,
     ) -> tuple[Tensor, Tensor]:  # fmt: skip
-        """Per-task query loss and accuracy ``[T]`` from the four tensors of a task batch: the
-        functional core of ``meta_loss``, as ``forward`` so that ``functional_call`` can run
-        it with substituted parameters (how ``compile=True`` differentiates it)."""
+        """Per-task query loss and accuracy ``[T]``: ``meta_loss``'s core, as ``forward`` so that
+        ``functional_call`` runs it with substituted parameters (``compile=True``)."""
         return self._query_losses(sx, sy, qx, qy, mode or self.gradient_mode, in_transform)
 
     # -- protocol ------------------------------------------------------------------------

@@ -78,7 +78,7 @@ class LearnedOptimizer(MAML):
         ref = next(model.parameters())
         self.rule = UpdateRule(rule_hidden, feature_scale).to(dtype=ref.dtype, device=ref.device)
         self.beta = beta  # validated where the rule is built, next line
-        self.use_inner_optimizer(learned, self.inner_lr, self.rule, beta)
+        self.inner.use(learned, self.inner_lr, self.rule, beta)
         self.beta = float(beta)
 
     def extra_repr(self) -> str:

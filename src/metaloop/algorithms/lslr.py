@@ -33,7 +33,7 @@ class LSLR(MAML):
         if not isinstance(self.inner.optimizer, str):
             raise ValueError("LSLR learns the rates of a named inner_optimizer (e.g. 'sgd')")
         self.lrs = LearnedRates(model, self.adapt_names, self.inner_lr, "tensor", self.inner_steps)
-        self.use_inner_optimizer(self.inner.build_optimizer, self.lrs, per_step=True)
+        self.inner.use(self.inner.build_optimizer, self.lrs, per_step=True)
 
 
 __all__ = ["LSLR"]

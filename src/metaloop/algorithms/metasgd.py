@@ -36,4 +36,4 @@ class MetaSGD(MAML):
             raise ValueError("MetaSGD learns the rates of a named inner_optimizer (e.g. 'sgd')")
         self.granularity = granularity
         self.lrs = LearnedRates(model, self.adapt_names, self.inner_lr, granularity)
-        self.use_inner_optimizer(self.inner.build_optimizer, self.lrs)
+        self.inner.use(self.inner.build_optimizer, self.lrs)

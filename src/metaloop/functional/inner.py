@@ -63,6 +63,7 @@ class InnerLoop:
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
     adapt: Any = None
     min_steps: int = 1
+    recipe: tuple[Callable[..., InnerOptimizer], tuple, dict] | None = None
 
     def __post_init__(self) -> None:
         steps, lr = self.steps, self.lr
@@ -91,6 +92,22 @@ class InnerLoop:
         if not isinstance(self.optimizer, str) and self.optimizer_kwargs:
             raise ValueError("inner_optimizer_kwargs apply to a named inner optimizer only")
         self.build_optimizer(self.lr)  # validates the name and its arguments
+
+    def use(self, fn: Callable[..., InnerOptimizer], *args: Any, **kwargs: Any) -> None:
+        """Make ``fn(*args, **kwargs)`` the inner optimizer (``optimizer`` then builds it).
+        Learnable parts among ``args`` (a ``LearnedRates``, a rule) must be modules of the
+        learner, so that they are saved and receive the meta-gradient; the optimizer is
+        rebuilt from this recipe at every use, so a copy of the learner uses its own."""
+        self.recipe = (fn, args, kwargs)
+        fn(*args, **kwargs)  # validates now rather than in the first inner loop
+
+    def current_optimizer(self) -> InnerOptimizer:
+        """The inner optimizer: from the recipe given to ``use``, else ``build_optimizer(lr)``
+        (a few closures, built afresh at every call so that it reads the current rates)."""
+        if self.recipe is None:
+            return self.build_optimizer(self.lr)
+        fn, args, kwargs = self.recipe
+        return fn(*args, **kwargs)
 
     def build_optimizer(self, rate: Any, **extra: Any) -> InnerOptimizer:
         """The named optimizer at ``rate`` (a number, tensors, a module of learned rates or a

@@ -169,6 +169,8 @@ def scale_by_learning_rate(
     def init(params: Params) -> RateState:
         if schedule:
             return RateState(0, None, per_step)
+        if isinstance(lr, nn.ParameterDict):  # a Module holding a dict of rates, as a dict
+            return RateState(0, dict(lr.items()), per_step)
         return RateState(0, lr() if isinstance(lr, nn.Module) else lr, per_step)
 
     def update(updates: Params, state: RateState, params: Params) -> tuple[Params, RateState]:
