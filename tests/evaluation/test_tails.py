@@ -137,3 +137,20 @@ def test_cli_eval_reports_divergent_episodes_and_checks_the_factor(tmp_path, cap
     assert "above 1e+06x the loss before adaptation" in capsys.readouterr().out
     assert main([*common, "--divergence-factor", "0.5"]) == 2
     assert "--divergence-factor must be a finite number >= 1, got 0.5" in capsys.readouterr().err
+
+
+def test_a_nan_episode_is_the_worst_in_the_reported_median():
+    class ThreeEpisodes(FixedEpisodes):
+        def sample(self, tasks, generator):
+            sx = torch.tensor([[3.0] * self.shots, [1.0] * self.shots, [1.0] * self.shots])
+            qx = torch.ones(3, self.queries, 1)
+            return TaskBatch(sx[..., None], 2 * sx[..., None], qx, 2 * qx)
+
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    learner = MAML(model, inner_lr=0.2, inner_steps=1)  # the first grows 2.6x a step
+    result = evaluate(learner, ThreeEpisodes(), episodes=3, steps=(300,), batch_size=3)
+    tail = result.tails[300]
+    assert tail.nonfinite == 1 and tail.divergent == 1 and math.isnan(tail.mean)
+    calm = closed_form_query_loss(1.0, 0.2, 300)
+    assert result[300]["loss"].median == tail.median == pytest.approx(calm, abs=1e-12)

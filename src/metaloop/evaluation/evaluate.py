@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -181,7 +181,8 @@ def evaluate(
     divergent when its query loss is not finite or above ``divergence_factor`` times its
     query loss before adaptation (``metaloop.evaluation.tails``).  To know that loss the
     learner is also evaluated at 0 steps whenever a positive step count is asked for (one
-    more query forward per episode; it is reported only if asked for).
+    more query forward per episode; it is reported only if asked for).  The loss's median
+    counts a non-finite (even NaN) episode as the worst one.
     """
     if isinstance(steps, int):
         steps = (steps,)
@@ -205,4 +206,6 @@ def evaluate(
     if with_initial:
         values.pop(0, None)
     result = {s: {k: estimate(v) for k, v in m.items()} for s, m in values.items()}
+    for s, tail in tails.items():  # a NaN episode is the worst one, not a NaN median
+        result[s]["loss"] = replace(result[s]["loss"], median=tail.median)
     return EvalResult(result, episodes, seed, tails=tails, divergence_factor=factor)
