@@ -128,6 +128,11 @@ def test_evaluate_batch_reports_one_value_per_task(name: str) -> None:
         assert "loss" in out[s] and ("accuracy" in out[s]) == learner.classification
         for metric, value in out[s].items():
             assert value.shape == (len(batch),) and finite(value), (s, metric, value)
+    learner.check_batch(batch)  # the model fits the family it was built for
+    if learner.classification:  # a predictive distribution over the ways, per query
+        log_p = learner.query_log_probs(batch, steps[:1])[steps[0]]
+        assert log_p.shape == (*batch.query_y.shape, batch.ways)
+        torch.testing.assert_close(log_p.exp().sum(-1), torch.ones(batch.query_y.shape))
 
 
 @pytest.mark.parametrize("name", NAMES)
