@@ -110,6 +110,8 @@ def plot_noise_by_shots(by_shots: dict[str, dict[str, Any]], path: Path) -> Path
     ax.set_xlabel("support shots")
     ax.set_ylabel("trace of covariance (one task)")
     ax.set_xscale("log")
+    ax.set_xticks(shots, [str(s) for s in shots])
+    ax.minorticks_off()
     ax.set_yscale("log")
     ax.set_title("meta-gradient noise by source")
     ax.legend(fontsize=8)
