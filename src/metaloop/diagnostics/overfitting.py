@@ -106,7 +106,6 @@ class TaskPool:
                 f"pool task, got shots={shots}, queries={queries}"
             )
         self.shots, self.queries, self.ways = shots, queries, tasks.ways
-        self.loss = getattr(tasks, "loss", None)
 
     def __len__(self) -> int:
         return self.x.shape[0]
