@@ -75,8 +75,8 @@ MINIMAL: dict[str, list[str]] = {
         "algorithm.hidden=4",
         "algorithm.fc_hidden=4",
     ],
-    # the context is concatenated to the input: 1 + num_context features in
-    "cavia": [*REGRESSION, "model.in_features=3", "algorithm.num_context=2"],
+    # CAVIA's model_spec sizes the MLP for the input and the context (1 + 2 features)
+    "cavia": [*REGRESSION, "algorithm.num_context=2"],
     OUT_OF_TREE: REGRESSION,
 }
 NAMES = [*available(), OUT_OF_TREE]

@@ -258,6 +258,12 @@ class MetaLearner(Adaptable):
         return {"loss": spec.loss} if constructor_accepts(cls, "loss") else {}
 
     @classmethod
+    def model_spec(cls, spec: TaskSpec, options: Mapping[str, Any]) -> TaskSpec:
+        """The spec the model is sized from (the CLI's model defaults): the family's, unless
+        the learner changes what the model sees (CAVIA appends its context to the input)."""
+        return spec
+
+    @classmethod
     def needs_training_classes(cls, options: Mapping[str, Any]) -> bool:
         """Whether ``config_defaults`` reads ``spec.num_classes`` for these ``[algorithm]``
         keys: the CLI then hands it the spec of the loaded training family (the one the

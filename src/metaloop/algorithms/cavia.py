@@ -16,7 +16,8 @@ second-order meta-gradient is cheap; ``first_order=True`` drops it as FOMAML doe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,9 +29,11 @@ from metaloop.algorithms.registry import register
 from metaloop.functional.inner import GradientMode
 from metaloop.functional.params import Params
 from metaloop.tasks.base import TaskBatch
+from metaloop.tasks.registry import TaskSpec
 from metaloop.validate import is_int
 
 CONTEXT = "context"
+DEFAULT_NUM_CONTEXT = 4
 
 
 class ContextModel(nn.Module):
@@ -73,11 +76,17 @@ class CAVIA(MAML):
             except ``adapt``, which is always the context.
     """
 
+    @classmethod
+    def model_spec(cls, spec: TaskSpec, options: Mapping[str, Any]) -> TaskSpec:
+        """The model takes the flattened input and the context: ``x_dim + num_context``."""
+        num_context = options.get("num_context", DEFAULT_NUM_CONTEXT)
+        return dataclasses.replace(spec, input_shape=(spec.x_dim + num_context,))
+
     def __init__(
         self,
         model: nn.Module,
         *args: Any,
-        num_context: int = 4,
+        num_context: int = DEFAULT_NUM_CONTEXT,
         inner_lr: float = 1.0,
         **kwargs: Any,
     ) -> None:

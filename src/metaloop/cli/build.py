@@ -275,8 +275,10 @@ MODEL_SIZES: dict[str, Callable[[TaskSpec, str], dict[str, Any]]] = {
 
 
 def model_defaults(cfg: dict[str, Any], name: str, spec: TaskSpec) -> dict[str, Any]:
-    """Constructor defaults of model ``name`` for the configured family and learner."""
-    role = algorithm_class(cfg["algorithm"].get("name", "maml")).model_role
+    """Constructor defaults of model ``name`` for the configured family and learner (the
+    learner's ``model_spec`` of the family's spec, and its ``model_role``)."""
+    cls = algorithm_class(cfg["algorithm"].get("name", "maml"))
+    spec, role = cls.model_spec(spec, _algorithm_options(cfg, cls)), cls.model_role
     sizes = MODEL_SIZES.get(name)
     return {**(sizes(spec, role) if sizes else {}), **spec.model_hints.get(name, {})}
 
