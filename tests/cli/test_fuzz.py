@@ -7,10 +7,11 @@ never a traceback and never the catch-all "internal error" line; and on failure 
 of the existing run directory may change (a successful resume may write).
 
 Run in-process (``metaloop.cli.main.main``) so hundreds of cases fit in the suite: the
-examples are derandomized (the same every run) and capped at 60 s (50 s of generated calls, then three real processes).  A longer run is
+examples are derandomized (the same every run) and capped at 60 s (50 s of generated
+calls, then three real processes through ``python -m metaloop``).  A longer run is
 opt-in: ``METALOOP_FUZZ=1 pytest -m fuzz tests/cli/test_fuzz.py -s`` (examples from
 ``METALOOP_FUZZ_EXAMPLES``, default 1500, random each run).  Counts are printed at the end
-(``-s``) and reported in docs/reliability.md.  A few cases also run as real processes.
+(``-s``) and reported in docs/reliability.md.
 """
 
 from __future__ import annotations
