@@ -14,6 +14,7 @@ from metaloop.evaluation.predictions import (
     save_predictions,
 )
 from metaloop.evaluation.shift import ShiftAveraged
+from metaloop.evaluation.tails import TailSummary, divergent_episodes, tail_summary
 from metaloop.evaluation.wrapper import EvaluationWrapper
 
 __all__ = [
@@ -25,10 +26,13 @@ __all__ = [
     "EvaluationWrapper",
     "Predictions",
     "ShiftAveraged",
+    "TailSummary",
     "collect_predictions",
     "combine_predictions",
+    "divergent_episodes",
     "estimate",
     "evaluate",
     "load_predictions",
     "save_predictions",
+    "tail_summary",
 ]
