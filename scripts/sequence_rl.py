@@ -216,7 +216,15 @@ def run_plot(args: argparse.Namespace) -> dict:
     import matplotlib.pyplot as plt
 
     baselines = json.loads((args.bandits / "result.json").read_text())
-    rl2 = json.loads((args.rl2 / "result.json").read_text()) if args.rl2 else {}
+    rl2 = {}
+    if args.rl2 and (args.rl2 / "eval.json").is_file():  # a `metaloop rl` run directory
+        evaluation = json.loads((args.rl2 / "eval.json").read_text())
+        rl2["arms"] = json.loads((args.rl2 / "config.json").read_text())["env"]["arms"]
+        for key, block in evaluation.items():
+            if key.startswith("horizon="):
+                rl2[f"n={key.split('=')[1]}"] = block["rl2"]
+    elif args.rl2:
+        rl2 = json.loads((args.rl2 / "result.json").read_text())
     fig, axes = plt.subplots(1, len(SETTINGS), figsize=(5 * len(SETTINGS), 3.6))
     for ax, (arms, horizon) in zip(axes, SETTINGS):
         for name, row in baselines[f"k={arms},n={horizon}"].items():
