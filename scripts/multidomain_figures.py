@@ -96,6 +96,11 @@ def main() -> None:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--iterations", type=int, default=400)
     p.add_argument("--episodes", type=int, default=600)
+    p.add_argument(
+        "--only",
+        default="",
+        help="run only ProtoNet trained on this one domain (parallel runs of the comparison)",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     parts = domains(Path(args.data), args.double, args.cache_dir)
@@ -103,6 +108,20 @@ def main() -> None:
     tests = {n: te for n, (_, te) in parts.items()}
     mixture = MultiDomainSampler(trains, SIZES)
     runs: dict[str, Any] = {}
+    if args.only:
+        torch.manual_seed(0)
+        learner = ProtoNet(Conv4(1, None, hidden=32))
+        cpu = train(
+            learner, MultiDomainSampler({args.only: trains[args.only]}, SIZES), args.iterations
+        )
+        row = {
+            "cpu_seconds": cpu,
+            **test(learner, {args.only: tests[args.only]}, args.episodes)[args.only],
+        }
+        print(args.only, json.dumps(row), flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"domain": args.only, "protonet alone": row}))
+        return
 
     torch.manual_seed(0)
     proto = ProtoNet(Conv4(1, None, hidden=32))
