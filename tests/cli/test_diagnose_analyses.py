@@ -109,6 +109,23 @@ def test_oracle_flag_refuses_a_model_with_hidden_layers(tmp_path, capsys):
     )
     assert main(["diagnose", str(tmp_path / "r"), "--batches", "2", "--oracle"]) == 2
     assert "bias-free linear model" in capsys.readouterr().err
+    protonet = CONFIG.replace(
+        'name = "maml"\ninner_lr = 0.05\ninner_steps = 1', 'name = "protonet"'
+    )
+    protonet = protonet.replace(
+        'family = "linear"\ndim = 3\nshots = 5', 'family = "rotating_boundary"\nshots = 30'
+    )
+    protonet = protonet.replace("noise_std = 1.0\n", "").replace(
+        "hidden = []\nbias = false", "hidden = [4]"
+    )
+    (tmp_path / "p.toml").write_text(protonet)
+    assert (
+        main(["train", str(tmp_path / "p.toml"), "--run-dir", str(tmp_path / "p"), "--no-progress"])
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["diagnose", str(tmp_path / "p"), "--batches", "2", "--inner-lrs", "0.1"]) == 2
+    assert "adapts by inner gradient steps" in capsys.readouterr().err
 
 
 def test_diversity_flag_on_sinusoid_and_refused_without_intervals(run_dir, tmp_path, capsys):

@@ -138,6 +138,22 @@ def run_analyses(
     def make_learner() -> Any:
         return build_learner(cfg, build_model(cfg))
 
+    stepwise = [
+        flag
+        for flag, on in (
+            ("--oracle", args.oracle),
+            ("--inner-lrs", args.inner_lrs),
+            ("--inner-decay", args.inner_decay),
+            ("--support-jitter", args.support_jitter),
+            ("--geometry", args.geometry),
+        )
+        if on
+    ]
+    if stepwise and not learner.adapts_by_steps:
+        raise ConfigError(
+            f"{', '.join(stepwise)} need a learner that adapts by inner gradient steps (MAML "
+            f"family), got {type(learner).__name__}"
+        )
     out: dict[str, Any] = {}
     if args.oracle:
         try:
