@@ -57,6 +57,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 1000,
     "log_every": 100,
     "nonfinite": "stop",
+    # with nonfinite = "skip": stop when more than this fraction of the steps were skipped
+    "max_skipped_fraction": 0.5,
     "tasks_per_chunk": 0,
     "threads": 0,
     # keep freed CPU memory for reuse (glibc; metaloop.runtime.retain_freed_memory)
@@ -118,6 +120,7 @@ NON_NEGATIVE = (
             "validation_shots",
             "validation_ways",
             "sharpness_tasks",
+            "max_skipped_fraction",
         )
     }
     | {("eval", k) for k in ("shots", "queries", "ways", "tta_shift")}
