@@ -58,6 +58,22 @@ def test_gaussian_bandit_and_navigation():
     assert reward == pytest.approx(-0.2) and not truncated
 
 
+def test_pendulum_physics_change_with_the_task():
+    env = make_env("pendulum", horizon=5)
+    light, heavy = {"mass": 0.5, "length": 1.0}, {"mass": 2.0, "length": 1.0}
+    after = []
+    for task in (light, heavy):
+        env.set_task(task)
+        obs, _ = env.reset(seed=3)
+        assert obs.shape == env.observation_space.shape
+        after.append(env.step(np.array([2.0]))[0])
+    assert not np.allclose(after[0], after[1])  # the same torque turns a light pole faster
+    tasks = env.sample_tasks(50, torch.Generator().manual_seed(0))
+    assert all(0.5 <= t["mass"] <= 2.0 and 0.5 <= t["length"] <= 2.0 for t in tasks)
+    with pytest.raises(EnvError, match="one finite torque"):
+        env.step(np.array([1.0, 2.0]))
+
+
 def test_gymnasium_make_and_user_registration():
     env = gymnasium.make("metaloop/BernoulliBandit-v0", arms=4, horizon=3)
     assert env.unwrapped.arms == 4

@@ -19,6 +19,7 @@ Families (registered by name below and with gymnasium as ``metaloop/<Name>-v0``,
   starts at the origin, the goal is drawn per task uniformly from ``[-goal_range,
   goal_range]^2``, an action is a velocity clipped to ``[-max_step, max_step]^2``, the
   reward is the negative distance to the goal after the move, ``horizon`` steps.
+* ``pendulum``: classic-control swing-up with the pole's mass and length drawn per task.
 
 The bandits observe a constant ``[0.]`` in a ``Box(0, 1)`` (everything is in the rewards)
 and report the pull's expected regret ``max_a p_a - p_chosen`` in ``info["regret"]``.
@@ -226,6 +227,58 @@ class PointNavigationEnv(MetaEnv):
         return self.position.astype(np.float32), -distance, False, truncated, {}
 
 
+class PendulumEnv(MetaEnv):
+    """Classic-control pendulum swing-up (gymnasium's ``Pendulum-v1`` dynamics) with the
+    pole's mass and length drawn per task, ``m ~ U[mass_range]``, ``l ~ U[length_range]``:
+
+        thdot' = thdot + (3 g / (2 l) sin(th) + 3 / (m l^2) u) dt,   th' = th + thdot' dt,
+
+    reward ``-(th^2 + 0.1 thdot^2 + 0.001 u^2)``, torque ``u`` clipped to ``[-2, 2]``,
+    observation ``(cos th, sin th, thdot)``, ``horizon`` steps."""
+
+    def __init__(
+        self,
+        horizon: int = 200,
+        mass_range: tuple[float, float] = (0.5, 2.0),
+        length_range: tuple[float, float] = (0.5, 2.0),
+    ):
+        super().__init__(horizon)
+        from gymnasium.envs.classic_control.pendulum import PendulumEnv as Dynamics
+
+        for name, (low, high) in (("mass_range", mass_range), ("length_range", length_range)):
+            if not 0 < low <= high:
+                raise EnvError(f"{name} must satisfy 0 < low <= high, got ({low}, {high})")
+        self.mass_range, self.length_range = tuple(mass_range), tuple(length_range)
+        self.dynamics = Dynamics()
+        self.action_space = self.dynamics.action_space
+        self.observation_space = self.dynamics.observation_space
+
+    def sample_tasks(self, n: int, generator: torch.Generator | None = None) -> list[dict]:
+        _positive("n", n)
+        u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+        (m0, m1), (l0, l1) = self.mass_range, self.length_range
+        return [
+            {"mass": float(m0 + (m1 - m0) * a), "length": float(l0 + (l1 - l0) * b)}
+            for a, b in u.tolist()
+        ]
+
+    def set_task(self, task: dict[str, Any]) -> None:
+        super().set_task(task)
+        self.dynamics.m, self.dynamics.l = float(task["mass"]), float(task["length"])
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self._start(seed)
+        return self.dynamics.reset(seed=seed)
+
+    def step(self, action):
+        a = np.asarray(action, dtype=np.float32).reshape(-1)
+        if a.shape != (1,) or not np.isfinite(a).all():
+            raise EnvError(f"action must be one finite torque (clipped to +-2), got {action!r}")
+        truncated = self._advance()
+        obs, reward, _, _, info = self.dynamics.step(a)
+        return obs, float(reward), False, truncated, info
+
+
 def check_transition(env: gymnasium.Env, transition: tuple) -> tuple:
     """Check ``env.step``'s answer against the env's declared observation space: five
     items, an observation of the declared shape, a finite scalar reward.  Returns it."""
@@ -263,11 +316,13 @@ ENVS: dict[str, Callable[..., MetaEnv]] = {
     "bernoulli_bandit": BernoulliBanditEnv,
     "gaussian_bandit": GaussianBanditEnv,
     "point_navigation": PointNavigationEnv,
+    "pendulum": PendulumEnv,
 }
 GYM_IDS = {
     "bernoulli_bandit": "metaloop/BernoulliBandit-v0",
     "gaussian_bandit": "metaloop/GaussianBandit-v0",
     "point_navigation": "metaloop/PointNavigation-v0",
+    "pendulum": "metaloop/Pendulum-v0",
 }
 
 
@@ -312,6 +367,7 @@ __all__ = [
     "EnvError",
     "GaussianBanditEnv",
     "MetaEnv",
+    "PendulumEnv",
     "PointNavigationEnv",
     "check_observation",
     "check_transition",
