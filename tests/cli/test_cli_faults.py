@@ -184,8 +184,11 @@ def test_save_predictions_into_an_unwritable_directory_fails_before_the_episodes
     refuse_writes_under(monkeypatch, out_dir, PermissionError(errno.EACCES, "Permission denied"))
     line = error_line(capsys, "eval", str(run), "--save-predictions", str(out_dir / "p.pt"))
     assert "the directory" in line and "is not writable (Permission denied)" in line
-    line = error_line(capsys, "eval", str(run), "--save-predictions", str(tmp_path / "no" / "p.pt"))
-    assert f"the directory {tmp_path / 'no'} does not exist" in line
+    (tmp_path / "afile").write_text("x")
+    line = error_line(
+        capsys, "eval", str(run), "--save-predictions", str(tmp_path / "afile" / "d" / "p.pt")
+    )
+    assert f"{tmp_path / 'afile'} is a file, not a directory" in line
 
 
 CLASSIFIER = """

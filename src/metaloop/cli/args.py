@@ -40,9 +40,10 @@ def seed_int(text: str) -> int:
     return value
 
 
-def check_output_path(path: str | Path, option: str) -> None:
+def check_output_path(path: str | Path, option: str, create_parents: bool = False) -> None:
     """Fail before any work when ``path`` cannot be written: a folder above it is a file,
-    missing, or not writable (a probe file is created and removed).  Creates nothing."""
+    missing (unless ``create_parents``: the writer will create it), or not writable (a
+    probe file is created and removed in the nearest existing folder).  Creates nothing."""
     import os
     import tempfile
 
@@ -50,6 +51,9 @@ def check_output_path(path: str | Path, option: str) -> None:
     if path.is_dir():
         raise ConfigError(f"{option} {path} is a directory; give a file path")
     parent = path.parent
+    if create_parents:
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
     if not parent.exists():
         raise ConfigError(f"{option} {path}: the directory {parent} does not exist")
     if not parent.is_dir():

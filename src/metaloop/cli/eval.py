@@ -141,7 +141,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 f"--save-predictions {args.save_predictions} already exists; predictions "
                 "are never overwritten"
             )
-        check_output_path(args.save_predictions, "--save-predictions")
+        check_output_path(args.save_predictions, "--save-predictions", create_parents=True)
     loaded: dict[Any, Any] = {}  # one data load for the learners and the episodes
     learner, members = load_members(args, args.overrides, loaded)
     cfg, state = members[0].cfg, members[0].state
