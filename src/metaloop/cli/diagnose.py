@@ -24,8 +24,8 @@ def add_parser(sub: Any) -> None:
     )
     dg.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     dg.add_argument("--json", action="store_true")
-    add_analysis_arguments(dg)
     add_sharpness_arguments(dg)
+    add_analysis_arguments(dg)
 
     dg.set_defaults(func=run)
 
@@ -57,11 +57,11 @@ def run(args: argparse.Namespace) -> int:
     report["meta_gradient"] = dataclasses.asdict(
         diagnostics.meta_gradient_stats(learner, family, args.tasks, batches=max(2, args.batches))
     )
-    if args.sharpness:
-        report["sharpness"] = run_sharpness(args, cfg, learner)
     from metaloop.cli.diagnose_analyses import print_analyses, run_analyses
 
     report.update(run_analyses(args, cfg, learner, family, batch))
+    if args.sharpness:
+        report["sharpness"] = run_sharpness(args, cfg, learner)
     if args.json:
         print(json.dumps(report))
         return 0
