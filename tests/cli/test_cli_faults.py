@@ -342,3 +342,12 @@ def test_bench_device_and_eval_seed(run, capsys):
     with pytest.raises(SystemExit):
         main(["eval", str(run), "--seed", str(2**70)])
     assert "argument --seed: a seed must lie in -2**63..2**63-1" in capsys.readouterr().err
+
+
+def test_a_failed_download_does_not_advise_download_true(tmp_path):
+    from metaloop.data.omniglot import OmniglotError, download_archive
+
+    with pytest.raises(OmniglotError) as info:
+        download_archive("background", tmp_path, url=f"file://{tmp_path}/nowhere", progress=False)
+    text = str(info.value)
+    assert "could not download" in text and "download=True" not in text

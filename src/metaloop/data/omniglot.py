@@ -134,12 +134,13 @@ def resolve_root(root: str | os.PathLike[str] | None) -> Path:
     return path
 
 
-def _missing_message(root: Path, names: Sequence[str]) -> str:
+def _missing_message(root: Path, names: Sequence[str], tried_download: bool = False) -> str:
     files = ", ".join(f"{n}.zip" for n in names)
+    advice = "" if tried_download else ", or pass download=True to fetch them"
     return (
         f"Omniglot archive(s) not found in {root}: put {files} (from {OMNIGLOT_URL}/, or "
         f"the folders they extract to, e.g. {root / names[0]}/<alphabet>/characterNN/*.png) "
-        f"into {root}, or pass download=True to fetch them"
+        f"into {root}{advice}"
     )
 
 
@@ -203,7 +204,8 @@ def download_archive(
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         part.unlink(missing_ok=True)
         raise OmniglotError(
-            f"could not download {source} ({err}). " + _missing_message(root, [ARCHIVES[subset]])
+            f"could not download {source} ({err}). "
+            + _missing_message(root, [ARCHIVES[subset]], tried_download=True)
         ) from err
     if expected and digest.hexdigest() != expected:
         part.unlink(missing_ok=True)
