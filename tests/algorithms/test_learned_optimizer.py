@@ -151,3 +151,12 @@ def test_meta_loss_and_gradient_equal_a_hand_written_inner_loop():
     torch.testing.assert_close(
         flat_grad(ours, params), flat_grad(theirs, params), rtol=1e-10, atol=1e-12
     )
+
+
+def test_inner_lr_set_later_is_used_as_for_maml():
+    """Diagnostics sweep ``learner.inner_lr``; the learned rule reads it at every use."""
+    model, batch = small_mlp(), sine_batch()
+    learner = LearnedOptimizer(model, inner_lr=0.05, inner_steps=2)
+    learner.inner_lr = 0.2
+    maml, _ = MAML(model, inner_lr=0.2, inner_steps=2).meta_loss(batch)
+    torch.testing.assert_close(learner.meta_loss(batch)[0], maml)

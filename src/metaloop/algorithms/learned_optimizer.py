@@ -24,8 +24,14 @@ from torch import Tensor, nn
 
 from metaloop.algorithms.maml import MAML
 from metaloop.algorithms.registry import register
-from metaloop.functional.optim import learned
+from metaloop.functional.inner import InnerLoop
+from metaloop.functional.optim import InnerOptimizer, learned
 from metaloop.models.mlp import MLP
+
+
+def _learned_at(inner: InnerLoop, rule: UpdateRule, beta: float) -> InnerOptimizer:
+    """The learned rule at the current ``inner_lr`` (read at every use, as for MAML)."""
+    return learned(inner.lr, rule, beta)
 
 
 class UpdateRule(nn.Module):
@@ -78,7 +84,7 @@ class LearnedOptimizer(MAML):
         ref = next(model.parameters())
         self.rule = UpdateRule(rule_hidden, feature_scale).to(dtype=ref.dtype, device=ref.device)
         self.beta = beta  # validated where the rule is built, next line
-        self.inner.use(learned, self.inner_lr, self.rule, beta)
+        self.inner.use(_learned_at, self.inner, self.rule, beta)
         self.beta = float(beta)
 
     def extra_repr(self) -> str:
