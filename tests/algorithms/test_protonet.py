@@ -154,8 +154,8 @@ def test_errors_are_clear():
         bad_q = batch.query_y.clone()
         bad_q[0, 0] = 7
         learner.meta_loss(TaskBatch(batch.support_x, batch.support_y, batch.query_x, bad_q, ways=3))
-    with pytest.raises(ValueError, match="encoder must map"):
-        ProtoNet(nn.Flatten(0)).meta_loss(batch)
+    with pytest.raises(ValueError, match="encoder must map"):  # (a trainable one)
+        ProtoNet(nn.Sequential(nn.Linear(8, 4), nn.Flatten(0))).meta_loss(batch)
     with pytest.raises(ValueError, match="unknown distance"):
         ProtoNet(nn.Linear(8, 4), distance="l1")
     with pytest.raises(ValueError, match="temperature"):
