@@ -347,3 +347,24 @@ def test_combine_validates_the_structure_of_predictions_files(tmp_path, capsys, 
     assert expected in one_line(info.value) and str(tmp_path / "p.pt") in str(info.value)
     line = cli_error(capsys, "combine", str(tmp_path / "p.pt"))
     assert "is not a valid predictions file" in line and expected in line
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_dataset_pickles_are_read_by_a_data_only_unpickler(tmp_path, protocol):
+    """tiered-ImageNet and CIFAR-100 ship as pickles: a planted one is refused unrun, while
+    arrays, bytes and dicts (what the real files hold) still load."""
+    np = pytest.importorskip("numpy")
+    from metaloop.data.benchmarks import _unpickle
+    from metaloop.data.folder import ImageDataError
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "train_images_png.pkl"
+    evil.write_bytes(pickle.dumps({"x": _payload("os.system", marker)}, protocol=protocol))
+    with pytest.raises(ImageDataError, match=r"refused to import posix\.system") as info:
+        _unpickle(evil)
+    assert "\n" not in str(info.value) and not marker.exists()
+    good = tmp_path / "labels.pkl"
+    data = {"label_specific": np.arange(4), "images": [np.frombuffer(b"png", np.uint8), b"x"]}
+    good.write_bytes(pickle.dumps(data, protocol=protocol))
+    loaded = _unpickle(good)
+    assert (loaded["label_specific"] == np.arange(4)).all() and loaded["images"][1] == b"x"

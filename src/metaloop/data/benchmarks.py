@@ -24,6 +24,7 @@ own for CIFAR-FS and FC100); ``ChannelNormalize`` applies them.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from collections.abc import Mapping, Sequence
@@ -206,12 +207,54 @@ def tiered_imagenet(
     return _check_counts(split, "tiered-imagenet", strict)
 
 
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles data only: containers, numbers, strings, bytes and NumPy arrays.  Any other
+    import a pickle asks for (``os.system`` in a planted file, any class) is refused, so a
+    dataset file cannot run code (the benchmark archives are pickles of arrays and dicts)."""
+
+    ALLOWED = (
+        {
+            (module, name)
+            for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+            for name in ("_reconstruct", "scalar")
+        }
+        | {
+            (f"{package}.numeric", "_frombuffer")  # arrays in protocol-5 pickles
+            for package in ("numpy.core", "numpy._core")
+        }
+        | {
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("collections", "OrderedDict"),
+            ("_codecs", "encode"),  # how protocol-2 pickles spell bytes
+            ("builtins", "bytearray"),
+            ("builtins", "set"),
+            ("builtins", "frozenset"),
+            ("builtins", "complex"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refused to import {module}.{name}: a dataset pickle may hold only arrays, "
+            "numbers, strings and containers"
+        )
+
+
+def _safe_unpickle(data: Any, encoding: str) -> Any:
+    """``pickle.load`` of a file object (or ``bytes``) through ``_DataUnpickler``."""
+    f = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    return _DataUnpickler(f, encoding=encoding).load()
+
+
 def _unpickle(path: Path) -> Any:
     if not path.is_file():
         raise ImageDataError(f"{path} not found")
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            return _safe_unpickle(f, "latin1")
     except (pickle.UnpicklingError, EOFError, ValueError, OSError) as err:
         raise ImageDataError(
             f"{path} is not a readable pickle ({err}): corrupt or truncated"
@@ -276,7 +319,7 @@ def load_cifar100(root: str | os.PathLike[str]) -> ClassDataset:
     wanted = [f"{prefix}{n}" for n in ("meta", "train", "test")]
     blobs = source.read_all(wanted)
     try:
-        meta, train, test = (pickle.loads(blobs[n], encoding="bytes") for n in wanted)
+        meta, train, test = (_safe_unpickle(blobs[n], "bytes") for n in wanted)
     except (pickle.UnpicklingError, EOFError, ValueError) as err:
         raise ImageDataError(f"{source.path}: unreadable cifar-100-python pickle ({err})") from err
 
