@@ -203,9 +203,7 @@ def _benchmark_spec(ways=None, shots=None, queries=None, *, context: FamilyConte
         raise ValueError(
             f"[data] benchmark must be one of {', '.join(BENCHMARKS)}, got {d['benchmark']!r}"
         )
-    if not d["root"]:
-        raise ValueError(f"[data] root must name the folder holding the {d['benchmark']} files")
-    size = d["image_size"]
+    size = d["image_size"]  # the root is checked when the data is read, not to validate
     return TaskSpec((3, size, size), ways, classification=True, ways=ways)
 
 
@@ -224,6 +222,8 @@ def benchmark(
     _benchmark_spec(ways, shots, queries, context=context)
     d = _data(BENCHMARK_DATA_KEYS, context)
     name = d["benchmark"]
+    if not d["root"]:
+        raise ValueError(f"[data] root must name the folder holding the {name} files")
     kw: dict[str, Any] = {}
     if name in ("mini-imagenet", "tiered-imagenet", "cub"):
         kw["image_size"] = d["image_size"]
