@@ -191,3 +191,12 @@ def test_an_optimizer_object_and_copies_of_learned_rates():
     torch.testing.assert_close(learner.meta_loss(batch)[0], by_name, rtol=1e-14, atol=0)
     with pytest.raises(ValueError, match="inner_optimizer_kwargs apply to a named"):
         MAML(model, inner_optimizer=plain, inner_optimizer_kwargs={"beta": 0.5})
+
+
+def test_a_global_rate_saved_as_global_lr_by_earlier_versions_loads():
+    torch.manual_seed(0)
+    learner = MetaSGD(MLP(1, 1, hidden=(4,)), inner_lr=0.01, granularity="global")
+    state = learner.state_dict()
+    state["global_lr"] = state.pop("lrs.global").detach().clone().fill_(0.25)
+    learner.load_state_dict(state)
+    assert float(learner.lrs["global"]) == 0.25

@@ -37,3 +37,12 @@ class MetaSGD(MAML):
         self.granularity = granularity
         self.lrs = LearnedRates(model, self.adapt_names, self.inner_lr, granularity)
         self.inner.use(self.inner.build_optimizer, self.lrs)
+        self._register_load_state_dict_pre_hook(_rename_global_rate)
+
+
+def _rename_global_rate(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Checkpoints of earlier versions stored the ``"global"`` rate as ``global_lr``; it is
+    ``lrs.global`` now (the element and tensor rates kept their names)."""
+    old = prefix + "global_lr"
+    if old in state_dict:
+        state_dict[prefix + "lrs.global"] = state_dict.pop(old)
