@@ -13,7 +13,6 @@ from metaloop.cli.args import (
     add_overrides,
     add_tta_arguments,
     check_output_path,
-    nonnegative_int,
     positive_int,
     seed_int,
     steps_list,
@@ -30,7 +29,7 @@ from metaloop.cli.runs import (
 )
 
 
-def add_parsers(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
     e = sub.add_parser("eval", help="evaluate a run: mean +- 95%% CI per inner step count")
     e.add_argument(
         "run_dir",
@@ -100,35 +99,6 @@ def add_parsers(sub: Any) -> None:
     )
 
     e.set_defaults(func=run_eval)
-
-    c = sub.add_parser(
-        "combine", help="score the ensemble of saved predictions (eval --save-predictions)"
-    )
-    c.add_argument("predictions", nargs="+", help="files written by eval --save-predictions")
-    c.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="inner step count every member contributes (default: each member's largest)",
-    )
-    c.add_argument(
-        "--balanced",
-        action="store_true",
-        help="transductive: Sinkhorn-balance each episode's queries over the classes",
-    )
-    c.add_argument("--balance-temperature", type=float, default=None, metavar="TAU")
-    c.add_argument("--json", action="store_true", help="print one JSON object")
-
-    c.set_defaults(func=run_combine)
-
-    lk = sub.add_parser("lake-runs", help="Lake et al.'s 20-run one-shot benchmark")
-    lk.add_argument("run_dir", nargs="+", help="a run directory; several score their ensemble")
-    lk.add_argument("--runs", required=True, help="all_runs.zip or its extracted folder")
-    lk.add_argument("--steps", type=nonnegative_int, default=None)
-    lk.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-    add_tta_arguments(lk)
-    lk.add_argument("--json", action="store_true")
-    lk.set_defaults(func=run_lake)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -279,93 +249,6 @@ def run_eval(args: argparse.Namespace) -> int:
     if reference:
         name = ev.get("reference_name") or "reference"
         print(f"  {name}: " + ", ".join(f"{k} steps {v}" for k, v in reference.items()))
-    return 0
-
-
-def run_combine(args: argparse.Namespace) -> int:
-    """Score the ensemble of saved prediction files (module ``evaluation.predictions``)."""
-    from metaloop.evaluation.predictions import combine_predictions, load_predictions
-
-    if args.balance_temperature is not None and not args.balanced:
-        raise ConfigError("--balance-temperature needs --balanced")
-    try:
-        members = [load_predictions(p) for p in args.predictions]
-    except FileNotFoundError as err:
-        raise ConfigError(str(err)) from err
-    combined = combine_predictions(members, args.steps)
-    result = combined.metrics(args.balanced, balance_temperature(args))
-    if args.json:
-        out = result.to_dict()
-        out.update(
-            {
-                "predictions": list(args.predictions),
-                "members": combined.info["members"],
-                "member_steps": combined.info["steps"],
-                "balanced": balance_report(args),
-            }
-        )
-        print(json.dumps(out))
-        return 0
-    print(
-        " + ".join(args.predictions)
-        + (f" (ensemble of {len(members)})" if len(members) > 1 else "")
-        + (
-            f", balanced assignment (temperature {balance_temperature(args):g})"
-            if args.balanced
-            else ""
-        )
-    )
-    print(result)
-    return 0
-
-
-def run_lake(args: argparse.Namespace) -> int:
-    from metaloop.cli.build import check_background_only
-    from metaloop.data import lake
-
-    learner, members = load_members(args)
-    for member in members:
-        if not member.learner.classification:
-            raise ConfigError(
-                f"{member.path} is not an image classifier (task family "
-                f"{member.cfg['task'].get('family')!r}, loss {member.learner.loss_name!r}); "
-                "Lake's runs are 20-way one-shot character classification"
-            )
-    cfg, state = members[0].cfg, members[0].state
-    for member in members:
-        check_background_only(member.cfg, f"Lake's 20-run benchmark ({member.path})")
-    runtime(cfg)
-    learner, tta_shift = apply_test_time_shift(learner, members, args.tta_shift)
-    learner = apply_balance(learner, args)
-    runs = lake.load_runs(args.runs, image_size=cfg["data"]["image_size"])
-    steps = args.steps
-
-    def predict(task):
-        import torch
-
-        learner.eval()
-        with torch.enable_grad():
-            predictor = learner.adapt(task.support, steps=steps)
-        with torch.no_grad():
-            return predictor(task.query_x).argmax(-1)
-
-    score = lake.score_runs(predict, runs)
-    report = {
-        "errors": list(score.errors),
-        "mean_error": score.mean_error,
-        "runs": len(score.errors),
-        "run_dir": str(members[0].path),
-        "checkpoint_iteration": state.get("iteration"),
-        "ensemble": describe_members(members) if len(members) > 1 else None,
-        "tta_shift": tta_shift,
-        "balanced": balance_report(args),
-    }
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for i, err in enumerate(score.errors, start=1):
-            print(f"run {i:02d}: {err:.1f}% error")
-        print(f"mean error over {len(score.errors)} runs: {score.mean_error:.2f}%")
     return 0
 
 

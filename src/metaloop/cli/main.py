@@ -3,8 +3,8 @@
     metaloop train configs/sinusoid-maml.toml --run-dir runs/sine [--set train.iterations=1000]
     metaloop train runs/sine                       # resume                   (cli/train.py)
     metaloop eval runs/sine --episodes 600 --steps 1,5,10 --shots 5 [--json]  (cli/eval.py)
-    metaloop combine preds/a.pt preds/b.pt [--balanced]                       (cli/eval.py)
-    metaloop lake-runs runs/omni --runs all_runs.zip [--json]                 (cli/eval.py)
+    metaloop combine preds/a.pt preds/b.pt [--balanced]                       (cli/combine.py)
+    metaloop lake-runs runs/omni --runs all_runs.zip [--json]                 (cli/lake.py)
     metaloop bench sinusoid [--json]                                          (cli/bench.py)
     metaloop plot runs/sine [--out curve.png]                                 (cli/plot.py)
     metaloop diagnose runs/sine [--json]                                      (cli/diagnose.py)
@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-from metaloop.cli import bench, diagnose, images, plot, rl, train
+from metaloop.cli import bench, combine, diagnose, images, lake, plot, rl, train
 from metaloop.cli import eval as eval_
 from metaloop.cli.config import ConfigError
 
@@ -30,7 +30,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metaloop", description="Meta-learning on PyTorch.")
     sub = p.add_subparsers(dest="command", required=True)
     train.add_parser(sub)
-    eval_.add_parsers(sub)
+    eval_.add_parser(sub)
+    combine.add_parser(sub)
+    lake.add_parser(sub)
     bench.add_parser(sub)
     plot.add_parser(sub)
     diagnose.add_parser(sub)
