@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import metaloop.data.text as text
+import metaloop.data.text.split as text_split
 from metaloop.data.text import (
     Clinc150,
     TextDataError,
@@ -221,7 +222,7 @@ def test_no_test_intent_or_utterance_reaches_tokenizer_or_training(
         corpora.append(list(utterances))
         return real_train(utterances, vocab_size, kind)
 
-    monkeypatch.setattr(text, "train_tokenizer", spy)
+    monkeypatch.setattr(text_split, "train_tokenizer", spy)  # the name clinc150_split calls
     split = clinc150_split(real_data, protocol, seed=0, tokenizer_path=tmp_path / "tok.json")
     assert len(corpora) == 1 and (tmp_path / "tok.json").is_file()
     owners = raw_intents_of_utterances()
