@@ -46,8 +46,19 @@ def check_trainer_options(
         raise ValueError(f"seed must be an integer in -2**63..2**63-1, got {seed!r}")
 
 
-def check_fit_options(**counts: Any) -> None:
-    """Raise ``ValueError`` unless every one of ``fit``'s counts is a positive integer
+def check_fit_options(
+    iterations: Any,
+    validate_every: Any,
+    validation_tasks: Any,
+    checkpoint_every: Any,
+    log_every: Any,
+    patience: Any,
+) -> None:
+    """Raise ``ValueError`` unless each of ``fit``'s counts is a positive integer
     (``patience`` may also be ``None``)."""
-    for name, value in counts.items():
-        positive_int(name, value, allow_none=name == "patience")
+    positive_int("iterations", iterations)
+    positive_int("validate_every", validate_every)
+    positive_int("validation_tasks", validation_tasks)
+    positive_int("checkpoint_every", checkpoint_every)
+    positive_int("log_every", log_every)
+    positive_int("patience", patience, allow_none=True)

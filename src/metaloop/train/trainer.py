@@ -246,12 +246,7 @@ class Trainer:
         and ``validation_steps`` the reported step counts.
         """
         check_fit_options(
-            iterations=iterations,
-            validate_every=validate_every,
-            validation_tasks=validation_tasks,
-            checkpoint_every=checkpoint_every,
-            log_every=log_every,
-            patience=patience,
+            iterations, validate_every, validation_tasks, checkpoint_every, log_every, patience
         )
         selection = Selection.parse(validation_steps, select_on, self.learner.classification)
         run_path = open_run(self, run_dir)
@@ -270,8 +265,8 @@ class Trainer:
                 for vbatch in validation:
                     validate_batch(vbatch, classification=self.learner.classification)
             while self.iteration < iterations and not stopped_early:
-                check = self.iteration == first_iteration
-                metrics = self._train_step(family, check, write_path, config, start)
+                first = self.iteration == first_iteration
+                metrics = self._train_step(family, first, write_path, config, start)
                 last = self.iteration == iterations
                 record: dict[str, Any] | None = None
                 if self.iteration % log_every == 0 or last:
@@ -280,8 +275,7 @@ class Trainer:
                     val_record, value = validate_and_keep_best(
                         self, validation, selection, write_path, config
                     )
-                    history.append(val_record)
-                    self._emit(val_record, log)
+                    self._emit(val_record, log, history)
                     log.bar.set_postfix_str(
                         f"loss {metrics.get('loss', float('nan')):.4g} "
                         f"val {selection.name} {value:.4g}"
@@ -289,8 +283,7 @@ class Trainer:
                     stopped_early = patience is not None and self.bad_validations >= patience
                 if record is not None:
                     record["seconds"] = round(time.perf_counter() - start, 3)
-                    history.append(record)
-                    self._emit(record, log)
+                    self._emit(record, log, history)
                     if not validation:
                         log.bar.set_postfix_str(f"loss {record.get('loss', float('nan')):.4g}")
                     self._check_skipped()
@@ -366,8 +359,10 @@ class Trainer:
         or all of them: the run is not training."""
         check_skipped(self.iteration, self.skipped_steps, self.max_skipped_fraction)
 
-    def _emit(self, record: dict[str, Any], log: RunLog) -> None:
-        """Hand ``record`` to the callbacks (which may add to it) and then to the log."""
+    def _emit(self, record: dict[str, Any], log: RunLog, history: list[dict[str, Any]]) -> None:
+        """Keep ``record`` in ``history``, hand it to the callbacks (which may add to it, as
+        ``SharpnessLog`` does to validation records) and then to the log."""
+        history.append(record)
         for cb in self.callbacks:
             cb(self, record)
         log.write(record)
