@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from metaloop.algorithms.registry import register
 from metaloop.algorithms.sequence import SequenceLearner, check_size
 from metaloop.functional.losses import LossFn
+from metaloop.models.norm import LayerNorm
 
 
 def support_query_mask(support: int, queries: int, device=None) -> Tensor:
@@ -52,7 +53,7 @@ class TransformerBlock(nn.Module):
         if width % heads:
             raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
         self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.norm1, self.norm2 = LayerNorm(width), LayerNorm(width)  # exact under vmap
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
         self.ff = nn.Sequential(nn.Linear(width, ff), nn.GELU(), nn.Linear(ff, width))
@@ -106,7 +107,7 @@ class InContextTransformer(SequenceLearner):
         self.embed_y = nn.Linear(y_dim, width, bias=False)
         self.unknown_label = nn.Parameter(torch.zeros(width))
         self.blocks = nn.ModuleList(TransformerBlock(width, heads, ff) for _ in range(depth))
-        self.norm = nn.LayerNorm(width)
+        self.norm = LayerNorm(width)
         self.head = nn.Linear(width, y_dim)
 
     def predict(self, zs: Tensor, es: Tensor, zq: Tensor) -> Tensor:

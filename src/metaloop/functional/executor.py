@@ -44,6 +44,7 @@ from metaloop.functional.speed import (
     attach_gradient,
     updates_running_stats,
     vmap_batch_norm_hazard,
+    vmap_layer_norm_hazard,
 )
 from metaloop.models.norm import set_norm_step
 
@@ -81,13 +82,16 @@ def vmap_batch_norm_guard(
     meta-gradient for the layers before it (float64, Conv4: 0.7% to 15% off the loop
     engine and finite differences).  ``remat`` computes each step's vector-Jacobian
     product *inside* vmap, which is correct (cost: one more support forward/backward per
-    step in the backward pass).
+    step in the backward pass).  The same holds for ``nn.LayerNorm`` with an affine weight
+    (float64, linear layer, ``nn.LayerNorm(6)``, head: 0.8% off; ``vmap_layer_norm_hazard``),
+    so such a model is rematerialized too; metaloop's own models use the written-out
+    ``models.norm.LayerNorm``, exact without it.
     """
     return (
         mode == "second_order"
         and policy.uses_vmap_on(device)
         and torch.is_grad_enabled()
-        and vmap_batch_norm_hazard(model)
+        and (vmap_batch_norm_hazard(model) or vmap_layer_norm_hazard(model))
     )
 
 
@@ -99,9 +103,9 @@ def remat_guard(
     guard = vmap_batch_norm_guard(mode, policy, model, device)
     if guard and speed.autocast_dtype is not None:
         raise ValueError(
-            "autocast with second-order vmap through batch norm is not supported (mixed "
-            "dtypes in the rematerialized batch-norm double backward); use "
-            "vectorize='loop' or no autocast"
+            "autocast with second-order vmap through batch norm or nn.LayerNorm is not "
+            "supported (mixed dtypes in the rematerialized double backward); use "
+            "vectorize='loop', no autocast, or metaloop.models.norm.LayerNorm"
         )
     return guard
 

@@ -128,6 +128,15 @@ def vmap_batch_norm_hazard(model: nn.Module) -> bool:
     return False
 
 
+def vmap_layer_norm_hazard(model: nn.Module) -> bool:
+    """Whether ``model`` holds an ``nn.LayerNorm`` with a learned affine transform: the
+    fused ``layer_norm`` kernel's second-order gradient through a vmapped inner gradient
+    is wrong (PyTorch 2.13, about 1% off the loop and finite differences; see
+    ``functional.executor.vmap_batch_norm_guard``).  ``metaloop.models.norm.LayerNorm``
+    (written out) is exact and is not flagged."""
+    return any(isinstance(m, nn.LayerNorm) and m.elementwise_affine for m in model.modules())
+
+
 def updates_running_stats(model: nn.Module) -> bool:
     """Whether a forward pass of ``model`` updates batch-norm running statistics in place."""
     return any(

@@ -96,6 +96,37 @@ class PerStepBatchNorm2d(nn.Module):
         return f"{self.channels}, steps={self.steps}, eps={self.eps}"
 
 
+class LayerNorm(nn.Module):
+    """Layer norm over the last dimension, written out with elementary ops,
+
+        y = (h - mean(h)) / sqrt(var(h) + eps) * weight + bias,
+
+    ``mean`` and the biased ``var`` over the last dimension.  The same forward as
+    ``nn.LayerNorm(dim)``, but ``nn.LayerNorm``'s fused ``layer_norm`` kernel gives a wrong
+    second-order meta-gradient under ``torch.func.vmap`` (PyTorch 2.13: the double backward
+    through a vmapped inner gradient is about 1% off the loop and finite differences when
+    the affine weight is adapted; see "Known numerical issues" in docs/performance.md).
+    Elementary ops have exact batching rules, so this layer is correct on both paths.
+    Every metaloop model with a layer norm uses this one; the engine rematerializes
+    second-order vmap steps for a user model that holds an ``nn.LayerNorm``
+    (``functional.speed.vmap_layer_norm_hazard``).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, h: Tensor) -> Tensor:
+        centered = h - h.mean(-1, keepdim=True)
+        var = (centered * centered).mean(-1, keepdim=True)
+        return centered * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
 def set_norm_step(module: nn.Module, step: int) -> None:
     """Select inner-step ``step`` in every ``PerStepBatchNorm2d`` of ``module``.
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaloop.models.backbone import Backbone
+from metaloop.models.norm import LayerNorm  # written out: exact under vmap (see norm.py)
 from metaloop.validate import is_int
 
 PAD_ID = 0
@@ -111,23 +112,6 @@ class CNNBody(nn.Module):
             h = h.masked_fill(invalid, 0.0)
             pooled.append(h.amax(-1))
         return torch.cat(pooled, dim=-1)
-
-
-class LayerNorm(nn.Module):
-    """``(h - mean(h)) / sqrt(var(h) + eps) * weight + bias`` over the last dimension,
-    written out: ``nn.LayerNorm``'s fused kernel gives a wrong second-order meta-gradient
-    under ``vmap`` (PyTorch 2.13; MAML's batched inner loop), this one does not (tested)."""
-
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
-        self.eps = eps
-
-    def forward(self, h: Tensor) -> Tensor:
-        centered = h - h.mean(-1, keepdim=True)
-        var = (centered * centered).mean(-1, keepdim=True)
-        return centered * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
 class TransformerBlock(nn.Module):
