@@ -315,7 +315,7 @@ def compiled_meta_loss(
     if vmap_batch_norm_guard(mode, policy, model, device):
         speed.compile_skipped(
             "meta_grad",
-            "second-order vmap through batch norm runs eagerly with "
+            "second-order vmap through batch norm or nn.LayerNorm runs eagerly with "
             "rematerialized steps (a PyTorch vmap bug makes the fused graph wrong)",
         )
         return None
