@@ -118,6 +118,7 @@ def test_benchmark_presets_validate_and_one_runs_unchanged(
         "train.validation_tasks=1",
         "train.checkpoint_every=1",
         "task.queries=1",  # the generated archive holds 3 images per class
+        "eval.queries=1",  # (the [eval] test episodes are checked at train time)
         "model.hidden=8",
     ]
     args = [

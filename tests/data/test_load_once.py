@@ -69,13 +69,14 @@ def test_one_train_command_decodes_omniglot_once(
     counts, omniglot_root, cache_dir, tmp_path, capsys
 ) -> None:
     """Before: 5 family builds and 10 archive loads.  Now: the training and validation
-    parts (2 builds) share one decode of the two archives (2 loads), and the fine-tune
-    head gets the training family's class count without another build."""
+    parts and the check that the preset's ``[eval]`` episodes fit the test classes (3
+    builds) share one decode of the two archives (2 loads), and the fine-tune head gets
+    the training family's class count without another build."""
     from metaloop.cli.main import main
 
     code = main(["train", *finetune_config(omniglot_root, cache_dir), "--run-dir", str(tmp_path)])
     assert code == 0, capsys.readouterr().err
-    assert counts == {"family_builds": 2, "archive_loads": 2}
+    assert counts == {"family_builds": 3, "archive_loads": 2}
 
 
 def test_the_learner_takes_the_class_count_of_the_family_it_is_given(counts) -> None:
@@ -87,3 +88,19 @@ def test_the_learner_takes_the_class_count_of_the_family_it_is_given(counts) -> 
 
     learner = build_learner(cfg, model, family=Family())
     assert learner.head.out_features == 7 and counts["family_builds"] == 0
+
+
+def test_eval_ways_beyond_the_test_classes_is_refused_before_training(
+    counts, omniglot_root, cache_dir, tmp_path, capsys
+) -> None:
+    """``eval.ways`` larger than the test classes fails at train time, not after training;
+    the test part is built from the same decode (no further archive load)."""
+    from metaloop.cli.main import main
+
+    run_dir = tmp_path / "run"
+    argv = finetune_config(omniglot_root, cache_dir, "--set", "eval.ways=5000")
+    assert main(["train", *argv, "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "[eval]" in err and "5000" in err and len(err.strip().splitlines()) == 1
+    assert not (run_dir / "latest.pt").exists()
+    assert counts["archive_loads"] == 2

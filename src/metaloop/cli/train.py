@@ -183,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         if has_validation(cfg)
         else None
     )
+    _check_test_episodes(cfg, loaded, run_dir)
     model = build_model(cfg, family_spec(cfg, family))  # sized by the family just built
     if cfg["train"]["init_from"] and not (run_dir / LATEST).exists():  # not when resuming
         _warm_start(model, cfg["train"]["init_from"])
@@ -308,3 +309,19 @@ def _log_sharpness(trainer: Any, val_family: Any, tasks: int, seed: int) -> None
         )
     batch = val_family.sample(tasks, torch.Generator().manual_seed(seed + 2_000_003))
     trainer.callbacks.append(SharpnessLog(batch, iterations=50))
+
+
+def _check_test_episodes(cfg: dict[str, Any], loaded: dict[Any, Any], run_dir: Path) -> None:
+    """An ``[eval]`` episode size the test classes cannot give (``eval.ways`` above their
+    number) is an error now, not after training; built only when ``eval.ways`` is set, from
+    the data this command already loaded."""
+    from metaloop.cli.build import build_family
+
+    ev = cfg["eval"]
+    if not ev["ways"]:
+        return
+    sizes = {"ways": ev["ways"], "shots": ev["shots"] or None, "queries": ev["queries"] or None}
+    try:
+        build_family(cfg, "test", evaluation=True, cache=loaded, run_dir=run_dir, **sizes)
+    except (ConfigError, ValueError) as err:
+        raise ConfigError(f"[eval] episodes cannot be drawn from the test classes: {err}") from err
