@@ -326,7 +326,7 @@ class Trainer:
         if self.validate_tasks:
             validate_batch(batch, classification=self.learner.classification)
         batch = batch.to(self.device)
-        if check and hasattr(self.learner, "check_batch"):
+        if check:
             self.learner.check_batch(batch)  # model output vs ways/targets, once
         try:
             metrics = self.step(batch)
