@@ -274,3 +274,12 @@ class MetaLearner(Adaptable):
         """``(L, metrics)``: ``L`` a scalar whose gradient with respect to
         ``self.parameters()`` is the meta-gradient of ``batch``, metrics plain floats."""
         raise NotImplementedError
+
+
+def encoder_io_defaults(spec: TaskSpec, model: nn.Module) -> dict[str, Any]:
+    """``config_defaults`` of learners that read ``(x, y)`` pairs through an encoder (the
+    CNP, the sequence learners): ``x_dim`` is the encoder's ``embedding_dim``, else the
+    family's flattened input size; ``y_dim`` the family's outputs (``ways`` for
+    classification); ``loss`` the family's."""
+    x_dim = getattr(model, "embedding_dim", None) or spec.x_dim
+    return {"loss": spec.loss, "x_dim": x_dim, "y_dim": spec.y_dim}

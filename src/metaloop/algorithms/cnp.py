@@ -43,7 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
+from metaloop.algorithms.base import (
+    MetaLearner,
+    Predictor,
+    StepMetrics,
+    as_support,
+    encoder_io_defaults,
+)
 from metaloop.algorithms.registry import register
 from metaloop.functional.losses import LossFn
 from metaloop.models.mlp import MLP
@@ -87,11 +93,8 @@ class ConditionalNeuralProcess(MetaLearner):
     def config_defaults(
         cls, spec: TaskSpec, model: nn.Module, options: Mapping[str, Any]
     ) -> dict[str, Any]:
-        """``x_dim``: the encoder's ``embedding_dim``, else the family's flattened input
-        size; ``y_dim``: the family's outputs (``ways`` for classification); ``loss``:
-        the family's."""
-        x_dim = getattr(model, "embedding_dim", None) or spec.x_dim
-        return {"loss": spec.loss, "x_dim": x_dim, "y_dim": spec.y_dim}
+        """Sizes and loss from the encoder and the family (``encoder_io_defaults``)."""
+        return encoder_io_defaults(spec, model)
 
     def __init__(
         self,
