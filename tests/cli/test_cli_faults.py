@@ -21,46 +21,18 @@ from metaloop.train import load_latest
 
 torch.set_num_threads(1)
 
-CONFIG = """
-name = "tiny"
-seed = 3
-[task]
-family = "sinusoid"
-shots = 4
-queries = 4
-[model]
-name = "mlp"
-hidden = [8]
-[algorithm]
-name = "maml"
-inner_lr = 0.01
-inner_steps = 1
-[train]
-iterations = 4
-meta_batch_size = 2
-validate_every = 2
-validation_tasks = 2
-checkpoint_every = 2
-log_every = 2
-threads = 1
-progress = false
-[eval]
-episodes = 4
-steps = [0, 1]
-"""
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(tmp_path_factory, tiny_config) -> Path:
     root = tmp_path_factory.mktemp("faults")
-    (root / "tiny.toml").write_text(CONFIG)
+    (root / "tiny.toml").write_text(tiny_config)
     assert main(["train", str(root / "tiny.toml"), "--run-dir", str(root / "run")]) == 0
     return root / "run"
 
 
 @pytest.fixture
-def config(tmp_path) -> Path:
-    (tmp_path / "tiny.toml").write_text(CONFIG)
+def config(tmp_path, tiny_config) -> Path:
+    (tmp_path / "tiny.toml").write_text(tiny_config)
     return tmp_path / "tiny.toml"
 
 
@@ -248,13 +220,13 @@ def test_plot_out_checks_and_suffix(tmp_path, run, capsys):
     assert out.strip() == str(tmp_path / "curve.png") and (tmp_path / "curve.png").exists()
 
 
-def test_unreadable_or_binary_config_files_are_named(tmp_path, capsys, monkeypatch):
+def test_unreadable_or_binary_config_files_are_named(tmp_path, capsys, monkeypatch, tiny_config):
     binary = tmp_path / "random.toml"
     binary.write_bytes(bytes(range(128, 256)))
     line = error_line(capsys, "train", str(binary), "--run-dir", str(tmp_path / "r"))
     assert f"config file {binary} is not UTF-8 text" in line
     locked = tmp_path / "locked.toml"
-    locked.write_text(CONFIG)
+    locked.write_text(tiny_config)
     real = Path.read_text
 
     def refuse(self, *args, **kwargs):
@@ -283,9 +255,9 @@ def test_lake_runs_negative_steps(run, tmp_path, capsys):
     assert "expected an integer >= 0, got -3" in capsys.readouterr().err
 
 
-def test_resuming_with_another_models_checkpoint(tmp_path, run, capsys):
+def test_resuming_with_another_models_checkpoint(tmp_path, run, capsys, tiny_config):
     other = tmp_path / "other.toml"
-    other.write_text(CONFIG.replace("hidden = [8]", "hidden = [5]"))
+    other.write_text(tiny_config.replace("hidden = [8]", "hidden = [5]"))
     assert main(["train", str(other), "--run-dir", str(tmp_path / "o")]) == 0
     capsys.readouterr()
     shutil.copy(tmp_path / "o" / "latest.pt", run / "latest.pt")

@@ -188,39 +188,11 @@ def test_corrupt_files_stay_corrupt_not_unsafe(tmp_path):
 
 # -- the command line --------------------------------------------------------------------
 
-CONFIG = """
-name = "tiny"
-seed = 3
-[task]
-family = "sinusoid"
-shots = 4
-queries = 4
-[model]
-name = "mlp"
-hidden = [8]
-[algorithm]
-name = "maml"
-inner_lr = 0.01
-inner_steps = 1
-[train]
-iterations = 4
-meta_batch_size = 2
-validate_every = 2
-validation_tasks = 2
-checkpoint_every = 2
-log_every = 2
-threads = 1
-progress = false
-[eval]
-episodes = 4
-steps = [0, 1]
-"""
-
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
+def trained_run(tmp_path_factory, tiny_config) -> Path:
     root = tmp_path_factory.mktemp("security")
-    (root / "tiny.toml").write_text(CONFIG)
+    (root / "tiny.toml").write_text(tiny_config)
     assert main(["train", str(root / "tiny.toml"), "--run-dir", str(root / "run")]) == 0
     return root / "run"
 
@@ -247,14 +219,16 @@ def cli_error(capsys, *argv: str) -> str:
         ("combine", "p.pt"),
     ],
 )
-def test_every_command_refuses_a_malicious_file(tmp_path, trained_run, capsys, path, planted):
+def test_every_command_refuses_a_malicious_file(
+    tmp_path, trained_run, capsys, path, planted, tiny_config
+):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     marker = tmp_path / "pwned"
     plant(run / planted, marker, predictions=planted == "p.pt")
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     config = tmp_path / "new.toml"
-    config.write_text(CONFIG)
+    config.write_text(tiny_config)
     argv = {
         "eval": ["eval", str(run)],
         "eval --checkpoint latest": ["eval", str(run), "--checkpoint", "latest"],
