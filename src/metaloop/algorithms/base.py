@@ -15,8 +15,10 @@ learner, each with a default:
 
 ``MetaLearner`` adds what training and building need: ``meta_loss(batch)``, a scalar whose
 gradient with respect to ``self.parameters()`` is the meta-gradient for a batch of tasks
-(plus metrics as plain floats), and the class's declarations for the CLI (``model_role``,
-``config_defaults``, ``needs_training_classes``).  Evaluation wrappers (test-time shift,
+(plus metrics as plain floats), ``embed(x, params=None)``, the task-independent embedding
+that pair verification scores (raising ``NoEmbeddingError`` for learners without one), and
+the class's declarations for the CLI (``model_role``, ``config_defaults``,
+``needs_training_classes``).  Evaluation wrappers (test-time shift,
 balanced assignment, ensembles, adversarial queries) are ``Adaptable`` only: they have no
 ``meta_loss``.
 
@@ -68,6 +70,10 @@ def constructor_accepts(cls: type, name: str) -> bool:
 
 class OutputShapeError(TaskError):
     """The model's predictions do not fit the task's targets (output size vs ways/targets)."""
+
+
+class NoEmbeddingError(ValueError):
+    """``MetaLearner.embed`` of a learner that has no task-independent embedding."""
 
 
 def check_prediction(
@@ -274,6 +280,24 @@ class MetaLearner(Adaptable):
         """``(L, metrics)``: ``L`` a scalar whose gradient with respect to
         ``self.parameters()`` is the meta-gradient of ``batch``, metrics plain floats."""
         raise NotImplementedError
+
+    def embed(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """The learner's embedding ``z = f_phi(x)``, ``[N, ...]`` for inputs ``x [N, ...]``,
+        one row per input and independent of any task (what pair verification scores,
+        ``s(a, b) = -||f(a) - f(b)||^2``, and what embedding diagnostics read).
+
+        ``params`` (optional) replaces the embedding network's parameters by name, as
+        ``named_parameters()`` of that network spells them (an adapted copy, say); ``None``
+        uses the learner's own.  Metric learners return their encoder's output, the
+        fine-tuning baseline its encoder's, gradient-based learners the features before
+        the model's head.  Learners without a task-independent embedding raise
+        ``NoEmbeddingError`` (a ``ValueError``) naming themselves.
+        """
+        raise NoEmbeddingError(
+            f"{type(self).__name__} has no task-independent embedding: use a metric learner "
+            "(protonet, matching, siamese, relation), the fine-tune baseline, or a "
+            "gradient-based learner whose model has `features` before its head (conv4, resnet12)"
+        )
 
 
 def encoder_io_defaults(spec: TaskSpec, model: nn.Module) -> dict[str, Any]:

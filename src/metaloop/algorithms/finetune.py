@@ -53,6 +53,7 @@ from metaloop.algorithms.metric import (
     embed,
     embed_batch,
     embed_episode,
+    encoder_embedding,
     infer_ways,
 )
 from metaloop.algorithms.registry import register
@@ -217,6 +218,11 @@ class FineTuneBaseline(MetaLearner):
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(-1) == y).float().mean()
         return loss, {"loss": float(loss.detach()), "accuracy": float(acc)}
+
+    def embed(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """``z = f_phi(x)``: the pretrained encoder's output, the features every episode's
+        new head is fit on (``params`` replaces encoder parameters by name)."""
+        return encoder_embedding(self.encoder, x, params)
 
     # -- stage 2 ---------------------------------------------------------------------------
     def _fit_heads(

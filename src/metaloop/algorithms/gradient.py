@@ -10,13 +10,20 @@ transductive fine-tuning is ``algorithms.transductive``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
+from metaloop.algorithms.base import (
+    MetaLearner,
+    NoEmbeddingError,
+    Predictor,
+    StepMetrics,
+    as_support,
+)
+from metaloop.algorithms.metric import encoder_embedding
 from metaloop.algorithms.transductive import (
     check_entropy_weight,
     mean_entropy,
@@ -249,6 +256,33 @@ class GradientMetaLearner(MetaLearner):
             return call(model, adapted, buffers, inputs)
 
         return predict
+
+    def embed(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """``z = features(x)``: the model's features before its head (the image backbones,
+        Conv4 and ResNet-12, compute ``head(features(x))``), unadapted; ``params``, named
+        as the model's parameters (``adapt_params``'s output, say), replaces them (the
+        ``head.*`` entries are not used).  A model without a ``features`` module raises
+        ``NoEmbeddingError`` naming the learner and the model."""
+        features = getattr(self.model, "features", None)
+        if not isinstance(features, nn.Module):
+            raise NoEmbeddingError(
+                f"{type(self).__name__}'s model {type(self.model).__name__} has no `features` "
+                "module before a head, so it has no embedding: use an image backbone (conv4, "
+                "resnet12) or a metric learner"
+            )
+        self.set_norm_row(0)
+        if params is None:
+            return encoder_embedding(features, x)
+        own = dict(self.model.named_parameters())
+        unknown = sorted(set(params) - set(own))
+        if unknown:
+            raise ValueError(
+                f"{type(self.model).__name__} has no parameter {unknown[0]!r}; its parameters "
+                f"are: {', '.join(own)}"
+            )
+        prefix = "features."
+        body = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+        return encoder_embedding(features, x, body)
 
     @torch.no_grad()
     def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:

@@ -54,6 +54,7 @@ from metaloop.algorithms.global_head import (
 from metaloop.data.transforms import shift_views, translate
 from metaloop.functional.assignment import balance_log_probs
 from metaloop.functional.losses import LossFn
+from metaloop.functional.params import call
 from metaloop.functional.speed import autocast_context, autocast_dtype, uses_batch_statistics
 from metaloop.models.heads import CosineClassifier
 from metaloop.tasks.base import Task, TaskBatch, TaskError
@@ -225,6 +226,32 @@ def embed(encoder: nn.Module, x: Tensor, test_time_shift: int = 0) -> Tensor:
     return z
 
 
+def encoder_embedding(
+    encoder: nn.Module,
+    x: Tensor,
+    params: Mapping[str, Tensor] | None = None,
+    test_time_shift: int = 0,
+) -> Tensor:
+    """``f_phi(x)`` of ``encoder`` (``embed``), with ``params`` in place of the encoder's
+    own parameters of those names when given (``MetaLearner.embed``).  A name the encoder
+    does not have is an error naming it."""
+    if params is None:
+        return embed(encoder, x, test_time_shift)
+    own = dict(encoder.named_parameters())
+    unknown = sorted(set(params) - set(own))
+    if unknown:
+        raise ValueError(
+            f"{type(encoder).__name__} has no parameter {unknown[0]!r}; its parameters are: "
+            f"{', '.join(own)}"
+        )
+    buffers = dict(encoder.named_buffers())
+
+    def substituted(inputs: Tensor) -> Tensor:
+        return call(encoder, params, buffers, inputs)
+
+    return embed(substituted, x, test_time_shift)  # type: ignore[arg-type]
+
+
 def _check_same_features(support_shape: torch.Size, query_shape: torch.Size) -> None:
     if support_shape != query_shape:
         raise TaskError(
@@ -385,6 +412,15 @@ class MetricMetaLearner(MetaLearner):
             loss = loss + self.global_loss_weight * global_loss
             metrics["global_loss"] = float(global_loss.detach())
         return loss, {"loss": float(loss.detach()), **metrics}
+
+    def embed(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """``z = f_phi(x)``, the encoder's output ``[N, *E]`` (a vector or, for the Relation
+        Network, a feature map per input), averaged over translated views when
+        ``test_time_shift`` is set; ``params`` replaces encoder parameters by name.  The
+        Matching Network's full-context embedding depends on the episode and is not
+        applied: this is its per-example encoder.  With per-episode batch statistics
+        (``norm = "batch_episode"``) the rows of ``x`` are normalised together."""
+        return encoder_embedding(self.encoder, x, params, self.test_time_shift)
 
     def adapt(self, support: Task | tuple[Tensor, Tensor], steps: int | None = None) -> Predictor:
         """The predictor maps ``x [Q, ...]`` to ``[Q, ways]`` scores.  ``steps`` is ignored

@@ -7,8 +7,9 @@
 ``data build`` writes Double / Triple MNIST (split-safe variant,
 ``metaloop.data.multi_mnist``) once; ``[task] family = "multi_mnist"`` reads it.
 ``verify`` scores every pair of images of a part of the run's split (same class or not)
-with the learner's embedding and prints ROC AUC and equal error rate
-(``metaloop.evaluation.verification``).
+with the learner's embedding (``MetaLearner.embed``: a metric learner's encoder, a
+gradient-based learner's features before its head; a learner without one is refused in one
+line) and prints ROC AUC and equal error rate (``metaloop.evaluation.verification``).
 """
 
 from __future__ import annotations
@@ -61,20 +62,6 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def embedding_of(learner: Any) -> Any:
-    """The function that embeds images for pair scoring: a metric learner's encoder, or a
-    classifier model's ``embed`` (its features before the head)."""
-    if learner.model_role == "embedding":
-        return learner.encoder
-    model = getattr(learner, "model", None)
-    if model is not None and callable(getattr(model, "embed", None)):
-        return model.embed
-    raise ConfigError(
-        f"verify needs an embedding: a metric learner (protonet, siamese, matching, ...) or a "
-        f"model with an embed method (conv4, resnet12); {type(learner).__name__} has neither"
-    )
-
-
 def run_verify(args: argparse.Namespace) -> int:
     from metaloop.cli.build import build_family
     from metaloop.cli.runs import load_run, runtime
@@ -91,7 +78,7 @@ def run_verify(args: argparse.Namespace) -> int:
     if family.transform is not None:  # evaluation transforms: normalisation only
         images = family.transform(images, None)
     learner.eval()
-    result = verify(embedding_of(learner), images, dataset.labels, metric=args.metric)
+    result = verify(learner.embed, images, dataset.labels, metric=args.metric)
     if args.json:
         print(json.dumps({"part": args.part, **result.to_dict()}))
     else:
