@@ -123,3 +123,30 @@ def test_errors_and_resizing(mnist_zip: Path, tmp_path: Path) -> None:
         )
     small = multi_mnist_split(root, image_size=28)
     assert small["train"].image_shape == (1, 28, 28)
+
+
+def test_downsized_build_stores_the_canvases_block_averaged(
+    mnist_zip: Path, tmp_path: Path
+) -> None:
+    counts = (8, 3, 4)
+    full = build(mnist_zip, tmp_path / "full", variant="triple-mnist")
+    small = build_multi_mnist(
+        "triple-mnist",
+        tmp_path / "small",
+        mnist=mnist_zip,
+        images_per_class=4,
+        split_classes=counts,
+        image_size=28,
+    )
+    assert json.loads((small / "meta.json").read_text())["image_size"] == 28
+    for part in ("train", "val", "test"):
+        with np.load(full / f"{part}.npz") as f, np.load(small / f"{part}.npz") as g:
+            assert np.array_equal(f["sources"], g["sources"])
+            assert np.array_equal(f["offsets"], g["offsets"])
+            # 84 -> 28 px: every stored pixel is the rounded mean of a 3x3 block
+            blocks = f["images"].reshape(-1, 1, 28, 3, 28, 3).astype(np.float64).mean((3, 5))
+            assert g["images"].shape[-2:] == (28, 28)
+            assert np.array_equal(g["images"], np.round(blocks).astype(np.uint8))
+    assert "stored at 28px" in multi_mnist_split(small).description
+    with pytest.raises(ImageDataError, match="image_size must be an integer from 1 to"):
+        build_multi_mnist("triple-mnist", tmp_path / "bad", mnist=mnist_zip, image_size=90)

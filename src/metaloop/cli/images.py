@@ -1,7 +1,7 @@
 """Image-data commands.
 
     metaloop data build double-mnist [--mnist mnist_png.zip] [--out DIR] [--seed 0]
-                                     [--images-per-class 1000] [--overwrite]
+                                     [--images-per-class 1000] [--image-size S] [--overwrite]
     metaloop verify RUN [--part test] [--metric euclidean] [--checkpoint best] [--json]
 
 ``data build`` writes Double / Triple MNIST (split-safe variant,
@@ -35,6 +35,12 @@ def add_parsers(sub: Any) -> None:
     b.add_argument("--out", default=None, help="target folder (default under the cache dir)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--images-per-class", type=positive_int, default=1000)
+    b.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=None,
+        help="store every image downsized to this side (area averaging; default: the canvas)",
+    )
     b.add_argument("--overwrite", action="store_true")
     b.set_defaults(func=run_build)
 
@@ -56,6 +62,7 @@ def run_build(args: argparse.Namespace) -> int:
         mnist=args.mnist,
         seed=args.seed,
         images_per_class=args.images_per_class,
+        image_size=args.image_size,
         overwrite=args.overwrite,
     )
     print(path)
