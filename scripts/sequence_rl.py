@@ -121,8 +121,7 @@ def run_rl2(args: argparse.Namespace) -> dict:
     learner.eval()
     for horizon in args.eval_horizons:
         env, tasks = bandit_tasks(args.arms, horizon, args.tasks)
-        learner.env = env
-        learner._pool = []
+        learner.set_env(env)
         with torch.no_grad():
             trial = learner.rollout(tasks, seed=TEST_SEED)
         curve = trial.regrets.cumsum(1).mean(0).numpy().round(3).tolist()
@@ -175,24 +174,28 @@ def run_navigation(args: argparse.Namespace) -> dict:
 
     env = PointNavigationEnv(horizon=args.horizon)
     options = {"inner_lr": args.inner_lr, "inner_episodes": args.episodes,
-               "outer_episodes": args.episodes, "init_log_std": -1.0}  # fmt: skip
+               "outer_episodes": args.episodes, "init_log_std": -1.0,
+               "baseline": args.baseline, "normalize_advantages": args.normalize,
+               "time_average": args.time_average}  # fmt: skip
 
     def learner(seed: int, **kw) -> MAMLRL:
         torch.manual_seed(seed)
         policy = MLP(2, 2, hidden=(64, 64), activation="tanh")
         return MAMLRL(policy, env, **{**options, **kw})
 
-    out: dict = {"horizon": args.horizon, "iterations": args.iterations, **options}
+    out: dict = {"horizon": args.horizon, "iterations": args.iterations, "lr": args.lr,
+                 "meta_batch_size": args.meta_batch_size, **options}  # fmt: skip
     maml = learner(args.seed)
     # multi-task pretraining: no inner step (inner_lr 0), plain policy gradient on all tasks
     pretrained = learner(args.seed, inner_lr=0.0, sampling_term=False)
     for name, model in (("maml", maml), ("pretrained", pretrained)):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         records = fit_meta_rl(
             model, args.iterations, meta_batch_size=args.meta_batch_size, lr=args.lr,
             seed=args.seed, log_every=25, log=args.out / f"{name}.jsonl",
         )  # fmt: skip
         out[f"{name}_train_minutes"] = (time.perf_counter() - start) / 60
+        out[f"{name}_train_cpu_minutes"] = (time.process_time() - cpu) / 60
         out[f"{name}_last_log"] = records[-1]
     scratch = learner(args.seed + 1)
     tasks = env.sample_tasks(args.tasks, torch.Generator().manual_seed(TEST_SEED))
@@ -276,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--meta-batch-size", type=int, default=10)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--tasks", type=int, default=40)
+    p.add_argument("--baseline", choices=("leave_one_out", "linear"), default="linear")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--time-average", action=argparse.BooleanOptionalAction, default=True)
     p = sub.add_parser("plot")
     p.add_argument("--bandits", type=Path, required=True)
     p.add_argument("--rl2", type=Path, default=None)

@@ -5,13 +5,21 @@ adaptation on navigation, bad input."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
 from torch import nn
 
-from metaloop.algorithms.maml_rl import MAMLRL, leave_one_out_advantages, reward_to_go
+from metaloop.algorithms.maml_rl import (
+    MAMLRL,
+    Episodes,
+    leave_one_out_advantages,
+    linear_feature_baseline,
+    reward_to_go,
+)
 from metaloop.tasks.envs import BernoulliBanditEnv, EnvError, PointNavigationEnv
 
 torch.set_num_threads(1)
@@ -68,6 +76,96 @@ def test_without_the_score_term_of_the_inner_samples_it_is_biased():
     assert ((est.mean(0).double() - exact).abs() > 4 * se.double()).all()
 
 
+def closed_form_gradient_with_update_rule(learner: MAMLRL, episodes: int) -> torch.Tensor:
+    """grad of F(theta) = E_b[J(theta + alpha g(theta; b))] by enumerating every outcome ``b``
+    of ``episodes`` one-pull inner episodes (arm and reward of each), in float64, with the
+    inner step ``g = sum_k c_k grad log pi(a_k)`` whose coefficients ``c_k`` come from the
+    learner's (baseline, normalisation, time-average) update rule on that outcome."""
+    b = learner.policy.bias.detach().double().requires_grad_(True)
+    m = torch.tensor(MEANS, dtype=torch.float64)
+    logp = torch.log_softmax(b, 0)
+    total = torch.zeros((), dtype=torch.float64)
+    for outcome in itertools.product(
+        [(a, r) for a in range(2) for r in (0.0, 1.0)], repeat=episodes
+    ):
+        actions = torch.tensor([a for a, _ in outcome])
+        rewards = torch.tensor([r for _, r in outcome])
+        prob = torch.ones((), dtype=torch.float64)
+        for a, r in outcome:
+            prob = prob * logp[a].exp() * (m[a] if r else 1 - m[a])
+        sample = Episodes(
+            torch.zeros(1, episodes, 1, 1),
+            actions.view(1, episodes, 1),
+            rewards.view(1, episodes, 1),
+        )
+        c = learner.weights(sample, inner=True).double().view(episodes)
+        step = torch.autograd.grad((logp[actions] * c).sum(), b, create_graph=True)[0]
+        total = total + prob * (torch.softmax(b + ALPHA * step, 0) * m).sum()
+    return torch.autograd.grad(total, b)[0]
+
+
+def test_meta_gradient_stays_unbiased_with_the_linear_baseline_and_normalised_steps():
+    torch.manual_seed(0)
+    policy = nn.Linear(1, 2)
+    with torch.no_grad():
+        policy.weight.zero_()
+        policy.bias.copy_(torch.tensor([0.2, -0.1]))
+    learner = MAMLRL(
+        policy, BernoulliBanditEnv(arms=2, horizon=1), inner_lr=ALPHA, inner_episodes=2,
+        outer_episodes=1, gamma=1.0, baseline="linear", normalize_advantages=True,
+        time_average=True,
+    )  # fmt: skip
+    exact = closed_form_gradient_with_update_rule(learner, episodes=2)
+    est = []
+    for c in range(8):
+        loss, _ = learner.meta_loss([{"means": np.array(MEANS)}] * 1000, seed=100_000 * c)
+        est.append(torch.autograd.grad(-loss, policy.bias)[0])
+    est = torch.stack(est)
+    se = est.std(0) / est.shape[0] ** 0.5
+    assert ((est.mean(0).double() - exact).abs() < 4 * se.double() + 1e-4).all()
+    # the normalised step differs from the raw one, so this is not the earlier test again
+    raw = MAMLRL(policy, learner.env, inner_lr=ALPHA, inner_episodes=2, gamma=1.0)
+    assert (closed_form_gradient_with_update_rule(raw, 2) - exact).abs().max() > 1e-3
+
+
+def test_linear_feature_baseline_is_ridge_regression_on_the_other_episodes():
+    gen = torch.Generator().manual_seed(3)
+    obs = torch.randn(2, 4, 6, 2, generator=gen)
+    returns = torch.randn(2, 4, 6, generator=gen)
+    baseline = linear_feature_baseline(obs, returns, reg=0.0)
+    for task, episode in ((0, 0), (1, 3)):
+        others = [j for j in range(4) if j != episode]
+        rows, targets = [], []
+        for j in [*others, episode]:
+            for t in range(6):
+                s, u = obs[task, j, t].numpy(), t / 100
+                rows.append(np.concatenate([s, s**2, [u, u**2, u**3, 1.0]]))
+                targets.append(float(returns[task, j, t]))
+        x, y = np.array(rows), np.array(targets)
+        w = np.linalg.lstsq(x[: 6 * len(others)], y[: 6 * len(others)], rcond=None)[0]
+        expected = x[6 * len(others) :] @ w
+        np.testing.assert_allclose(baseline[task, episode].numpy(), expected, rtol=1e-4, atol=1e-4)
+    # one episode: nothing to fit on, the baseline is 0
+    assert linear_feature_baseline(obs[:, :1], returns[:, :1]).abs().max() == 0
+
+
+def test_inner_weights_are_standardised_and_time_averaged():
+    torch.manual_seed(0)
+    env = PointNavigationEnv(horizon=5)
+    policy = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
+    learner = MAMLRL(
+        policy, env, inner_episodes=4, baseline="linear", normalize_advantages=True,
+        time_average=True, gamma=1.0,
+    )  # fmt: skip
+    tasks = [{"goal": np.array([0.3, -0.2])}]
+    episodes = learner.rollout(learner.batched(learner.params(), 1), tasks, 4)
+    inner = learner.weights(episodes, inner=True) * 4 * 5  # undo the 1/K and 1/T
+    assert abs(float(inner.mean())) < 1e-5 and abs(float(inner.std()) - 1) < 1e-4
+    outer = learner.weights(episodes) * 4  # unnormalised: the advantages themselves
+    returns = reward_to_go(episodes.rewards, 1.0)
+    torch.testing.assert_close(outer, returns - linear_feature_baseline(episodes.obs, returns))
+
+
 def test_leave_one_out_advantages():
     rewards = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [3.0, 1.0]]])  # [B=1, K=3, T=2]
     g = reward_to_go(rewards, 0.5)
@@ -96,6 +194,8 @@ def test_bad_input():
     env = BernoulliBanditEnv(arms=2, horizon=1)
     with pytest.raises(ValueError, match="inner_episodes must be a positive integer"):
         MAMLRL(nn.Linear(1, 2), env, inner_episodes=0)
+    with pytest.raises(ValueError, match="baseline must be one of leave_one_out, linear"):
+        MAMLRL(nn.Linear(1, 2), env, baseline="value")
     with pytest.raises(EnvError, match="at least one task"):
         MAMLRL(nn.Linear(1, 2), env).rollout({}, [], 1)
     env.action_space = spaces.MultiBinary(2)

@@ -91,3 +91,13 @@ def test_bad_input():
         RL2(env)
     with pytest.raises(EnvError, match="at least one task"):
         RL2(BernoulliBanditEnv(arms=2, horizon=2)).rollout([])
+
+
+def test_set_env_plays_the_new_horizon():
+    torch.manual_seed(0)
+    learner = RL2(BernoulliBanditEnv(arms=3, horizon=3), hidden=8)
+    assert learner.rollout(deterministic_tasks()).rewards.shape == (2, 3)
+    learner.set_env(BernoulliBanditEnv(arms=3, horizon=7))
+    trial = learner.rollout(deterministic_tasks())
+    assert trial.rewards.shape == (2, 7)
+    torch.testing.assert_close(trial.total_reward, torch.tensor([7.0, 0.0]))

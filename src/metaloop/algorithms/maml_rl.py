@@ -7,10 +7,36 @@ step is a policy-gradient step on them,
     g(theta; b) = (1/K) sum_k sum_t gamma^t grad log pi_theta(a_kt | s_kt) A_kt,
     theta' = theta + alpha g(theta; b),
 
-with ``A_kt = G_kt - baseline_t``: the discounted reward-to-go minus the mean reward-to-go
-at step ``t`` of the *other* ``K - 1`` episodes (leave-one-out, so the estimate stays
-unbiased).  The meta-objective is the expected return after adaptation, averaged over the
-inner samples as well (every pull of the inner episodes is drawn from ``pi_theta``):
+with ``A_kt = G_kt - baseline_kt``: the discounted reward-to-go minus a baseline fitted on
+the *other* ``K - 1`` episodes of the task (leave-one-out, so ``g`` stays an unbiased
+policy gradient), either
+
+* ``baseline="leave_one_out"``: the mean reward-to-go at step ``t`` of the other episodes, or
+* ``baseline="linear"``: the linear feature baseline of Duan et al. (2016, *Benchmarking
+  deep RL for continuous control*) that MAML's RL experiments use, ``b(s, t) = w . phi(s,
+  t)`` with ``phi = [s, s^2, t/100, (t/100)^2, (t/100)^3, 1]``, ``w`` fitted by ridge
+  regression (``(X^T X + reg I) w = X^T G``) to the reward-to-go of the other episodes.
+
+For the inner step only, ``normalize_advantages`` standardises the ``A_kt`` of each task
+(mean 0, std 1 over its episodes and steps) and ``time_average`` divides the surrogate by
+the horizon ``T`` (a mean over episodes *and* time steps, as rllab's and MAML's vanilla
+policy gradient do), so that ``alpha`` has the same meaning whatever the reward scale and
+horizon (MAML's navigation uses ``alpha = 0.1`` on this scale).
+
+Why these keep the meta-gradient exact: the baseline's weights, the advantages and their
+mean and std are functions of the sampled episodes ``b`` alone (returns and observations),
+never of ``theta`` given ``b``, so ``g(theta; b) = grad_theta sum log pi_theta(a|s) c(b)``
+with coefficients ``c(b)`` held fixed, a deterministic differentiable function of ``theta``
+for each ``b``.  The meta-objective below is defined *with that update rule*, and both
+parts of its gradient (the score of ``b`` and the derivative through ``theta'``) are
+unchanged.  What standardisation changes is only ``g`` itself: it is then a rescaled and
+recentred policy gradient (centring with the sample mean of ``A`` makes ``g`` a biased
+estimate of ``grad J`` by ``O(1/(K T))``), which is the step MAML takes; the meta-gradient of
+``E_b[J(theta + alpha g)]`` stays unbiased.  The *outer* estimates of ``grad J(theta')``
+never standardise (leave-one-out baseline only, sum over time), because their unbiasedness is
+what the meta-gradient's rests on.  The meta-objective is the expected return after
+adaptation, averaged over the inner samples as well (every pull of the inner episodes is
+drawn from ``pi_theta``):
 
     F(theta) = E_{b ~ pi_theta} [ J(theta + alpha g(theta; b)) ].
 
@@ -97,6 +123,32 @@ def reward_to_go(rewards: Tensor, gamma: float) -> Tensor:
     return out
 
 
+BASELINES = ("leave_one_out", "linear")
+
+
+def linear_feature_baseline(
+    obs: Tensor, returns: Tensor, reg: float = 1e-5, time_scale: float = 100.0
+) -> Tensor:
+    """Leave-one-out linear feature baseline, ``[B, K, T]``, for observations ``[B, K, T, d]``
+    and reward-to-go ``returns [B, K, T]``: episode ``k``'s baseline is ``phi . w_k`` with
+    ``phi(s, t) = [s, s^2, u, u^2, u^3, 1]``, ``u = t / time_scale``, and ``w_k`` solving
+    ``(sum_{j != k} X_j^T X_j + reg I) w_k = sum_{j != k} X_j^T G_j`` (ridge regression on the
+    other episodes of the task; with one episode the baseline is 0).  Fitted in float64,
+    detached (a function of the samples only)."""
+    obs, returns = obs.detach().double(), returns.detach().double()
+    b, k, t = returns.shape
+    u = (torch.arange(t, dtype=torch.float64) / time_scale).view(1, 1, t, 1).expand(b, k, t, 1)
+    flat = obs.reshape(b, k, t, -1)
+    features = torch.cat([flat, flat**2, u, u**2, u**3, torch.ones_like(u)], -1)
+    gram = features.transpose(-1, -2) @ features  # [B, K, F, F]
+    target = (features.transpose(-1, -2) @ returns.unsqueeze(-1)).squeeze(-1)  # [B, K, F]
+    eye = reg * torch.eye(features.shape[-1], dtype=torch.float64)
+    weights = torch.linalg.solve(
+        gram.sum(1, keepdim=True) - gram + eye, target.sum(1, keepdim=True) - target
+    )
+    return (features @ weights.unsqueeze(-1)).squeeze(-1).to(torch.get_default_dtype())
+
+
 def leave_one_out_advantages(rewards: Tensor, gamma: float) -> Tensor:
     """``A_kt = G_kt - mean_{j != k} G_jt`` over the episode dimension (``-2``); with one
     episode the baseline is 0."""
@@ -123,7 +175,13 @@ class MAMLRL(nn.Module):
         init_log_std: initial log standard deviation of Gaussian policies.
         count_inner: also maximise the return of the inner episodes (every pull counts:
             the bandit protocol below).
+        baseline: ``"leave_one_out"`` (mean reward-to-go of the other episodes) or
+            ``"linear"`` (the linear feature baseline, fitted on the other episodes).
+        normalize_advantages: standardise the inner step's advantages per task.
+        time_average: the inner surrogate is a mean over time steps too (divided by ``T``).
     """
+
+    learns_in_context = False  # adapts by policy-gradient steps: evaluated by ``adapt``
 
     def __init__(
         self,
@@ -138,8 +196,13 @@ class MAMLRL(nn.Module):
         sampling_term: bool = True,
         init_log_std: float = 0.0,
         count_inner: bool = False,
+        baseline: str = "leave_one_out",
+        normalize_advantages: bool = False,
+        time_average: bool = False,
     ) -> None:
         super().__init__()
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
         for name, value in (
             ("inner_steps", inner_steps),
             ("inner_episodes", inner_episodes),
@@ -162,7 +225,16 @@ class MAMLRL(nn.Module):
         self.inner_episodes, self.outer_episodes = inner_episodes, outer_episodes
         self.gamma, self.first_order, self.sampling_term = gamma, first_order, sampling_term
         self.count_inner = bool(count_inner)
+        self.baseline = baseline
+        self.normalize_advantages, self.time_average = (
+            bool(normalize_advantages),
+            bool(time_average),
+        )
         self._pool: list[MetaEnv] = []
+
+    def set_env(self, env: MetaEnv) -> None:
+        """Act in ``env`` from now on (a new horizon, say); drops the cached copies."""
+        self.env, self._pool = env, []
 
     # -- the functional core ---------------------------------------------------------------
 
@@ -191,13 +263,33 @@ class MAMLRL(nn.Module):
             lp = lp.sum(-1)
         return lp.reshape(b, k, t)
 
-    def surrogate(self, params: Params, episodes: Episodes) -> Tensor:
-        """Per-task ``(1/K) sum_k sum_t gamma^t log pi(a_kt | s_kt) A_kt``, ``[B]``: its
-        gradient is the policy-gradient estimate ``g``."""
-        advantages = leave_one_out_advantages(episodes.rewards, self.gamma)
-        t = torch.arange(advantages.shape[-1], dtype=advantages.dtype)
-        weights = (advantages * self.gamma**t).detach()
-        return (self.log_probs(params, episodes) * weights).sum(-1).mean(-1)
+    def advantages(self, episodes: Episodes) -> Tensor:
+        """``A_kt = G_kt - baseline_kt``, ``[B, K, T]``, with the configured leave-one-out
+        baseline (a function of the samples only)."""
+        if self.baseline == "leave_one_out":
+            return leave_one_out_advantages(episodes.rewards, self.gamma)
+        returns = reward_to_go(episodes.rewards, self.gamma)
+        return returns - linear_feature_baseline(episodes.obs, returns)
+
+    def weights(self, episodes: Episodes, inner: bool = False) -> Tensor:
+        """The coefficients ``c_kt`` of ``log pi(a_kt | s_kt)`` in the surrogate, ``[B, K,
+        T]``, detached: ``gamma^t A_kt / K``; ``inner``: with ``normalize_advantages`` and
+        ``time_average`` applied (see the module docstring)."""
+        advantages = self.advantages(episodes).detach()
+        _, k, horizon = advantages.shape
+        if inner and self.normalize_advantages and k * horizon > 1:
+            mean = advantages.mean((1, 2), keepdim=True)
+            std = advantages.std((1, 2), keepdim=True)
+            advantages = (advantages - mean) / (std + 1e-8)
+        t = torch.arange(horizon, dtype=advantages.dtype)
+        out = advantages * self.gamma**t / k
+        return out / horizon if inner and self.time_average else out
+
+    def surrogate(self, params: Params, episodes: Episodes, inner: bool = False) -> Tensor:
+        """Per-task ``sum_kt c_kt log pi(a_kt | s_kt)``, ``[B]`` (``c = weights(episodes,
+        inner)``): its gradient is an unbiased policy-gradient estimate of ``grad J``, or with
+        ``inner`` the inner step's ``g``."""
+        return (self.log_probs(params, episodes) * self.weights(episodes, inner)).sum((1, 2))
 
     @torch.no_grad()
     def rollout(
@@ -232,7 +324,7 @@ class MAMLRL(nn.Module):
         """``theta' = theta + alpha g(theta; b)`` for every task at once."""
         names = list(params)
         grads = torch.autograd.grad(
-            self.surrogate(params, episodes).sum(),
+            self.surrogate(params, episodes, inner=True).sum(),
             [params[k] for k in names],
             create_graph=create_graph,
         )
@@ -302,8 +394,16 @@ class MAMLRL(nn.Module):
         return (
             f"inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
             f"inner_episodes={self.inner_episodes}, outer_episodes={self.outer_episodes}, "
-            f"first_order={self.first_order}, sampling_term={self.sampling_term}"
+            f"first_order={self.first_order}, sampling_term={self.sampling_term}, "
+            f"baseline={self.baseline}, normalize_advantages={self.normalize_advantages}, "
+            f"time_average={self.time_average}"
         )
 
 
-__all__ = ["MAMLRL", "Episodes", "leave_one_out_advantages", "reward_to_go"]
+__all__ = [
+    "MAMLRL",
+    "Episodes",
+    "leave_one_out_advantages",
+    "linear_feature_baseline",
+    "reward_to_go",
+]

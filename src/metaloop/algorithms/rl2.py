@@ -81,6 +81,8 @@ class RL2(nn.Module):
         reward_scale: rewards are multiplied by this in the policy's input.
     """
 
+    learns_in_context = True  # adapts in its hidden state: evaluated by playing trials
+
     def __init__(
         self,
         env: MetaEnv,
@@ -120,6 +122,10 @@ class RL2(nn.Module):
         self.policy_head = nn.Linear(hidden, self.action_dim)
         self.value_head = nn.Linear(hidden, 1)
         self._pool: list[MetaEnv] = []
+
+    def set_env(self, env: MetaEnv) -> None:
+        """Act in ``env`` from now on (a longer horizon, say); drops the cached copies."""
+        self.env, self._pool = env, []
 
     def distribution(self, h: Tensor):
         out = self.policy_head(h)

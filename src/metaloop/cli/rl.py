@@ -162,7 +162,6 @@ def _restore(run_dir: str | Path) -> tuple[dict[str, Any], Any]:
 
 def evaluate_run(run_dir: str | Path, tasks: int | None = None, baselines: bool = False) -> dict:
     """Mean total reward (and regret) over test tasks; see the module docstring."""
-    from metaloop.algorithms.rl2 import RL2
     from metaloop.evaluation.bandits import POLICIES, Prior, make_policy, run_bandit_policy
     from metaloop.tasks.envs import BanditEnv, make_env
 
@@ -171,17 +170,17 @@ def evaluate_run(run_dir: str | Path, tasks: int | None = None, baselines: bool 
     if n < 2:
         raise ConfigError(f"--tasks must be at least 2 (for an interval), got {n}")
     result: dict[str, Any] = {"tasks": n}
-    if isinstance(learner, RL2):
+    if learner.learns_in_context:  # RL²: play whole trials; MAML-RL: adapt by steps
         env_cfg = dict(cfg["env"])
         name = env_cfg.pop("name")
         horizons = list(cfg["eval"]["horizons"]) or [learner.env.horizon]
         for horizon in horizons:
             env = make_env(name, **{**env_cfg, "horizon": int(horizon)})
             test = env.sample_tasks(n, torch.Generator().manual_seed(TEST_SEED))
-            learner.env, learner._pool = env, []
+            learner.set_env(env)
             with torch.no_grad():
                 trial = learner.rollout(test, seed=TEST_SEED)
-            rows = {"rl2": (trial.total_reward.numpy(), trial.regrets.numpy())}
+            rows = {cfg["algorithm"]["name"]: (trial.total_reward.numpy(), trial.regrets.numpy())}
             if baselines and isinstance(env, BanditEnv):
                 for policy in POLICIES:
                     if policy == "gittins" and Prior.of(env).kind != "bernoulli":

@@ -1,7 +1,11 @@
 """The outer loop for meta-RL learners (``RL2``, ``MAMLRL``).
 
-A meta-RL learner has ``env`` (a ``metaloop.tasks.envs.MetaEnv``) and ``meta_loss(tasks,
-seed)``: a scalar whose gradient is the meta-gradient for a batch of tasks, plus metrics.
+A meta-RL learner has ``env`` (a ``metaloop.tasks.envs.MetaEnv``), ``set_env(env)`` (act
+in another environment of the family, say a longer horizon), ``meta_loss(tasks, seed)``: a
+scalar whose gradient is the meta-gradient for a batch of tasks, plus metrics, and the
+class attribute ``learns_in_context``: ``True`` when it adapts within a trial without
+gradient steps (RL²: evaluated by ``rollout(tasks, seed)``), ``False`` when it adapts by
+gradient steps (MAML-RL: evaluated by ``adapt(tasks, steps, seed)``).
 ``fit_meta_rl`` samples ``meta_batch_size`` tasks per iteration from a seeded generator,
 gives each iteration its own environment seed, and steps the optimiser; it logs one JSON
 line per ``log_every`` iterations (the metrics averaged over them) to ``log`` (a path or
