@@ -1,7 +1,8 @@
 """Black-box sequence learners (in-context transformer, label-delay LSTM, SNAIL): order
 (in)variance of the support set, queries independent of each other, each network against
 a hand-written sequence computation, meta-gradients against float64 central differences,
-classification, and bad input."""
+classification, image episodes through a Conv4 encoder, fewer ways at test than at
+training, and bad input."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from torch import nn
 from metaloop.algorithms.incontext import InContextTransformer, support_query_mask
 from metaloop.algorithms.mann_lstm import LabelDelayLSTM
 from metaloop.algorithms.snail import SNAIL
+from metaloop.models import Conv4
 from metaloop.tasks import RotatingBoundary, Sinusoid
-from metaloop.tasks.base import TaskError
+from metaloop.tasks.base import TaskBatch, TaskError
 
 torch.set_num_threads(1)
 
@@ -177,7 +179,7 @@ def test_bad_input_gives_one_line_errors(kind):
         learner.forward_task(batch.support_x[:, :0], batch.support_y[:, :0], batch.query_x)
     classifier = make(kind, x_dim=1, y_dim=2, loss="cross_entropy")
     labels = torch.full(batch.support_y.shape[:2], 2)
-    with pytest.raises(TaskError, match=r"labels must lie in 0\.\.1"):
+    with pytest.raises(TaskError, match="3-way but this learner reads at most 2-way"):
         classifier.forward_task(batch.support_x, labels, batch.query_x)
     with pytest.raises(ValueError, match="y_dim must be a positive integer"):
         make(kind, y_dim=0)
@@ -190,3 +192,104 @@ def test_bad_sizes():
         learner = make("snail", sizes=TINY)
         batch = sinusoid(shots=6)
         learner.forward_task(batch.support_x, batch.support_y, batch.query_x)
+
+
+def band_image_episodes(tasks: int, generator: torch.Generator, ways=3, queries=2, size=8):
+    """``ways``-way 1-shot episodes of ``size x size`` images, trivially separable: class
+    ``c`` is a bright vertical band in column block ``c`` (3 pixels of noise flipped per
+    query), and the band-to-label assignment is drawn per task, so the label of a query can
+    only be read from the support set."""
+    bands = torch.zeros(ways, 1, size, size)
+    for c in range(ways):
+        bands[c, 0, :, c * size // ways : (c + 1) * size // ways] = 1.0
+    support_x = bands[torch.rand(tasks, ways, generator=generator).argsort(-1)]
+    labels = torch.arange(ways)
+    query_y = labels.repeat_interleave(queries)
+    query_x = support_x[:, query_y].clone()
+    pixels = query_x.view(tasks, ways * queries, -1)
+    flip = torch.rand(pixels.shape, generator=generator).argsort(-1)[..., :3]
+    pixels.scatter_(-1, flip, 1 - pixels.gather(-1, flip))
+    return TaskBatch(support_x, labels.expand(tasks, -1), query_x, query_y.expand(tasks, -1))
+
+
+IMAGE_LEARNERS = {
+    "transformer": lambda e: InContextTransformer(
+        e, e.embedding_dim, 3, width=32, depth=2, heads=2, loss="cross_entropy"
+    ),
+    "lstm": lambda e: LabelDelayLSTM(e, e.embedding_dim, 3, hidden=16, loss="cross_entropy"),
+    "snail": lambda e: SNAIL(
+        e,
+        e.embedding_dim,
+        3,
+        max_support=3,
+        filters=8,
+        key_size=8,
+        value_size=8,
+        loss="cross_entropy",
+        shuffle_support=True,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", ["transformer", "lstm", "snail"])
+def test_image_episodes_through_conv4_are_learned(kind):
+    torch.manual_seed(0)
+    encoder = Conv4(1, None, hidden=8, image_size=8, blocks=2, norm="batch_episode")
+    learner = IMAGE_LEARNERS[kind](encoder)
+    test = band_image_episodes(64, torch.Generator().manual_seed(99))
+    train = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(learner.parameters(), 3e-3 if kind != "transformer" else 1e-3)
+    before = learner.evaluate_batch(test)[0]
+    assert learner.adapt(test[0])(test[0].query_x).shape == (6, 3)
+    for _ in range(100):
+        loss, _ = learner.meta_loss(band_image_episodes(16, train))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = learner.evaluate_batch(test)[0]
+    assert float(before["accuracy"].mean()) < 0.5  # chance is 1/3
+    assert float(after["loss"].mean()) < 0.5 * float(before["loss"].mean())
+    assert float(after["accuracy"].mean()) > 0.8
+
+
+@pytest.mark.parametrize("kind", ["transformer", "lstm", "snail"])
+def test_fewer_ways_at_test_read_the_first_slots_and_more_are_refused(kind):
+    learner = make(kind, x_dim=2, y_dim=4, loss="cross_entropy")
+    batch = RotatingBoundary(shots=6, queries=4, dtype=torch.float64).sample(
+        2, torch.Generator().manual_seed(0)
+    )  # 2-way
+    logits = learner.forward_task(batch.support_x, batch.support_y, batch.query_x)
+    assert logits.shape[-1] == 2
+    # the same network's 4 outputs, of which the first 2 are the task's classes
+    four = learner.predict(
+        learner.features(batch.support_x),
+        torch.nn.functional.one_hot(batch.support_y, 4).double(),
+        learner.features(batch.query_x),
+    )
+    torch.testing.assert_close(logits, four[..., :2])
+    wide = make(kind, x_dim=2, y_dim=1, loss="cross_entropy")
+    with pytest.raises(TaskError, match="2-way but this learner reads at most 1-way"):
+        wide.meta_loss(batch)
+
+
+def test_shuffled_support_reorders_each_task_only_while_training():
+    learner = make("snail", shuffle_support=True)
+    batch = sinusoid(shots=8, tasks=3)
+    torch.manual_seed(0)
+    sx, sy = learner.shuffled(batch.support_x, batch.support_y)
+
+    def pairs(x, y):
+        return {(float(a), float(b)) for a, b in zip(x[:, 0], y[:, 0])}
+
+    for t in range(3):  # the same pairs, in another order
+        assert pairs(sx[t], sy[t]) == pairs(batch.support_x[t], batch.support_y[t])
+    assert not torch.equal(sx, batch.support_x)
+    learner.eval()
+    plain = make("snail")
+    plain.eval()
+    torch.testing.assert_close(learner.meta_loss(batch)[0], plain.meta_loss(batch)[0])
+    learner.train()
+    losses = {round(float(learner.meta_loss(batch)[0].detach()), 10) for _ in range(4)}
+    assert len(losses) > 1
+    with pytest.raises(ValueError, match="shuffle_support must be true or false"):
+        make("snail", shuffle_support="yes")

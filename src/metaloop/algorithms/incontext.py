@@ -83,7 +83,8 @@ class InContextTransformer(SequenceLearner):
         depth: number of transformer blocks.
         heads: attention heads (must divide ``width``).
         ff: hidden size of the feed-forward layers (default ``2 * width``).
-        loss, min_support: as for every ``SequenceLearner``.
+        loss, min_support, channels_last, shuffle_support: as for every
+            ``SequenceLearner``.
     """
 
     def __init__(
@@ -97,8 +98,10 @@ class InContextTransformer(SequenceLearner):
         ff: int | None = None,
         loss: str | LossFn = "mse",
         min_support: int | None = None,
+        channels_last: bool = False,
+        shuffle_support: bool = False,
     ) -> None:
-        super().__init__(encoder, x_dim, y_dim, loss, min_support)
+        super().__init__(encoder, x_dim, y_dim, loss, min_support, channels_last, shuffle_support)
         self.width = check_size("width", width)
         self.depth = check_size("depth", depth)
         self.heads = check_size("heads", heads)

@@ -34,7 +34,8 @@ class LabelDelayLSTM(SequenceLearner):
         encoder, x_dim, y_dim: as for every ``SequenceLearner``.
         hidden: LSTM state size.
         layers: stacked LSTM layers.
-        loss, min_support: as for every ``SequenceLearner``.
+        loss, min_support, channels_last, shuffle_support: as for every
+            ``SequenceLearner``.
     """
 
     def __init__(
@@ -46,8 +47,10 @@ class LabelDelayLSTM(SequenceLearner):
         layers: int = 1,
         loss: str | LossFn = "mse",
         min_support: int | None = None,
+        channels_last: bool = False,
+        shuffle_support: bool = False,
     ) -> None:
-        super().__init__(encoder, x_dim, y_dim, loss, min_support)
+        super().__init__(encoder, x_dim, y_dim, loss, min_support, channels_last, shuffle_support)
         self.hidden = check_size("hidden", hidden)
         self.layers = check_size("layers", layers)
         self.lstm = nn.LSTM(x_dim + y_dim, hidden, num_layers=layers, batch_first=True)

@@ -16,8 +16,17 @@ The meta-loss is the task loss of the query predictions (MSE, or cross-entropy o
 ``ways`` logits), averaged over the queries of all tasks.  With ``min_support = m``,
 training reads only a random prefix of ``L ~ U{m, ..., S}`` support points per
 meta-batch (one length for the whole batch), so one learner serves every shot count from
-``m`` to ``S`` at test time (the random context sizes of Garnelo et al. 2018).
+``m`` to ``S`` at test time (the random context sizes of Garnelo et al. 2018).  With
+``shuffle_support``, training reads each task's support pairs in a fresh random order, so
+an order-dependent learner (LSTM, SNAIL) must read the labels rather than learn which
+label sits at which position (episode samplers list the support set class by class).
 ``steps`` in ``adapt`` / ``evaluate_batch`` is accepted for the protocol and ignored.
+
+Classification with ``y_dim = ways`` reads ``W``-way tasks for any ``W <= ways``: labels
+``0..W-1`` fill the first ``W`` slots of the one-hot and only the first ``W`` logits are
+returned, so the softmax runs over the task's own classes (a learner trained 20-way can be
+tested 5-way).  A task with more classes than ``ways`` is refused with a one-line error:
+its labels have no slot.
 """
 
 from __future__ import annotations
@@ -60,6 +69,9 @@ class SequenceLearner(MetaLearner):
         loss: ``"mse"`` or ``"cross_entropy"``.
         min_support: train on random support prefixes of at least this many points
             (``None``: always the whole support set).
+        channels_last: lay the encoder's 4-D (convolution) weights out channels-last
+            (identical numbers up to float rounding; faster convolutions on the CPU).
+        shuffle_support: while training, read each task's support set in a random order.
     """
 
     model_role = "embedding"
@@ -78,6 +90,8 @@ class SequenceLearner(MetaLearner):
         y_dim: int,
         loss: str | LossFn = "mse",
         min_support: int | None = None,
+        channels_last: bool = False,
+        shuffle_support: bool = False,
     ) -> None:
         super().__init__(loss)
         self.x_dim = check_size("x_dim", x_dim)
@@ -85,6 +99,12 @@ class SequenceLearner(MetaLearner):
         if min_support is not None:
             check_size("min_support", min_support)
         self.min_support = min_support
+        for name, flag in (("channels_last", channels_last), ("shuffle_support", shuffle_support)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be true or false, got {flag!r}")
+        if channels_last:
+            encoder.to(memory_format=torch.channels_last)
+        self.shuffle_support = shuffle_support
         self.encoder = encoder
 
     # -- inputs ------------------------------------------------------------------------------
@@ -103,6 +123,20 @@ class SequenceLearner(MetaLearner):
                 f"with x_dim={self.x_dim}: set x_dim to the encoder's output size"
             )
         return z
+
+    def task_ways(self, support_y: Tensor) -> int:
+        """Classes of a classification batch (support labels ``0..W-1``), checked against
+        the ``ways = y_dim`` the learner was built for (module docstring)."""
+        if support_y.is_floating_point():
+            raise TaskError(f"classification labels must be integers, got {support_y.dtype}")
+        ways = int(support_y.max()) + 1
+        if ways > self.y_dim:
+            raise TaskError(
+                f"the task is {ways}-way but this learner reads at most {self.y_dim}-way tasks "
+                f"(y_dim = ways it was built for): evaluate with ways <= {self.y_dim} or train "
+                f"with task.ways = {ways}"
+            )
+        return ways
 
     def encode_targets(self, y: Tensor, dtype: torch.dtype) -> Tensor:
         """``e(y)``: one-hot labels (classification) or the targets, ``[T, S, y_dim]``."""
@@ -139,18 +173,30 @@ class SequenceLearner(MetaLearner):
         s = support_x.shape[1]
         if s < 1:
             raise TaskError("the support set is empty: a sequence learner needs >= 1 point")
+        ways = self.task_ways(support_y) if self.classification else self.y_dim
         z = self.features(torch.cat([support_x, query_x], 1))
-        return self.predict(z[:, :s], self.encode_targets(support_y, z.dtype), z[:, s:])
+        out = self.predict(z[:, :s], self.encode_targets(support_y, z.dtype), z[:, s:])
+        return out[..., :ways]  # a W-way task's logits: its own W classes
 
     def _loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         if self.classification:
-            return self.loss_fn(prediction.reshape(-1, self.y_dim), target.reshape(-1))
+            return self.loss_fn(prediction.reshape(-1, prediction.shape[-1]), target.reshape(-1))
         return self.loss_fn(prediction, target)
+
+    def shuffled(self, sx: Tensor, sy: Tensor) -> tuple[Tensor, Tensor]:
+        """The support pairs of each task in its own random order (torch's global RNG)."""
+        t, s = sx.shape[:2]
+        order = torch.rand(t, s).argsort(1).to(sx.device)
+        pick_x = order.view(t, s, *[1] * (sx.dim() - 2)).expand_as(sx)
+        pick_y = order.view(t, s, *[1] * (sy.dim() - 2)).expand_as(sy)
+        return sx.gather(1, pick_x), sy.gather(1, pick_y)
 
     # -- the protocol ------------------------------------------------------------------------
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         sx, sy = batch.support_x, batch.support_y
+        if self.shuffle_support and self.training:
+            sx, sy = self.shuffled(sx, sy)
         if self.min_support is not None and self.training and self.min_support < sx.shape[1]:
             length = int(torch.randint(self.min_support, sx.shape[1] + 1, ()))
             sx, sy = sx[:, :length], sy[:, :length]

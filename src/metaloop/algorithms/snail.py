@@ -124,7 +124,8 @@ class SNAIL(SequenceLearner):
         filters: ``F`` of every dense block.
         key_size, value_size: of the first attention block; the second and third double
             them and quadruple them, as in the paper's layout.
-        loss, min_support: as for every ``SequenceLearner``.
+        loss, min_support, channels_last, shuffle_support: as for every
+            ``SequenceLearner``.
     """
 
     def __init__(
@@ -138,8 +139,10 @@ class SNAIL(SequenceLearner):
         value_size: int = 16,
         loss: str | LossFn = "mse",
         min_support: int | None = None,
+        channels_last: bool = False,
+        shuffle_support: bool = False,
     ) -> None:
-        super().__init__(encoder, x_dim, y_dim, loss, min_support)
+        super().__init__(encoder, x_dim, y_dim, loss, min_support, channels_last, shuffle_support)
         self.max_support = check_size("max_support", max_support)
         check_size("filters", filters)
         check_size("key_size", key_size)
