@@ -63,7 +63,8 @@ def test_diagnose_flags_report_and_plot(run_dir, capsys):
     argv += ["--iterations", "3", "--pool-sizes", "1,2", "--pool-points", "12"]
     argv += ["--noise", "--noise-draws", "3,2,2", "--plot", str(plots), "--inner-decay", "0.5"]
     argv += ["--support-jitter", "0.3"]
-    argv += ["--geometry", "--noise-shots", "2,5"]
+    argv += ["--geometry", "--noise-shots", "2,5", "--noise-batch-sizes", "1,4"]
+    argv += ["--noise-batches", "3"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["inner_curves"]) == {"0.05", "0.2"}
@@ -91,7 +92,12 @@ def test_diagnose_flags_report_and_plot(run_dir, capsys):
     assert len({c["query_loss"][-1] for c in curves.values()}) == 4
     assert curves["as trained"]["query_loss"] == report["inner_curves"]["0.05"]["query_loss"]
     assert set(report["noise_by_shots"]) == {"2", "5"}
+    by_batch = report["noise_by_batch"]
+    assert set(by_batch) == {"2", "5"}
+    assert [p["meta_batch_size"] for p in by_batch["5"]["points"]] == [1, 4]
+    assert all(p["batches"] == 3 and p["trace"] > 0 for p in by_batch["5"]["points"])
     for name in (
+        "noise_by_batch.png",
         "noise_by_shots.png",
         "remedies.png",
         "inner_curves.png",
@@ -150,3 +156,13 @@ def test_diversity_flag_on_sinusoid_and_refused_without_intervals(run_dir, tmp_p
     # shifted by 0.75 widths: amplitude centre 2.55 + 0.75 * 4.9
     assert result["test_ranges"]["shifted by 0.75"]["amplitude"] == pytest.approx([3.775, 8.675])
     assert (tmp_path / "p" / "diversity.png").exists()
+
+
+def test_bn_policies_flag_refuses_a_model_without_a_norm_and_unknown_policies(run_dir, capsys):
+    capsys.readouterr()
+    assert main(["diagnose", str(run_dir), "--batches", "2", "--bn-policies", "all"]) == 2
+    assert "normalization policy" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["diagnose", str(run_dir), "--bn-policies", "batch_episode,batchnorm"])
+    err = capsys.readouterr().err
+    assert "batchnorm" in err and "batch_per_step" in err

@@ -72,3 +72,39 @@ def test_decompose_recovers_planted_components():
     assert d.for_meta_batch(4) == pytest.approx(d.total / 4)
     with pytest.raises(ValueError, match="tasks must be >= 1"):
         noise.nested_gradients(None, None, 0, 1, 1)
+
+
+def test_meta_batch_scaling_on_quadratics_follows_the_closed_form_over_b():
+    """Independent tasks: the meta-batch mean's variance is the one-task closed form divided
+    by ``B`` (``quadratic_meta_gradient_variance``), measured directly, slope -1."""
+    family = Quadratic(curvature_range=(0.2, 2.0), optimum_std=1.0, dtype=F64)
+    learner = MAML(_linear(1, 1, 0.7), inner_lr=0.6)
+    scaling = noise.meta_batch_scaling(learner, family, [1, 4, 16], batches=300)
+    exact = noise.quadratic_meta_gradient_variance(0.7, 0.6, (0.2, 2.0), 1.0, True)
+    for p in scaling.points:
+        # 300 batches: the Gaussian interval is ~16% of the trace; 30% leaves room for
+        # the heavier-than-normal tails of this family
+        assert p.trace == pytest.approx(exact / p.meta_batch_size, rel=0.3)
+        assert p.ci95 > 0
+    assert scaling.slope == pytest.approx(-1.0, abs=0.15)
+    assert scaling.one_task_trace == pytest.approx(exact, rel=0.3)
+    with pytest.raises(ValueError, match="positive integers"):
+        noise.meta_batch_scaling(learner, family, [0, 2])
+
+
+def test_mean_gradient_covariance_trace_and_interval_on_gaussian_rows():
+    """Rows ~ N(0, diag(1..P)): ``E tr S = sum_p p``; the half-width estimates
+    ``1.96 sqrt(2 tr(Sigma^2) / (n - 1))`` with ``tr(Sigma^2) = sum_p p^2``, and the
+    interval covers the truth in most of 50 repetitions."""
+    p_dim, n = 5, 200
+    scale = torch.arange(1, p_dim + 1, dtype=F64).sqrt()
+    gen = torch.Generator().manual_seed(0)
+    truth = float(scale.pow(2).sum())
+    half_truth = 1.96 * (2 * float(scale.pow(4).sum()) / (n - 1)) ** 0.5
+    covered = 0
+    for _ in range(50):
+        rows = torch.randn(n, p_dim, generator=gen, dtype=F64) * scale
+        trace, half = noise.mean_gradient_covariance(rows)
+        covered += abs(trace - truth) <= half
+        assert half == pytest.approx(half_truth, rel=0.35)
+    assert covered >= 42  # nominal 95%: 47.5 of 50

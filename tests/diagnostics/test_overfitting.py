@@ -71,3 +71,54 @@ def test_pool_of_one_task_is_memorised_a_large_pool_is_not():
     small, large = points[0].risk, points[1].risk
     assert small.low > 20 and small.train_loss < 0.1
     assert large.low < 1.0 < large.high and small.low > 10 * large.high
+
+
+def _grouped_family(groups: int = 4, per_group: int = 6, per_class: int = 4):
+    """Classes in ``groups`` named groups; class ``c`` is a constant 4x4 image of value
+    ``c / classes`` (so a pool's classes are recognisable by their images)."""
+    from metaloop.data.dataset import ClassDataset
+    from metaloop.data.episodes import EpisodicFamily
+
+    classes = groups * per_group
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    images = (labels.float() / classes).view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
+    names = ["delta", "alpha", "gamma", "beta", "eps", "zeta"][:groups]
+    info = [{"alphabet": names[c // per_group], "name": str(c)} for c in range(classes)]
+    return EpisodicFamily(ClassDataset(images, labels, info), ways=3, shots=1, queries=2)
+
+
+def test_group_pools_take_whole_groups_nested_in_name_order():
+    family = _grouped_family()
+    pools = overfitting.group_pools(family, [1, 2, 4])
+    assert sorted(pools) == [1, 2, 4]
+    assert set(pools[1].dataset.values("alphabet")) == {"alpha"}  # sorted first, not "delta"
+    assert set(pools[2].dataset.values("alphabet")) == {"alpha", "beta"}
+    assert pools[4].num_classes == 24 and pools[1].num_classes == 6
+    # every image of the one-group pool is one of alpha's (classes 6..11 of the family)
+    values = pools[1].sample(10, torch.Generator().manual_seed(0)).support_x.unique()
+    assert set((values * 24).round().int().tolist()) <= set(range(6, 12))
+    seeded = overfitting.group_pools(family, [1, 2], seed=3)
+    assert set(seeded[1].dataset.values("alphabet")) < set(seeded[2].dataset.values("alphabet"))
+    with pytest.raises(ValueError, match="1..4"):
+        overfitting.group_pools(family, [5])
+
+
+def test_family_pool_sweep_on_the_held_out_family_itself_finds_no_inflation():
+    """A pool that *is* the held-out distribution: both sides score new episodes of the same
+    classes, so the ratio's interval must contain 1 (a sweep that scored the pool on its
+    training batches, or held out on another seed's learner, would not be pinned there)."""
+    from metaloop.models import Conv4
+
+    family = _grouped_family()
+
+    def make():
+        model = Conv4(1, ways=3, hidden=4, image_size=4, norm="layer", strided=True, blocks=2)
+        return MAML(model, inner_lr=0.4, loss="cross_entropy", vectorize="loop")
+
+    points = overfitting.family_pool_sweep(
+        make, {4: family}, family, iterations=5, meta_batch_size=2, episodes=150
+    )
+    (point,) = points
+    assert point.pool_size == 4 and point.iterations == 5
+    assert point.risk.low < 1.0 < point.risk.high
+    assert 0.0 <= point.train_accuracy <= 1.0 and point.held_out_accuracy is not None

@@ -6,8 +6,13 @@
   curve per inner rate (inner-loop overfitting);
 * ``--loto``: the leave-one-task-out risk inflation ratio with its 95% interval;
 * ``--pool-sizes N1,N2,..``: the ratio against the size of the meta-training pool (fresh
-  learners meta-trained for ``--iterations`` on each pool);
+  learners meta-trained for ``--iterations`` on each pool): ``N`` tasks of a synthetic
+  family, or ``N`` whole class groups (``--pool-key``, Omniglot's alphabets) of an image
+  family, held out against the test part;
 * ``--noise``: the meta-gradient covariance split into task, support and query sampling;
+  ``--noise-batch-sizes`` measures the covariance of the meta-batch mean against ``B``;
+* ``--bn-policies P1,P2,..``: the backbone's normalization policies side by side (fresh
+  learners, same seed, episodes and iterations), accuracy on ``--episodes`` test episodes;
 * ``--plot DIR``: a PNG per analysis in ``DIR``.
 """
 
@@ -47,6 +52,20 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _policy_list(text: str) -> list[str]:
+    from metaloop.models.norm import NORM_POLICIES
+
+    if text.strip() == "all":
+        return [p for p in NORM_POLICIES if p != "none"]
+    values = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [v for v in values if v not in NORM_POLICIES]
+    if not values or unknown or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct policies from {', '.join(NORM_POLICIES)} (or 'all'), got {text!r}"
+        )
+    return values
+
+
 def add_arguments(dg: argparse.ArgumentParser) -> None:
     dg.add_argument("--oracle", action="store_true", help="theta_0 against the closed form")
     dg.add_argument(
@@ -77,6 +96,44 @@ def add_arguments(dg: argparse.ArgumentParser) -> None:
         "--pool-sizes", type=_int_list, default=None, help="risk inflation against pool size"
     )
     dg.add_argument("--pool-points", type=positive_int, default=50, help="points per pool task")
+    dg.add_argument(
+        "--pool-key",
+        default="alphabet",
+        help="--pool-sizes on an image family: the class metadata field a pool takes whole",
+    )
+    dg.add_argument(
+        "--pool-seed",
+        type=int,
+        default=None,
+        help="--pool-sizes on an image family: pick the groups in a seeded order (default: "
+        "the first N in sorted order)",
+    )
+    dg.add_argument(
+        "--meta-batch",
+        type=positive_int,
+        default=None,
+        help="meta-batch of --pool-sizes/--diversity/--bn-policies training (default: the run's)",
+    )
+    dg.add_argument(
+        "--bn-policies",
+        type=_policy_list,
+        default=None,
+        metavar="P1,P2,..",
+        help="train and test the backbone with these normalization policies side by side "
+        "('all': the six of models.norm except none)",
+    )
+    dg.add_argument(
+        "--episodes",
+        type=positive_int,
+        default=600,
+        help="--bn-policies: test episodes (standard protocol, eval seed 12345)",
+    )
+    dg.add_argument(
+        "--small-queries",
+        type=int,
+        default=1,
+        help="--bn-policies: also test with this many queries per class (0: skip)",
+    )
     dg.add_argument(
         "--iterations", type=positive_int, default=500, help="meta-training of --loto/--pool-sizes"
     )
@@ -114,6 +171,19 @@ def add_arguments(dg: argparse.ArgumentParser) -> None:
         metavar="S1,S2,..",
         help="--noise: repeat the decomposition with these support sizes",
     )
+    dg.add_argument(
+        "--noise-batch-sizes",
+        type=_int_list,
+        default=None,
+        metavar="B1,B2,..",
+        help="--noise: covariance trace of the meta-batch mean against these meta-batch sizes",
+    )
+    dg.add_argument(
+        "--noise-batches",
+        type=positive_int,
+        default=50,
+        help="--noise-batch-sizes: independent meta-batches per size",
+    )
     dg.add_argument("--plot", default=None, metavar="DIR", help="write a PNG per analysis")
 
 
@@ -131,7 +201,7 @@ def run_analyses(
     """The flagged analyses as a JSON-ready dict (empty when no flag is given)."""
     import torch
 
-    from metaloop.cli.build import build_family, build_learner, build_model
+    from metaloop.cli.build import build_learner, build_model
     from metaloop.diagnostics import inner_curve, oracles, overfitting
     from metaloop.diagnostics.core import leave_one_task_out
 
@@ -182,27 +252,7 @@ def run_analyses(
             "per_task": loo.per_task,
         }
     if args.pool_sizes:
-        _synthetic_only(family, "--pool-sizes")
-        shots, queries = family.shots, family.queries
-        if shots + queries > args.pool_points:
-            raise ConfigError(
-                f"--pool-points must be >= shots + queries = {shots + queries}, "
-                f"got {args.pool_points}"
-            )
-        half = args.pool_points // 2
-        pool_family = build_family(cfg, "train", shots=half, queries=args.pool_points - half)
-        points = overfitting.pool_size_sweep(
-            make_learner,
-            pool_family,
-            args.pool_sizes,
-            shots,
-            queries,
-            iterations=args.iterations,
-            meta_batch_size=int(cfg["train"].get("meta_batch_size", 10)),
-            outer_lr=args.outer_lr,
-            log=None if args.json else print,
-        )
-        out["pool_sizes"] = [dataclasses.asdict(p) for p in points]
+        out["pool_sizes"] = _pool_sizes(args, cfg, family, make_learner)
     if args.diversity:
         out["diversity"] = _diversity(args, cfg, family, make_learner)
     if args.noise:
@@ -236,11 +286,149 @@ def run_analyses(
                     noise.decompose_meta_gradient_noise(learner, resized, **sizes)
                 )
             out["noise_by_shots"] = by_shots
+        if args.noise_batch_sizes:
+            out["noise_by_batch"] = _noise_by_batch(args, learner, family)
+    if args.bn_policies:
+        out["bn_policies"] = _bn_policies(args, cfg)
     if args.plot and out:
         from metaloop.cli.diagnose_plots import plot_analyses
 
         out["plots"] = [str(p) for p in plot_analyses(out, Path(args.plot))]
     return out
+
+
+def _meta_batch(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    return args.meta_batch or int(cfg["train"].get("meta_batch_size", 10))
+
+
+def _pool_sizes(
+    args: argparse.Namespace, cfg: dict[str, Any], family: Any, make_learner: Any
+) -> list[dict[str, Any]]:
+    """Synthetic families: pools of ``N`` tasks with ``--pool-points`` fixed points each,
+    held out against fresh tasks.  Image families (``EpisodicFamily``): pools of ``N``
+    whole ``--pool-key`` groups of the training part (augmented as in training), held out
+    against the test part, which must share no group with the pools."""
+    from metaloop.cli.build import build_family
+    from metaloop.data.episodes import EpisodicFamily
+    from metaloop.diagnostics import overfitting
+
+    log = None if args.json else print
+    if isinstance(family, EpisodicFamily):
+        cache: dict[Any, Any] = {}
+        train = build_family(cfg, "train", cache=cache)
+        try:
+            pools = overfitting.group_pools(train, args.pool_sizes, args.pool_key, args.pool_seed)
+        except ValueError as err:  # TaskError included
+            raise ConfigError(f"--pool-sizes: {err}") from err
+        held_out = build_family(cfg, "test", evaluation=True, cache=cache)
+        largest = pools[max(pools)].dataset.values(args.pool_key)
+        shared = set(largest) & set(held_out.dataset.values(args.pool_key))
+        if shared:
+            raise ConfigError(
+                f"--pool-sizes: the test part shares {len(shared)} {args.pool_key} groups with "
+                f"the pools (e.g. {sorted(shared, key=str)[0]!r}); use a split whose test "
+                'groups are disjoint (Omniglot: data.split = "lake")'
+            )
+        points = overfitting.family_pool_sweep(
+            make_learner,
+            pools,
+            held_out,
+            iterations=args.iterations,
+            meta_batch_size=_meta_batch(args, cfg),
+            outer_lr=args.outer_lr,
+            log=log,
+            train_eval=lambda pool: pool.with_shape(transform=None),
+        )
+        out = [dataclasses.asdict(p) for p in points]
+        for p in out:
+            p["classes"] = pools[p["pool_size"]].num_classes
+        return out
+    _synthetic_only(family, "--pool-sizes")
+    shots, queries = family.shots, family.queries
+    if shots + queries > args.pool_points:
+        raise ConfigError(
+            f"--pool-points must be >= shots + queries = {shots + queries}, got {args.pool_points}"
+        )
+    half = args.pool_points // 2
+    pool_family = build_family(cfg, "train", shots=half, queries=args.pool_points - half)
+    points = overfitting.pool_size_sweep(
+        make_learner,
+        pool_family,
+        args.pool_sizes,
+        shots,
+        queries,
+        iterations=args.iterations,
+        meta_batch_size=_meta_batch(args, cfg),
+        outer_lr=args.outer_lr,
+        log=log,
+    )
+    return [dataclasses.asdict(p) for p in points]
+
+
+def _noise_by_batch(args: argparse.Namespace, learner: Any, family: Any) -> dict[str, Any]:
+    """Covariance trace of the meta-batch mean against ``B``, one series per support size
+    (``--noise-shots``, else the family's), beside the nested decomposition's ``total / B``."""
+    from metaloop.diagnostics import noise
+
+    out = {}
+    for shots in args.noise_shots or [family.shots]:
+        resized = copy.copy(family)
+        resized.shots = shots
+        scaling = noise.meta_batch_scaling(
+            learner, resized, args.noise_batch_sizes, batches=args.noise_batches
+        )
+        out[str(shots)] = dataclasses.asdict(scaling)
+    return out
+
+
+def _bn_policies(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The run's configuration retrained with each ``--bn-policies`` policy for
+    ``--iterations`` (meta-batch ``--meta-batch``, Adam ``--outer-lr``), tested on
+    ``--episodes`` episodes of the test part at the run's evaluation sizes and steps."""
+    from metaloop.cli.build import build_family, build_learner, build_model
+    from metaloop.diagnostics import norm_policies
+
+    if "norm" not in cfg["model"]:
+        raise ConfigError(
+            f"--bn-policies needs a model with a normalization policy ([model] norm, e.g. "
+            f"conv4 or resnet12), got model {cfg['model'].get('name')!r} without one"
+        )
+    if args.small_queries < 0:
+        raise ConfigError(f"--small-queries must be >= 0, got {args.small_queries}")
+    cache: dict[Any, Any] = {}
+    train = build_family(cfg, "train", cache=cache)
+    ev = cfg["eval"]
+    sizes = {k: ev.get(k) for k in ("ways", "shots", "queries")}
+    test = build_family(cfg, "test", evaluation=True, cache=cache, **sizes)
+    small = None
+    if args.small_queries:
+        small_sizes = {**sizes, "queries": args.small_queries}
+        small = build_family(cfg, "test", evaluation=True, cache=cache, **small_sizes)
+    steps = max(ev["steps"]) if ev.get("steps") else None  # the run's reported count
+
+    def make_learner(policy: str) -> Any:
+        changed = copy.deepcopy(cfg)
+        changed["model"]["norm"] = policy
+        return build_learner(changed, build_model(changed), family=train)
+
+    results = norm_policies.norm_policy_sweep(
+        make_learner,
+        args.bn_policies,
+        train,
+        test,
+        iterations=args.iterations,
+        meta_batch_size=_meta_batch(args, cfg),
+        outer_lr=args.outer_lr,
+        episodes=args.episodes,
+        steps=steps,
+        small_family=small,
+        log=None if args.json else print,
+    )
+    return {
+        "test_queries": test.queries,
+        "small_queries": args.small_queries or None,
+        "results": [dataclasses.asdict(r) for r in results],
+    }
 
 
 def _geometry(learner: Any, family: Any, batch: Any) -> dict[str, Any]:
@@ -307,7 +495,7 @@ def _diversity(
         train,
         test,
         iterations=args.iterations,
-        meta_batch_size=int(cfg["train"].get("meta_batch_size", 10)),
+        meta_batch_size=_meta_batch(args, cfg),
         outer_lr=args.outer_lr,
         log=None if args.json else print,
     )
@@ -411,6 +599,12 @@ def print_analyses(out: dict[str, Any]) -> None:
         print(
             "meta-gradient covariance trace by source: "
             + ", ".join(f"{k} {n[k]:.4g}" for k in ("task", "support", "query", "total"))
+        )
+    for shots, scaling in out.get("noise_by_batch", {}).items():
+        points = ", ".join(f"B={p['meta_batch_size']} {p['trace']:.4g}" for p in scaling["points"])
+        print(
+            f"meta-batch covariance trace ({shots} shots): {points}; log-log slope "
+            f"{scaling['slope']:.3f} (1/B: -1)"
         )
     if "noise_orders" in out:
         r = out["noise_orders"]["ratios"]

@@ -217,3 +217,70 @@ def quadratic_meta_gradient_variance(
     m = 2 if second_order else 1
     second = _uniform_moment(low, high, inner_lr, 2 * m) * (theta**2 + optimum_std**2)
     return second - _uniform_moment(low, high, inner_lr, m) ** 2 * theta**2
+
+
+@dataclass
+class BatchSizePoint:
+    meta_batch_size: int
+    trace: float  # trace of the covariance of the mean meta-gradient over the meta-batch
+    ci95: float  # 1.96 sqrt(2 tr(S^2) / (n - 1)): the Gaussian approximation
+    batches: int
+
+
+@dataclass
+class BatchSizeScaling:
+    points: list[BatchSizePoint]
+    slope: float  # least-squares slope of log trace against log B (1/B: -1)
+    one_task_trace: float  # B * trace extrapolated by the fit at B = 1 with slope -1
+
+
+def mean_gradient_covariance(grads: Tensor) -> tuple[float, float]:
+    """``(tr S, half-width)`` for the rows of ``grads [n, P]``: ``S`` the unbiased sample
+    covariance; the 95% half-width ``1.96 sqrt(2 tr(S^2) / (n - 1))`` is the Gaussian
+    approximation of the estimator's spread (``Var tr S = 2 tr(Sigma^2) / (n - 1)`` for
+    normal rows), with ``tr(S^2) = ||C C^T||_F^2 / (n - 1)^2``, ``C`` the centred rows."""
+    n = grads.shape[0]
+    if n < 2:
+        raise ValueError(f"a covariance needs at least 2 gradients, got {n}")
+    centred = grads.double() - grads.double().mean(0)
+    trace = float((centred**2).sum()) / (n - 1)
+    gram = centred @ centred.T
+    trace_sq = float((gram**2).sum()) / (n - 1) ** 2
+    return trace, 1.96 * (2 * trace_sq / (n - 1)) ** 0.5
+
+
+def meta_batch_scaling(
+    learner: MetaLearner,
+    family: TaskFamily,
+    batch_sizes: list[int],
+    batches: int = 50,
+    seed: int = 0,
+) -> BatchSizeScaling:
+    """Trace of the covariance of the meta-gradient (the mean over a meta-batch of ``B``
+    tasks) against ``B``, measured directly from ``batches`` independent meta-batches per
+    size (no decomposition), with its Gaussian 95% interval and the log-log slope.
+
+    With independent tasks the meta-gradient of ``B`` tasks is a mean of ``B``
+    independent one-task gradients, so ``tr Cov = tr Cov_1 / B`` (slope -1); a batch
+    whose tasks share draws (or a learner whose loss couples tasks) would bend it.
+    """
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise ValueError(f"batch sizes must be positive integers, got {batch_sizes}")
+    if batches < 2:
+        raise ValueError(f"batches must be >= 2 to estimate a covariance, got {batches}")
+    gen = torch.Generator().manual_seed(seed)
+    points = []
+    for size in batch_sizes:
+        grads = torch.stack([_flat_grad(learner, family.sample(size, gen)) for _ in range(batches)])
+        trace, half = mean_gradient_covariance(grads)
+        points.append(BatchSizePoint(size, trace, half, batches))
+    logs = torch.tensor(
+        [[float(torch.tensor(p.meta_batch_size).log()), max(p.trace, 1e-300)] for p in points],
+        dtype=torch.float64,
+    )
+    x, y = logs[:, 0], logs[:, 1].log()
+    slope = float(
+        ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum().clamp_min(1e-30)
+    )
+    one_task = float(torch.exp((y + x).mean()))  # the fit with slope -1 through the points
+    return BatchSizeScaling(points, slope if len(points) > 1 else float("nan"), one_task)

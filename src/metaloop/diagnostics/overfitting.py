@@ -10,18 +10,22 @@
   episodes like a task family: the meta-training set of the pool-size experiment.
 * ``pool_size_sweep``: meta-train a fresh learner on pools of ``N`` tasks for each ``N`` and
   report the ratio against ``N`` (held-out tasks drawn fresh from the family).
+* ``group_pools`` and ``family_pool_sweep``: the same for image families, a pool being the
+  classes of ``N`` whole groups (Omniglot: alphabets) and the held-out tasks another
+  family (the evaluation alphabets).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from metaloop.algorithms.base import MetaLearner
+from metaloop.data.episodes import EpisodicFamily
 from metaloop.diagnostics.core import LeaveOneOut
 from metaloop.tasks.base import TaskBatch, TaskFamily
 
@@ -121,12 +125,46 @@ class TaskPool:
         return TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:], self.ways, {"pool_index": idx})
 
 
+def _episode_metrics(
+    learner: MetaLearner, family: TaskFamily | TaskPool, episodes: int, steps: int | None, seed: int
+) -> dict[str, Tensor]:
+    """Per-episode post-adaptation metrics (``loss``; ``accuracy`` for classification) on
+    ``episodes`` episodes of ``family``, the learner in ``eval()`` mode."""
+    batch = family.sample(episodes, torch.Generator().manual_seed(seed))
+    was_training = learner.training
+    learner.eval()
+    try:
+        result = learner.evaluate_batch(batch, None if steps is None else (steps,))
+    finally:
+        learner.train(was_training)
+    return {k: v.detach() for k, v in result[max(result)].items()}
+
+
 def _episode_losses(
     learner: MetaLearner, family: TaskFamily | TaskPool, episodes: int, steps: int | None, seed: int
 ) -> Tensor:
-    batch = family.sample(episodes, torch.Generator().manual_seed(seed))
-    result = learner.evaluate_batch(batch, None if steps is None else (steps,))
-    return result[max(result)]["loss"].detach()
+    return _episode_metrics(learner, family, episodes, steps, seed)["loss"]
+
+
+def _meta_train(
+    make_learner: Callable[[], MetaLearner],
+    family: TaskFamily | TaskPool,
+    iterations: int,
+    meta_batch_size: int,
+    outer_lr: float,
+    seed: int,
+) -> MetaLearner:
+    """A fresh learner (torch seeded with ``seed``) after ``iterations`` Adam steps on
+    meta-batches of ``family`` drawn from ``torch.Generator().manual_seed(seed + 2)``."""
+    torch.manual_seed(seed)
+    learner = make_learner()
+    opt = torch.optim.Adam(learner.parameters(), outer_lr)
+    gen = torch.Generator().manual_seed(seed + 2)
+    for _ in range(iterations):
+        opt.zero_grad()
+        learner.meta_loss(family.sample(meta_batch_size, gen))[0].backward()
+        opt.step()
+    return learner
 
 
 @dataclass
@@ -134,6 +172,8 @@ class PoolPoint:
     pool_size: int
     iterations: int
     risk: RiskInflation
+    train_accuracy: float | None = None  # classification families only
+    held_out_accuracy: float | None = None
 
 
 def pool_size_sweep(
@@ -169,21 +209,101 @@ def pool_size_sweep(
         pool = TaskPool(
             pool_family.sample(n, torch.Generator().manual_seed(seed + 1000 + n)), shots, queries
         )
-        torch.manual_seed(seed)
-        learner = make_learner()
-        opt = torch.optim.Adam(learner.parameters(), outer_lr)
-        gen = torch.Generator().manual_seed(seed + 2)
-        for _ in range(iterations):
-            opt.zero_grad()
-            learner.meta_loss(pool.sample(meta_batch_size, gen))[0].backward()
-            opt.step()
+        learner = _meta_train(make_learner, pool, iterations, meta_batch_size, outer_lr, seed)
         train = _episode_losses(learner, pool, episodes, steps, seed + 3)
         held = _episode_losses(learner, held_out, episodes, steps, seed + 4)
         points.append(PoolPoint(n, iterations, risk_inflation(train, held)))
-        if log is not None:
-            r = points[-1].risk
-            log(
-                f"pool {n:>5}: train {r.train_loss:.4g}, held-out {r.held_out_loss:.4g}, "
-                f"ratio {r.ratio:.3g} [{r.low:.3g}, {r.high:.3g}]"
-            )
+        _log_point(log, points[-1])
+    return points
+
+
+def _log_point(log: Callable[[str], None] | None, point: PoolPoint) -> None:
+    if log is None:
+        return
+    r = point.risk
+    text = (
+        f"pool {point.pool_size:>5}: train {r.train_loss:.4g}, held-out {r.held_out_loss:.4g}, "
+        f"ratio {r.ratio:.3g} [{r.low:.3g}, {r.high:.3g}]"
+    )
+    if point.train_accuracy is not None:
+        text += f"; accuracy {point.train_accuracy:.3f} / {point.held_out_accuracy:.3f}"
+    log(text)
+
+
+def group_pools(
+    family: EpisodicFamily,
+    sizes: Sequence[int],
+    key: str = "alphabet",
+    seed: int | None = None,
+) -> dict[int, EpisodicFamily]:
+    """Pools of whole class groups: for each ``N`` in ``sizes``, ``family`` restricted to
+    the classes of ``N`` groups of the metadata field ``key`` (Omniglot: alphabets, rotated
+    copies included with their alphabet).  The groups are taken in sorted order of their
+    names (``seed=None``: the first ``N``, so pools are nested) or in a seeded random order
+    (nested too).  A group with fewer classes than ``family.ways`` still counts; the pool
+    must have ``ways`` usable classes in all."""
+    groups = family.dataset.groups(key)
+    names = sorted(groups, key=str)
+    if not sizes or any(n < 1 or n > len(names) for n in sizes):
+        raise ValueError(
+            f"pool sizes must lie in 1..{len(names)} (the {key} groups of "
+            f"{family.dataset.name!r}), got {list(sizes)}"
+        )
+    if seed is not None:
+        order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed))
+        names = [names[i] for i in order.tolist()]
+    pools = {}
+    for n in sizes:
+        classes = sorted(c for name in names[:n] for c in groups[name])
+        pools[n] = EpisodicFamily(
+            family.dataset.subset(classes, name=f"{family.dataset.name}:{n} {key} groups"),
+            family.ways,
+            family.shots,
+            family.queries,
+            family.transform,
+            normalize=family.normalize,
+            dtype=family.dtype,
+        )
+    return pools
+
+
+def family_pool_sweep(
+    make_learner: Callable[[], MetaLearner],
+    pools: Mapping[int, TaskFamily],
+    held_out: TaskFamily,
+    iterations: int = 500,
+    meta_batch_size: int = 10,
+    outer_lr: float = 1e-3,
+    episodes: int = 200,
+    steps: int | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+    train_eval: Callable[[TaskFamily], TaskFamily] | None = None,
+) -> list[PoolPoint]:
+    """Risk inflation ratio against the size of the meta-training pool, for pools given as
+    task families (e.g. ``group_pools``: Omniglot episodes over the first ``N`` alphabets).
+
+    For each ``N``: meta-train a fresh learner on ``pools[N]`` (``_meta_train``, the same
+    seed for every ``N``), then compare the post-adaptation query loss on ``episodes`` new
+    episodes of the pool (``train_eval(pools[N])`` when given, e.g. the pool without its
+    augmentation) with that on ``episodes`` episodes of ``held_out`` (the same for every
+    ``N``).  Classification families also report the two accuracies.
+    """
+    if not pools:
+        raise ValueError("family_pool_sweep needs at least one pool")
+    points = []
+    for n, pool in sorted(pools.items()):
+        learner = _meta_train(make_learner, pool, iterations, meta_batch_size, outer_lr, seed)
+        scored = train_eval(pool) if train_eval is not None else pool
+        train = _episode_metrics(learner, scored, episodes, steps, seed + 3)
+        held = _episode_metrics(learner, held_out, episodes, steps, seed + 4)
+        accuracy = (
+            (float(train["accuracy"].mean()), float(held["accuracy"].mean()))
+            if "accuracy" in train and "accuracy" in held
+            else (None, None)
+        )
+        points.append(
+            PoolPoint(n, iterations, risk_inflation(train["loss"], held["loss"]), *accuracy)
+        )
+        _log_point(log, points[-1])
     return points
