@@ -99,7 +99,7 @@ def test_group_pools_take_whole_groups_nested_in_name_order():
     assert set((values * 24).round().int().tolist()) <= set(range(6, 12))
     seeded = overfitting.group_pools(family, [1, 2], seed=3)
     assert set(seeded[1].dataset.values("alphabet")) < set(seeded[2].dataset.values("alphabet"))
-    with pytest.raises(ValueError, match="1..4"):
+    with pytest.raises(ValueError, match=r"1\.\.4"):
         overfitting.group_pools(family, [5])
 
 
