@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +298,14 @@ def run_analyses(
     return out
 
 
+def _progress(args: argparse.Namespace) -> Any:
+    """Where the long analyses report each finished point: stdout, or stderr under
+    ``--json`` (stdout then holds the JSON report alone)."""
+    import sys
+
+    return functools.partial(print, file=sys.stderr, flush=True) if args.json else print
+
+
 def _meta_batch(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     return args.meta_batch or int(cfg["train"].get("meta_batch_size", 10))
 
@@ -312,7 +321,7 @@ def _pool_sizes(
     from metaloop.data.episodes import EpisodicFamily
     from metaloop.diagnostics import overfitting
 
-    log = None if args.json else print
+    log = _progress(args)
     if isinstance(family, EpisodicFamily):
         cache: dict[Any, Any] = {}
         train = build_family(cfg, "train", cache=cache)
@@ -422,7 +431,7 @@ def _bn_policies(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any
         episodes=args.episodes,
         steps=steps,
         small_family=small,
-        log=None if args.json else print,
+        log=_progress(args),
     )
     return {
         "test_queries": test.queries,
@@ -497,7 +506,7 @@ def _diversity(
         iterations=args.iterations,
         meta_batch_size=_meta_batch(args, cfg),
         outer_lr=args.outer_lr,
-        log=None if args.json else print,
+        log=_progress(args),
     )
     return {
         "attributes": attrs,
