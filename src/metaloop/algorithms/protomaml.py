@@ -53,6 +53,7 @@ from metaloop.algorithms.metric import (
 )
 from metaloop.algorithms.registry import register
 from metaloop.functional.params import Params, call
+from metaloop.tasks.base import TaskBatch
 
 
 @register("protomaml")
@@ -115,6 +116,22 @@ class ProtoMAML(MAML):
     def transductive(self) -> bool:
         return super().transductive or self.transductive_steps > 0
 
+    #: the batch's number of ways while a compiled meta-step runs (``meta_loss``), else None
+    _static_ways: int | None = None
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        """MAML's meta-loss.  With ``compile`` the number of ways is read from the batch
+        here, outside the compiled ``torch.func.grad``: read from the labels inside it
+        (``int(y.max())``, a data-dependent value) it breaks dynamo's graph, and the
+        compiled step fails.  Compiled graphs are then specialised to the batch's ways."""
+        if self.speed.compile_options is None:
+            return super().meta_loss(batch)
+        self._static_ways = infer_ways(batch.support_y, batch.ways)
+        try:
+            return super().meta_loss(batch)
+        finally:
+            self._static_ways = None
+
     def task_init(
         self, params: Params, buffers: Params, sx: Tensor, sy: Tensor, context: Tensor | None = None
     ) -> Params:
@@ -127,7 +144,7 @@ class ProtoMAML(MAML):
         inputs = sx if context is None else torch.cat([sx, context])
         z = call(self.model.features, _body(params), _body(buffers), inputs).flatten(1)
         z_support, z_context = z[:n_support].unsqueeze(0), z[n_support:].unsqueeze(0)
-        ways, labels = infer_ways(sy), sy.unsqueeze(0)
+        ways, labels = infer_ways(sy, self._static_ways), sy.unsqueeze(0)
         prototypes = class_means(z_support, labels, ways)  # [1, ways, D]
         if context is not None:
             for _ in range(self.transductive_steps):
