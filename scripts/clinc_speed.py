@@ -11,11 +11,15 @@ one thread, so contention from other processes does not count), the median wall 
 warmup's CPU time, and the relative difference of the first warmup iteration's loss from
 the plain variant's (same initial weights, same batch).
 
-Variants: ``plain`` (float32, eager); ``bf16`` (``autocast="bfloat16"``: the learner
-option, parameters and gradients stay float32); ``compile`` (Proto-MAML: the learner's
-``compile=True``, its meta-gradient one compiled ``torch.func.grad`` per task; ProtoNet,
-which has no compile option: the encoder compiled in place with ``nn.Module.compile()``,
-the same graphs a compiled encoder would give any embedding learner).
+Variants: ``plain`` (float32, eager, batches cut to their longest utterance as in
+training); ``bf16`` (``autocast="bfloat16"``: the learner option, parameters and gradients
+stay float32); ``plain-full`` (eager on batches of the full width ``max_length``,
+``data.trim_batches = false``: what the padding alone costs); ``compile`` on those
+full-width batches (one shape, so one compilation; on trimmed batches every new width
+recompiles and dynamo runs eagerly after 8): Proto-MAML with the learner's
+``compile=True`` (its meta-gradient, one compiled ``torch.func.grad`` per task), ProtoNet,
+which has no compile option, with its encoder compiled in place (``nn.Module.compile()``,
+the graphs a compiled encoder gives any embedding learner).
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/clinc_speed.py \
         --tokenizer RUN/tokenizer.json --out speed.json
@@ -37,7 +41,9 @@ from metaloop.algorithms.protonet import ProtoNet
 from metaloop.data.text import TextEpisodicFamily, clinc150_split
 from metaloop.models.text import TextCNN, TextTransformer
 
-VARIANTS = ("plain", "bf16", "compile")
+VARIANTS = ("plain", "bf16", "plain-full", "compile")
+#: variants run on batches of the full width max_length (``trim=False``): one input shape
+FULL_WIDTH = ("plain-full", "compile")
 EPISODES = {"protonet": (10, 3, 5), "protomaml": (5, 3, 5)}
 
 
@@ -106,7 +112,7 @@ def main() -> None:
     p.add_argument("--encoders", nargs="*", default=["text_cnn", "text_transformer"])
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
     p.add_argument("--iterations", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--meta-batch", type=int, default=4)
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -116,10 +122,12 @@ def main() -> None:
     rows = []
     for learner_name in args.learners:
         ways, shots, queries = EPISODES[learner_name]
-        family = TextEpisodicFamily(train, ways, shots, queries)
-        g = torch.Generator().manual_seed(0)
-        warmup = [family.sample(args.meta_batch, g) for _ in range(args.warmup)]
-        batches = [family.sample(args.meta_batch, g) for _ in range(args.iterations)]
+        data = {}
+        for trim in (True, False):  # the same episodes, cut or at full width
+            family = TextEpisodicFamily(train, ways, shots, queries, trim=trim)
+            g = torch.Generator().manual_seed(0)
+            warmup = [family.sample(args.meta_batch, g) for _ in range(args.warmup)]
+            data[trim] = warmup, [family.sample(args.meta_batch, g) for _ in range(args.iterations)]
         for encoder in args.encoders:
             plain_loss = None
             for variant in args.variants:
@@ -127,6 +135,7 @@ def main() -> None:
                     learner_name, encoder, variant, train.vocab_size, train.max_length
                 )
                 row = {"learner": learner_name, "encoder": encoder, "variant": variant}
+                warmup, batches = data[variant not in FULL_WIDTH]
                 row.update(measure(learner, batches, warmup))
                 if variant == "plain":
                     plain_loss = row["initial_loss"]

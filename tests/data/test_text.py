@@ -174,6 +174,25 @@ def test_episodes_shapes_labels_and_out_of_scope() -> None:
     assert fam.with_shape(ways=2, shots=1).sample(1).support_x.shape[1] == 2
 
 
+def test_untrimmed_batches_have_one_width_and_the_same_tokens() -> None:
+    """``trim=False`` (``data.trim_batches = false``, one shape for torch.compile): every
+    batch ``max_length`` wide, the trimmed batch's tokens followed by padding only."""
+    split = clinc150_split(tiny(), "random", train=5, val=1, vocab_size=80, max_length=40)
+    test = split.test
+    trimmed = TextEpisodicFamily(test, 2, 1, 1, oos=split.oos["test"], oos_queries=3)
+    full = trimmed.with_shape(trim=False)
+    assert full.with_shape(ways=1).trim is False
+    a, b = (f.sample(4, torch.Generator().manual_seed(2)) for f in (trimmed, full))
+    width = a.support_x.shape[-1]
+    assert width < 40  # the check can fail: trimming did cut this batch
+    for x, y in ((a.support_x, b.support_x), (a.query_x, b.query_x),
+                 (a.info["oos_x"], b.info["oos_x"])):  # fmt: skip
+        assert y.shape[-1] == 40
+        assert torch.equal(y[..., :width], x) and not y[..., width:].any()
+    with pytest.raises(TextDataError, match="trim must be True or False"):
+        TextEpisodicFamily(test, 2, 1, 1, trim="no")
+
+
 def test_intent_with_too_few_utterances_names_it() -> None:
     t = tiny_data()
     # intent2: its 6 train utterances dropped, one put back: 1 + 2 val + 2 test = 5
@@ -294,3 +313,10 @@ def test_registered_family_saves_and_reuses_the_tokenizer(tmp_path: Path) -> Non
     assert test.sample(2).info["oos_x"].shape[:2] == (2, 5)
     with pytest.raises(ValueError, match="text_split must be one of"):
         entry.spec(ways=5, context=FamilyContext(data={"text_split": "by-topic"}))
+    with pytest.raises(ValueError, match="trim_batches must be true or false"):
+        entry.spec(ways=5, context=FamilyContext(data={"trim_batches": "no"}))
+    untrimmed = run_context(tmp_path, part="train", data={**data, "trim_batches": False})
+    assert (
+        entry.build(ways=5, shots=1, queries=5, context=untrimmed).sample(1).support_x.shape[-1]
+        == 32
+    )

@@ -163,6 +163,11 @@ class TextEpisodicFamily(EpisodicFamily):
     none of the episode's intents (``metaloop.evaluation.oos``).  The in-scope batch is
     unchanged by them, so every learner takes it as is.
 
+    With ``trim=False`` every batch keeps the dataset's full width ``L = max_length``
+    instead: one input shape for the whole run, which ``torch.compile`` needs (each new
+    width would otherwise be a recompilation, and dynamo runs eagerly after 8 of them).
+    The numbers are the same (the encoders ignore padding, ``models.text``).
+
     Every intent must have at least ``shots + queries`` utterances (``TextDataError``
     naming the intent otherwise).
     """
@@ -177,6 +182,7 @@ class TextEpisodicFamily(EpisodicFamily):
         class_groups: ClassGroups = None,
         oos: Tensor | None = None,
         oos_queries: int = 0,
+        trim: bool = True,
     ) -> None:
         if not isinstance(dataset, TextDataset):
             raise TextDataError(f"dataset must be a TextDataset, got {type(dataset).__name__}")
@@ -195,8 +201,11 @@ class TextEpisodicFamily(EpisodicFamily):
                 f"oos_queries = {oos_queries} exceeds the {oos.shape[0]} out-of-scope "
                 f"utterances; choose oos_queries <= {oos.shape[0]}"
             )
+        if not isinstance(trim, bool):
+            raise TextDataError(f"trim must be True or False, got {trim!r}")
         self.oos = oos
         self.oos_queries = oos_queries
+        self.trim = trim
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> TaskBatch:
         classes, items = self.plan.sample(batch_size, generator)
@@ -207,9 +216,9 @@ class TextEpisodicFamily(EpisodicFamily):
             keys = torch.rand(batch_size, self.oos.shape[0], generator=generator)
             pick = keys.topk(self.oos_queries, dim=1, largest=False).indices
             oos_x = self.oos[pick]
-            tokens, oos_x = trim_padding(tokens, oos_x)
+            tokens, oos_x = self._width(tokens, oos_x)
         else:
-            (tokens,) = trim_padding(tokens)
+            (tokens,) = self._width(tokens)
         T, ways, shots = batch_size, self.ways, self.shots
         queries = self.queries
         labels = torch.arange(ways)
@@ -225,6 +234,14 @@ class TextEpisodicFamily(EpisodicFamily):
             info=info,
         )
 
+    def _width(self, *ids: Tensor) -> tuple[Tensor, ...]:
+        """``ids`` cut to the batch's longest utterance, or (``trim=False``) all at the
+        dataset's ``max_length``."""
+        if self.trim:
+            return trim_padding(*ids)
+        width = self.dataset.max_length
+        return tuple(F.pad(t[..., :width], (0, width - min(t.shape[-1], width))) for t in ids)
+
     def with_shape(
         self,
         ways: int | None = None,
@@ -238,6 +255,7 @@ class TextEpisodicFamily(EpisodicFamily):
             "class_groups": self.class_groups,
             "oos": self.oos,
             "oos_queries": self.oos_queries,
+            "trim": self.trim,
         }
         unknown = set(overrides) - set(kwargs)
         if unknown:
@@ -262,9 +280,10 @@ class TextEpisodicFamily(EpisodicFamily):
 
     def __repr__(self) -> str:
         oos = f", oos_queries={self.oos_queries}" if self.oos_queries else ""
+        trim = "" if self.trim else ", trim=False"
         return (
             f"TextEpisodicFamily({self.dataset.name!r}, ways={self.ways}, shots={self.shots}, "
-            f"queries={self.queries}, intents={self.usable_classes}{oos})"
+            f"queries={self.queries}, intents={self.usable_classes}{oos}{trim})"
         )
 
 

@@ -25,6 +25,9 @@ CLINC_DATA_KEYS: dict[str, Any] = {
     "max_length": 32,
     # out-of-scope queries per evaluation episode under the "oos" protocol
     "oos_queries": 15,
+    # false: every batch max_length wide (one shape for torch.compile), not cut to its
+    # longest utterance
+    "trim_batches": True,
 }
 TOKENIZER_FILE = "tokenizer.json"
 #: model names the family sizes (``vocab_size``, and the transformer's ``max_length``)
@@ -45,6 +48,8 @@ def _clinc_data(context: FamilyContext) -> dict[str, Any]:
         v = d[key]
         if not is_int(v) or v < low:
             raise TextDataError(f"data.{key} must be an integer >= {low}, got {v!r}")
+    if not isinstance(d["trim_batches"], bool):
+        raise TextDataError(f"data.trim_batches must be true or false, got {d['trim_batches']!r}")
     return d
 
 
@@ -107,5 +112,6 @@ def clinc150(
             )
         oos = split.oos[context.part]
     return TextEpisodicFamily(
-        split[context.part], ways, shots, queries, oos=oos, oos_queries=oos_queries
-    )
+        split[context.part], ways, shots, queries, oos=oos, oos_queries=oos_queries,
+        trim=d["trim_batches"],
+    )  # fmt: skip
