@@ -267,6 +267,11 @@ def test_fewer_ways_at_test_read_the_first_slots_and_more_are_refused(kind):
         learner.features(batch.query_x),
     )
     torch.testing.assert_close(logits, four[..., :2])
+    # a random support prefix may miss a class the queries hold: the task's ways still count
+    prefixed = make(kind, x_dim=2, y_dim=4, loss="cross_entropy", min_support=1)
+    torch.manual_seed(0)
+    for _ in range(6):
+        assert torch.isfinite(prefixed.meta_loss(batch)[0])
     wide = make(kind, x_dim=2, y_dim=1, loss="cross_entropy")
     with pytest.raises(TaskError, match="2-way but this learner reads at most 1-way"):
         wide.meta_loss(batch)

@@ -124,12 +124,13 @@ class SequenceLearner(MetaLearner):
             )
         return z
 
-    def task_ways(self, support_y: Tensor) -> int:
-        """Classes of a classification batch (support labels ``0..W-1``), checked against
-        the ``ways = y_dim`` the learner was built for (module docstring)."""
-        if support_y.is_floating_point():
-            raise TaskError(f"classification labels must be integers, got {support_y.dtype}")
-        ways = int(support_y.max()) + 1
+    def task_ways(self, *labels: Tensor) -> int:
+        """Classes of a classification batch (labels ``0..W-1`` among ``labels``), checked
+        against the ``ways = y_dim`` the learner was built for (module docstring)."""
+        for y in labels:
+            if y.is_floating_point():
+                raise TaskError(f"classification labels must be integers, got {y.dtype}")
+        ways = max(int(y.max()) + 1 for y in labels if y.numel())
         if ways > self.y_dim:
             raise TaskError(
                 f"the task is {ways}-way but this learner reads at most {self.y_dim}-way tasks "
@@ -163,8 +164,11 @@ class SequenceLearner(MetaLearner):
         query features ``zq [T, Q, x_dim]`` -> outputs ``[T, Q, y_dim]``."""
         raise NotImplementedError
 
-    def forward_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
-        """The whole learner as one function of ``[T, N, ...]`` tensors."""
+    def forward_task(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int | None = None
+    ) -> Tensor:
+        """The whole learner as one function of ``[T, N, ...]`` tensors; a classification
+        task has ``ways`` classes (``None``: those of the support labels)."""
         if support_x.shape[:2] != support_y.shape[:2]:
             raise TaskError(
                 f"support inputs {tuple(support_x.shape)} and targets {tuple(support_y.shape)} "
@@ -173,7 +177,10 @@ class SequenceLearner(MetaLearner):
         s = support_x.shape[1]
         if s < 1:
             raise TaskError("the support set is empty: a sequence learner needs >= 1 point")
-        ways = self.task_ways(support_y) if self.classification else self.y_dim
+        if not self.classification:
+            ways = self.y_dim
+        elif ways is None:
+            ways = self.task_ways(support_y)
         z = self.features(torch.cat([support_x, query_x], 1))
         out = self.predict(z[:, :s], self.encode_targets(support_y, z.dtype), z[:, s:])
         return out[..., :ways]  # a W-way task's logits: its own W classes
@@ -195,12 +202,13 @@ class SequenceLearner(MetaLearner):
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         sx, sy = batch.support_x, batch.support_y
+        ways = self.task_ways(sy, batch.query_y) if self.classification else None
         if self.shuffle_support and self.training:
             sx, sy = self.shuffled(sx, sy)
         if self.min_support is not None and self.training and self.min_support < sx.shape[1]:
             length = int(torch.randint(self.min_support, sx.shape[1] + 1, ()))
             sx, sy = sx[:, :length], sy[:, :length]
-        prediction = self.forward_task(sx, sy, batch.query_x)
+        prediction = self.forward_task(sx, sy, batch.query_x, ways)  # a prefix may miss a class
         loss = self._loss(prediction, batch.query_y)
         metrics = {"loss": float(loss.detach())}
         if self.classification:
@@ -220,7 +228,8 @@ class SequenceLearner(MetaLearner):
     @torch.no_grad()
     def evaluate_batch(self, batch: TaskBatch, steps: Sequence[int] | None = None) -> StepMetrics:
         """Per-task query metrics from one forward pass (every step count reports the same)."""
-        prediction = self.forward_task(batch.support_x, batch.support_y, batch.query_x)
+        ways = self.task_ways(batch.support_y, batch.query_y) if self.classification else None
+        prediction = self.forward_task(batch.support_x, batch.support_y, batch.query_x, ways)
         per_task: dict[str, list[Tensor]] = {}
         for p, y in zip(prediction, batch.query_y):
             for k, v in self.query_metrics(p, y).items():
