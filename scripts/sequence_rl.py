@@ -176,7 +176,9 @@ def run_navigation(args: argparse.Namespace) -> dict:
     options = {"inner_lr": args.inner_lr, "inner_episodes": args.episodes,
                "outer_episodes": args.episodes, "init_log_std": -1.0,
                "baseline": args.baseline, "normalize_advantages": args.normalize,
-               "time_average": args.time_average}  # fmt: skip
+               "time_average": args.time_average,
+               "score_baseline": args.score_baseline,
+               "sampling_term": args.sampling_term}  # fmt: skip
 
     def learner(seed: int, **kw) -> MAMLRL:
         torch.manual_seed(seed)
@@ -185,10 +187,12 @@ def run_navigation(args: argparse.Namespace) -> dict:
 
     out: dict = {"horizon": args.horizon, "iterations": args.iterations, "lr": args.lr,
                  "meta_batch_size": args.meta_batch_size, **options}  # fmt: skip
-    maml = learner(args.seed)
+    models = {"maml": learner(args.seed)}
+    if args.both_estimators:  # the same with the other meta-gradient estimator
+        models["maml_other_estimator"] = learner(args.seed, sampling_term=not args.sampling_term)
     # multi-task pretraining: no inner step (inner_lr 0), plain policy gradient on all tasks
-    pretrained = learner(args.seed, inner_lr=0.0, sampling_term=False)
-    for name, model in (("maml", maml), ("pretrained", pretrained)):
+    models["pretrained"] = learner(args.seed, inner_lr=0.0, sampling_term=False)
+    for name, model in models.items():
         start, cpu = time.perf_counter(), time.process_time()
         records = fit_meta_rl(
             model, args.iterations, meta_batch_size=args.meta_batch_size, lr=args.lr,
@@ -197,9 +201,9 @@ def run_navigation(args: argparse.Namespace) -> dict:
         out[f"{name}_train_minutes"] = (time.perf_counter() - start) / 60
         out[f"{name}_train_cpu_minutes"] = (time.process_time() - cpu) / 60
         out[f"{name}_last_log"] = records[-1]
-    scratch = learner(args.seed + 1)
+    models["scratch"] = learner(args.seed + 1)
     tasks = env.sample_tasks(args.tasks, torch.Generator().manual_seed(TEST_SEED))
-    for name, model in (("maml", maml), ("pretrained", pretrained), ("scratch", scratch)):
+    for name, model in models.items():
         model.inner_lr = args.inner_lr  # every policy adapts with the same step
         _, history = model.adapt(tasks, steps=3, seed=TEST_SEED)
         out[name] = {
@@ -282,6 +286,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--baseline", choices=("leave_one_out", "linear"), default="linear")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--time-average", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--score-baseline", choices=("batch", "pre_update"), default="pre_update")
+    p.add_argument("--sampling-term", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument(
+        "--both-estimators", action="store_true", help="also train with the other estimator"
+    )
     p = sub.add_parser("plot")
     p.add_argument("--bandits", type=Path, required=True)
     p.add_argument("--rl2", type=Path, default=None)

@@ -45,7 +45,11 @@ def closed_form_gradient(bias: torch.Tensor, count_inner: bool = False) -> torch
 
 
 def estimates(
-    sampling_term: bool, count_inner: bool = False, chunks: int = 8, tasks: int = 1000
+    sampling_term: bool,
+    count_inner: bool = False,
+    chunks: int = 8,
+    tasks: int = 1000,
+    score_baseline: str = "batch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     policy = nn.Linear(1, 2)  # the observation is 0: the bias is the logits
@@ -55,6 +59,7 @@ def estimates(
     learner = MAMLRL(
         policy, BernoulliBanditEnv(arms=2, horizon=1), inner_lr=ALPHA, inner_episodes=1,
         outer_episodes=1, gamma=1.0, sampling_term=sampling_term, count_inner=count_inner,
+        score_baseline=score_baseline,
     )  # fmt: skip
     out = []
     for c in range(chunks):
@@ -63,9 +68,11 @@ def estimates(
     return torch.stack(out), closed_form_gradient(policy.bias, count_inner)
 
 
-@pytest.mark.parametrize("count_inner", [False, True])
-def test_meta_gradient_estimator_is_unbiased_on_a_one_step_bandit(count_inner):
-    est, exact = estimates(sampling_term=True, count_inner=count_inner)
+@pytest.mark.parametrize(
+    ("count_inner", "score_baseline"), [(False, "batch"), (True, "batch"), (False, "pre_update")]
+)
+def test_meta_gradient_estimator_is_unbiased_on_a_one_step_bandit(count_inner, score_baseline):
+    est, exact = estimates(True, count_inner=count_inner, score_baseline=score_baseline)
     se = est.std(0) / est.shape[0] ** 0.5
     assert ((est.mean(0).double() - exact).abs() < 4 * se.double() + 1e-4).all()
 
@@ -113,7 +120,7 @@ def test_meta_gradient_stays_unbiased_with_the_linear_baseline_and_normalised_st
     learner = MAMLRL(
         policy, BernoulliBanditEnv(arms=2, horizon=1), inner_lr=ALPHA, inner_episodes=2,
         outer_episodes=1, gamma=1.0, baseline="linear", normalize_advantages=True,
-        time_average=True,
+        time_average=True, score_baseline="pre_update",
     )  # fmt: skip
     exact = closed_form_gradient_with_update_rule(learner, episodes=2)
     est = []

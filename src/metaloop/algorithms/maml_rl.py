@@ -34,7 +34,7 @@ recentred policy gradient (centring with the sample mean of ``A`` makes ``g`` a 
 estimate of ``grad J`` by ``O(1/(K T))``), which is the step MAML takes; the meta-gradient of
 ``E_b[J(theta + alpha g)]`` stays unbiased.  The *outer* estimates of ``grad J(theta')``
 never standardise (leave-one-out baseline only, sum over time), because their unbiasedness is
-what the meta-gradient's rests on.  The meta-objective is the expected return after
+what the meta-gradient's unbiasedness rests on.  The meta-objective is the expected return after
 adaptation, averaged over the inner samples as well (every pull of the inner episodes is
 drawn from ``pi_theta``):
 
@@ -56,9 +56,22 @@ supplies it).  ``meta_loss`` builds the surrogate
 where ``S_out`` is the same policy-gradient surrogate on ``K_out`` fresh episodes of
 ``pi_theta'`` (its gradient in ``theta'`` estimates ``grad J(theta')``), ``R_out`` their mean
 discounted return (the value of ``J(theta')``), ``c`` the mean ``R_out`` of the other tasks
-in the batch (a baseline independent of this task's samples), and ``box(x) = exp(x -
-stopgrad(x))`` (value 1, gradient ``grad x``).  Its gradient is an unbiased estimate of
-``-grad F`` (tested against the closed form on a two-armed one-step bandit).
+in the batch (``score_baseline="batch"``: a baseline independent of this task's samples),
+and ``box(x) = exp(x - stopgrad(x))`` (value 1, gradient ``grad x``).
+
+``score_baseline="pre_update"`` uses the task's own return before adaptation instead, ``c =
+R_0``, the mean discounted return of the first inner batch ``b_0``: task difficulty (a far
+goal, a bad arm set) moves ``R_out`` and ``R_0`` together, so ``R_out - R_0`` (the gain
+from adapting) has far less variance than ``R_out - c``.  ``R_0`` depends on ``b_0``, so it
+biases the score term by exactly ``E[grad log p_theta(b) R_0] = grad J(theta)`` (the scores
+of later batches have mean 0 given the earlier ones, and ``R_0`` is fixed by then); the
+surrogate adds that back with the unbiased estimate ``S_0(theta)`` (the leave-one-out
+policy-gradient surrogate on ``b_0``),
+
+    L = -( S_out(theta') + S_0(theta) + (box(sum log pi_theta(b)) - 1) stopgrad(R_out - R_0) ),
+
+whose gradient is again an unbiased estimate of ``-grad F``.  Both gradients are tested
+against the closed form on a two-armed one-step bandit.
 ``sampling_term=False`` drops the score term (the original implementation's estimate,
 biased; also tested); ``first_order=True`` also drops ``d g / d theta``.  With several
 inner steps, each samples fresh episodes with the current parameters and the box covers
@@ -124,6 +137,7 @@ def reward_to_go(rewards: Tensor, gamma: float) -> Tensor:
 
 
 BASELINES = ("leave_one_out", "linear")
+SCORE_BASELINES = ("batch", "pre_update")
 
 
 def linear_feature_baseline(
@@ -177,6 +191,9 @@ class MAMLRL(nn.Module):
             the bandit protocol below).
         baseline: ``"leave_one_out"`` (mean reward-to-go of the other episodes) or
             ``"linear"`` (the linear feature baseline, fitted on the other episodes).
+        score_baseline: what the score term's return is compared with: ``"batch"`` (the
+            other tasks' mean) or ``"pre_update"`` (this task's own return before adaptation,
+            with its known bias added back; see the module docstring).
         normalize_advantages: standardise the inner step's advantages per task.
         time_average: the inner surrogate is a mean over time steps too (divided by ``T``).
     """
@@ -199,10 +216,17 @@ class MAMLRL(nn.Module):
         baseline: str = "leave_one_out",
         normalize_advantages: bool = False,
         time_average: bool = False,
+        score_baseline: str = "batch",
     ) -> None:
         super().__init__()
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+        if score_baseline not in SCORE_BASELINES:
+            raise ValueError(
+                f"score_baseline must be one of {', '.join(SCORE_BASELINES)}, "
+                f"got {score_baseline!r}"
+            )
+        self.score_baseline = score_baseline
         for name, value in (
             ("inner_steps", inner_steps),
             ("inner_episodes", inner_episodes),
@@ -358,16 +382,15 @@ class MAMLRL(nn.Module):
         params = self.batched(self.params(), b)
         inner_log_prob = torch.zeros(b)
         terms: list[tuple[float, Tensor, Tensor, Tensor]] = []  # weight, S, R, score prefix
-        first_returns = None
+        first_returns = first_surrogate = torch.zeros(b)
         for s in range(self.inner_steps):
             episodes = self.rollout(params, tasks, self.inner_episodes, seed + 7919 * s)
             returns = episodes.discounted_returns(self.gamma).mean(-1)
-            if first_returns is None:
-                first_returns = returns.mean()
+            surrogate = self.surrogate(params, episodes)
+            if s == 0:
+                first_returns, first_surrogate = returns, surrogate
             if self.count_inner:
-                terms.append(
-                    (self.inner_episodes, self.surrogate(params, episodes), returns, inner_log_prob)
-                )
+                terms.append((self.inner_episodes, surrogate, returns, inner_log_prob))
             if self.sampling_term:
                 inner_log_prob = inner_log_prob + self.log_probs(params, episodes).sum((1, 2))
             params = self.inner_update(params, episodes, create_graph=not self.first_order)
@@ -376,16 +399,21 @@ class MAMLRL(nn.Module):
         terms.append((self.outer_episodes, self.surrogate(params, outer), returns, inner_log_prob))
         total_weight = sum(t[0] for t in terms)
         objective = torch.zeros(b)
-        for weight, surrogate, r, prefix in terms:
-            if self.sampling_term:
-                baseline = (r.sum() - r) / (b - 1) if b > 1 else torch.zeros_like(r)
+        for index, (weight, surrogate, r, prefix) in enumerate(terms):
+            scored = not (self.count_inner and index == 0)  # the first batch has no prefix
+            if self.sampling_term and scored:
+                if self.score_baseline == "pre_update":
+                    baseline = first_returns
+                    surrogate = surrogate + first_surrogate  # adds back E[score * R_0]
+                else:
+                    baseline = (r.sum() - r) / (b - 1) if b > 1 else torch.zeros_like(r)
                 box = torch.exp(prefix - prefix.detach())
                 surrogate = surrogate + (box - 1) * (r - baseline).detach()
             objective = objective + weight / total_weight * surrogate
         loss = -objective.mean()
         metrics = {
             "loss": float(loss.detach()),
-            "return_before": float(first_returns),
+            "return_before": float(first_returns.mean()),
             "return_after": float(returns.mean()),
         }
         return loss, metrics
@@ -396,7 +424,7 @@ class MAMLRL(nn.Module):
             f"inner_episodes={self.inner_episodes}, outer_episodes={self.outer_episodes}, "
             f"first_order={self.first_order}, sampling_term={self.sampling_term}, "
             f"baseline={self.baseline}, normalize_advantages={self.normalize_advantages}, "
-            f"time_average={self.time_average}"
+            f"time_average={self.time_average}, score_baseline={self.score_baseline}"
         )
 
 
