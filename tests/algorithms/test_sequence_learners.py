@@ -6,6 +6,8 @@ training, and bad input."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -214,7 +216,14 @@ def band_image_episodes(tasks: int, generator: torch.Generator, ways=3, queries=
 
 IMAGE_LEARNERS = {
     "transformer": lambda e: InContextTransformer(
-        e, e.embedding_dim, 3, width=32, depth=2, heads=2, loss="cross_entropy"
+        e,
+        e.embedding_dim,
+        3,
+        width=16,
+        depth=1,
+        heads=2,
+        similarity_init=3.0,
+        loss="cross_entropy",
     ),
     "lstm": lambda e: LabelDelayLSTM(e, e.embedding_dim, 3, hidden=16, loss="cross_entropy"),
     "snail": lambda e: SNAIL(
@@ -238,7 +247,7 @@ def test_image_episodes_through_conv4_are_learned(kind):
     learner = IMAGE_LEARNERS[kind](encoder)
     test = band_image_episodes(64, torch.Generator().manual_seed(99))
     train = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(learner.parameters(), 3e-3 if kind != "transformer" else 1e-3)
+    opt = torch.optim.Adam(learner.parameters(), 3e-3)
     before = learner.evaluate_batch(test)[0]
     assert learner.adapt(test[0])(test[0].query_x).shape == (6, 3)
     for _ in range(100):
@@ -298,3 +307,37 @@ def test_shuffled_support_reorders_each_task_only_while_training():
     assert len(losses) > 1
     with pytest.raises(ValueError, match="shuffle_support must be true or false"):
         make("snail", shuffle_support="yes")
+
+
+def test_similarity_init_escapes_the_one_shot_plateau():
+    """With default attention scores a query reads every support label equally, so the
+    1-shot loss sits at log(ways) for a while; a similarity-based start leaves it at once."""
+
+    def loss_after(steps, **init):
+        torch.manual_seed(0)
+        encoder = Conv4(1, None, hidden=8, image_size=8, blocks=2, norm="batch_episode")
+        learner = InContextTransformer(
+            encoder,
+            encoder.embedding_dim,
+            3,
+            width=16,
+            depth=1,
+            heads=2,
+            loss="cross_entropy",
+            **init,
+        )
+        opt = torch.optim.Adam(learner.parameters(), 3e-3)
+        train = torch.Generator().manual_seed(0)
+        for _ in range(steps):
+            loss, _ = learner.meta_loss(band_image_episodes(16, train))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        test = band_image_episodes(64, torch.Generator().manual_seed(99))
+        return float(learner.evaluate_batch(test)[0]["loss"].mean())
+
+    plateau = math.log(3)
+    assert loss_after(80) > 0.9 * plateau
+    assert loss_after(80, similarity_init=3.0) < 0.3 * plateau
+    with pytest.raises(ValueError, match="similarity_init must be > 0"):
+        InContextTransformer(nn.Identity(), 1, 1, similarity_init=0.0)
