@@ -14,7 +14,7 @@ from torch import nn
 
 from metaloop.algorithms.incontext import InContextTransformer, support_query_mask
 from metaloop.algorithms.mann_lstm import LabelDelayLSTM
-from metaloop.algorithms.snail import SNAIL
+from metaloop.algorithms.snail import SNAIL, AttentionBlock
 from metaloop.models import Conv4
 from metaloop.tasks import RotatingBoundary, Sinusoid
 from metaloop.tasks.base import TaskBatch, TaskError
@@ -341,3 +341,19 @@ def test_similarity_init_escapes_the_one_shot_plateau():
     assert loss_after(80, similarity_init=3.0) < 0.3 * plateau
     with pytest.raises(ValueError, match="similarity_init must be > 0"):
         InContextTransformer(nn.Identity(), 1, 1, similarity_init=0.0)
+
+
+def test_snail_similarity_init_makes_keys_equal_to_queries():
+    torch.manual_seed(0)
+    plain = SNAIL(nn.Identity(), 3, 2, max_support=4, filters=2)
+    torch.manual_seed(0)
+    learner = SNAIL(nn.Identity(), 3, 2, max_support=4, filters=2, similarity_init=2.0)
+    blocks = [b for b in learner.body if isinstance(b, AttentionBlock)]
+    originals = [b for b in plain.body if isinstance(b, AttentionBlock)]
+    assert len(blocks) == 3
+    for block, original in zip(blocks, originals):
+        torch.testing.assert_close(block.query.weight, 2.0 * original.query.weight)
+        torch.testing.assert_close(block.key.weight, block.query.weight)
+        assert not block.query.bias.any() and not block.key.bias.any()
+    with pytest.raises(ValueError, match="similarity_init must be a number"):
+        SNAIL(nn.Identity(), 3, 2, similarity_init="big")

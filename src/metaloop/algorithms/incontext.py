@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from metaloop.algorithms.registry import register
-from metaloop.algorithms.sequence import SequenceLearner, check_size
+from metaloop.algorithms.sequence import SequenceLearner, check_similarity_init, check_size
 from metaloop.functional.losses import LossFn
 from metaloop.models.norm import LayerNorm
 
@@ -125,10 +125,7 @@ class InContextTransformer(SequenceLearner):
         self.head = nn.Linear(width, y_dim)
         self.similarity_init = similarity_init
         if similarity_init is not None:
-            if isinstance(similarity_init, bool) or not isinstance(similarity_init, (int, float)):
-                raise ValueError(f"similarity_init must be a number, got {similarity_init!r}")
-            if not similarity_init > 0:
-                raise ValueError(f"similarity_init must be > 0, got {similarity_init!r}")
+            check_similarity_init(similarity_init)
             with torch.no_grad():
                 for block in self.blocks:
                     w_q, w_k, _ = block.qkv.weight.chunk(3)

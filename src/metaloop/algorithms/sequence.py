@@ -58,6 +58,15 @@ def check_size(name: str, value: object) -> int:
     return value
 
 
+def check_similarity_init(value: object) -> float:
+    """A positive number (the key = query init scale), or a one-line ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"similarity_init must be a number, got {value!r}")
+    if not value > 0:
+        raise ValueError(f"similarity_init must be > 0, got {value!r}")
+    return float(value)
+
+
 class SequenceLearner(MetaLearner):
     """Base of the black-box sequence learners (see the module docstring).
 
@@ -241,4 +250,4 @@ class SequenceLearner(MetaLearner):
         return f"x_dim={self.x_dim}, y_dim={self.y_dim}, loss={self.loss_name}"
 
 
-__all__ = ["SequenceLearner", "check_size"]
+__all__ = ["SequenceLearner", "check_similarity_init", "check_size"]

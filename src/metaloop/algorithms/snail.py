@@ -23,6 +23,11 @@ output at step ``S + 1`` is the query's prediction.  Every query gets its own se
 the support steps are computed once and each query is one more step reading their cached
 activations, all queries in one batched pass.  Causality makes the prediction depend on
 the order of the support set (tested).
+
+``similarity_init = c`` starts every attention block's key projection equal to its query
+projection scaled by ``c`` (no biases), so that attention starts as a sharpened similarity
+between steps, as for the in-context transformer (``incontext.py`` explains the 1-shot
+plateau it avoids); ``None`` keeps PyTorch's default init.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaloop.algorithms.registry import register
-from metaloop.algorithms.sequence import SequenceLearner, check_size
+from metaloop.algorithms.sequence import SequenceLearner, check_similarity_init, check_size
 from metaloop.functional.losses import LossFn
 
 
@@ -124,6 +129,7 @@ class SNAIL(SequenceLearner):
         filters: ``F`` of every dense block.
         key_size, value_size: of the first attention block; the second and third double
             them and quadruple them, as in the paper's layout.
+        similarity_init: ``c`` of the module docstring (``None``: default init).
         loss, min_support, channels_last, shuffle_support: as for every
             ``SequenceLearner``.
     """
@@ -137,6 +143,7 @@ class SNAIL(SequenceLearner):
         filters: int = 32,
         key_size: int = 16,
         value_size: int = 16,
+        similarity_init: float | None = None,
         loss: str | LossFn = "mse",
         min_support: int | None = None,
         channels_last: bool = False,
@@ -159,6 +166,16 @@ class SNAIL(SequenceLearner):
                 c = tc.out_channels
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(c, y_dim)
+        self.similarity_init = similarity_init
+        if similarity_init is not None:
+            check_similarity_init(similarity_init)
+            with torch.no_grad():
+                for block in layers:
+                    if isinstance(block, AttentionBlock):
+                        block.query.weight.mul_(similarity_init)
+                        block.key.weight.copy_(block.query.weight)
+                        block.query.bias.zero_()
+                        block.key.bias.zero_()
 
     def predict(self, zs: Tensor, es: Tensor, zq: Tensor) -> Tensor:
         """Support steps through the whole stack once; each query as the step after them,
