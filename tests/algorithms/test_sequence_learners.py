@@ -357,3 +357,19 @@ def test_snail_similarity_init_makes_keys_equal_to_queries():
         assert not block.query.bias.any() and not block.key.bias.any()
     with pytest.raises(ValueError, match="similarity_init must be a number"):
         SNAIL(nn.Identity(), 3, 2, similarity_init="big")
+
+
+def test_evaluation_encodes_each_task_alone():
+    """With a batch-statistics encoder, a task's evaluated predictions are those it gets
+    alone (one encoder call per task), while training pools the meta-batch."""
+    torch.manual_seed(0)
+    encoder = Conv4(1, None, hidden=4, image_size=8, blocks=2, norm="batch_episode")
+    learner = IMAGE_LEARNERS["lstm"](encoder)
+    batch = band_image_episodes(3, torch.Generator().manual_seed(5))
+    learner.eval()
+    together = learner.forward_task(batch.support_x, batch.support_y, batch.query_x)
+    alone = learner.forward_task(batch.support_x[1:2], batch.support_y[1:2], batch.query_x[1:2])
+    torch.testing.assert_close(together[1:2], alone)
+    learner.train()
+    pooled = learner.forward_task(batch.support_x, batch.support_y, batch.query_x)
+    assert (pooled[1:2] - alone).abs().max() > 1e-4

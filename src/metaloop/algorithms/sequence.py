@@ -119,13 +119,21 @@ class SequenceLearner(MetaLearner):
     # -- inputs ------------------------------------------------------------------------------
 
     def features(self, x: Tensor) -> Tensor:
-        """``phi(x)`` for ``x [T, N, ...]`` -> ``[T, N, x_dim]`` (one encoder call)."""
+        """``phi(x)`` for ``x [T, N, ...]`` -> ``[T, N, x_dim]``.
+
+        Training makes one encoder call for the whole meta-batch (an encoder with batch
+        statistics, such as ``Conv4(norm="batch_episode")``, then pools the meta-batch's
+        images); evaluation (``eval()`` mode) makes one call per task, so a task's
+        predictions never depend on the other tasks evaluated beside it."""
         if x.dim() < 3:
             raise TaskError(
                 f"inputs must be [tasks, points, features...], got shape {tuple(x.shape)}"
             )
         t, n = x.shape[:2]
-        z = self.encoder(x.reshape(t * n, *x.shape[2:])).reshape(t, n, -1)
+        if self.training or t == 1:
+            z = self.encoder(x.reshape(t * n, *x.shape[2:])).reshape(t, n, -1)
+        else:
+            z = torch.stack([self.encoder(task).reshape(n, -1) for task in x])
         if z.shape[-1] != self.x_dim:
             raise TaskError(
                 f"the encoder gives {z.shape[-1]} features per input but the learner was built "
