@@ -81,6 +81,14 @@ def test_mask_lets_queries_see_the_support_and_themselves_only():
         [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 1]], dtype=torch.bool
     )
     assert torch.equal(allowed, expected)
+    expected[2, 2] = expected[3, 3] = False
+    assert torch.equal(support_query_mask(2, 2, query_sees_itself=False), expected)
+    # without self-attention the queries stay independent of each other
+    learner = make("transformer", query_self_attention=False)
+    batch = sinusoid(queries=4)
+    together = learner.forward_task(batch.support_x, batch.support_y, batch.query_x)
+    alone = learner.forward_task(batch.support_x, batch.support_y, batch.query_x[:, 2:3])
+    torch.testing.assert_close(alone[:, 0], together[:, 2], rtol=1e-10, atol=1e-12)
 
 
 def test_lstm_reads_the_label_one_step_late():

@@ -28,6 +28,9 @@ a query reads every support label equally (each label once), so neither the atte
 the label read-out gets a signal until the other does, and training sat at chance for
 1,150 Omniglot iterations (docs/sequence-rl.md); a similarity-based start reads the most
 similar support image's label from the first step.  ``None`` keeps PyTorch's default init.
+A query's similarity to itself is the largest score, so with many support tokens (20-way)
+``query_self_attention=False`` (queries attend to the support tokens only; the residual
+stream still carries the query itself) makes that start read the nearest support label.
 """
 
 from __future__ import annotations
@@ -43,14 +46,18 @@ from metaloop.functional.losses import LossFn
 from metaloop.models.norm import LayerNorm
 
 
-def support_query_mask(support: int, queries: int, device=None) -> Tensor:
+def support_query_mask(
+    support: int, queries: int, device=None, query_sees_itself: bool = True
+) -> Tensor:
     """Boolean ``[S + Q, S + Q]``, ``True`` where row may attend to column: all rows see
-    the ``S`` support columns, and each query row also sees itself."""
+    the ``S`` support columns, and each query row also sees itself (unless
+    ``query_sees_itself=False``)."""
     n = support + queries
     allowed = torch.zeros(n, n, dtype=torch.bool, device=device)
     allowed[:, :support] = True
-    idx = torch.arange(support, n, device=device)
-    allowed[idx, idx] = True
+    if query_sees_itself:
+        idx = torch.arange(support, n, device=device)
+        allowed[idx, idx] = True
     return allowed
 
 
@@ -93,6 +100,8 @@ class InContextTransformer(SequenceLearner):
         heads: attention heads (must divide ``width``).
         ff: hidden size of the feed-forward layers (default ``2 * width``).
         similarity_init: ``c`` of the module docstring (``None``: default init).
+        query_self_attention: whether a query token attends to itself as well as to the
+            support tokens.
         loss, min_support, channels_last, shuffle_support: as for every
             ``SequenceLearner``.
     """
@@ -107,6 +116,7 @@ class InContextTransformer(SequenceLearner):
         heads: int = 4,
         ff: int | None = None,
         similarity_init: float | None = None,
+        query_self_attention: bool = True,
         loss: str | LossFn = "mse",
         min_support: int | None = None,
         channels_last: bool = False,
@@ -124,6 +134,11 @@ class InContextTransformer(SequenceLearner):
         self.norm = LayerNorm(width)
         self.head = nn.Linear(width, y_dim)
         self.similarity_init = similarity_init
+        if not isinstance(query_self_attention, bool):
+            raise ValueError(
+                f"query_self_attention must be true or false, got {query_self_attention!r}"
+            )
+        self.query_self_attention = query_self_attention
         if similarity_init is not None:
             check_similarity_init(similarity_init)
             with torch.no_grad():
@@ -139,7 +154,9 @@ class InContextTransformer(SequenceLearner):
         support = self.embed_x(zs) + self.embed_y(es)
         queries = self.embed_x(zq) + self.unknown_label
         h = torch.cat([support, queries], 1)
-        allowed = support_query_mask(zs.shape[1], zq.shape[1], device=h.device)
+        allowed = support_query_mask(
+            zs.shape[1], zq.shape[1], device=h.device, query_sees_itself=self.query_self_attention
+        )
         for block in self.blocks:
             h = block(h, allowed)
         return self.head(self.norm(h[:, zs.shape[1] :]))
