@@ -206,12 +206,10 @@ def run_navigation(args: argparse.Namespace) -> dict:
     for name, model in models.items():
         model.inner_lr = args.inner_lr  # every policy adapts with the same step
         _, history = model.adapt(tasks, steps=3, seed=TEST_SEED)
-        out[name] = {
-            f"{s}_steps": interval(h.rewards.sum(-1).mean(-1).numpy())
-            for s, h in enumerate(history)
-            if s in (0, 1, 3)
-        }
-        print(name, {k: round(v["mean"], 2) for k, v in out[name].items()}, flush=True)
+        returns = {s: h.rewards.sum(-1).mean(-1).numpy() for s, h in enumerate(history)}
+        out[name] = {f"{s}_steps": interval(returns[s]) for s in (0, 1, 3)}
+        out[name]["per_task"] = {s: returns[s].round(4).tolist() for s in (0, 1, 3)}
+        print(name, {k: round(v["mean"], 2) for k, v in out[name].items() if "mean" in v})
     return out
 
 

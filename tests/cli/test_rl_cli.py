@@ -60,3 +60,20 @@ def test_config_errors_are_one_line(tmp_path, capsys, override, message):
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert re.search(message, err)
+
+
+@pytest.mark.parametrize(("preset", "arms"), [("k5-n100", 5), ("k10-n100", 10)])
+def test_long_horizon_bandit_presets_build_rl2_at_n_100(preset, arms):
+    from metaloop.cli.rl import build, load
+
+    learner = build(load(f"configs/bandit-rl2-{preset}.toml"))
+    assert learner.learns_in_context and learner.env.horizon == 100
+    assert learner.action_dim == arms
+
+
+def test_navigation_preset_builds_the_inner_step_it_documents():
+    from metaloop.cli.rl import build, load
+
+    learner = build(load("configs/navigation-maml-rl.toml"))
+    assert not learner.learns_in_context and learner.baseline == "linear"
+    assert learner.normalize_advantages and learner.time_average and not learner.sampling_term
