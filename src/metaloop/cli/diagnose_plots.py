@@ -56,6 +56,10 @@ def plot_pool_sizes(
     ax.set_yscale("log")
     ax.set_xticks(n, [str(v) for v in n])
     ax.minorticks_off()
+    top = max(p["risk"]["high"] for p in points)
+    if top < 10:  # less than a decade: plain numbers
+        ticks = [t for t in (0.7, 1, 1.5, 2, 3, 5, 7) if t <= 1.1 * top]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
     ax.set_xlabel(unit)
     ax.set_ylabel("risk inflation (held-out / training-task loss)")
     ax.set_title(f"meta-overfitting ({points[0]['iterations']} iterations per pool)")
