@@ -107,7 +107,7 @@ def closed_form_gradient_with_update_rule(learner: MAMLRL, episodes: int) -> tor
         )
         c = learner.weights(sample, inner=True).double().view(episodes)
         step = torch.autograd.grad((logp[actions] * c).sum(), b, create_graph=True)[0]
-        total = total + prob * (torch.softmax(b + ALPHA * step, 0) * m).sum()
+        total = total + prob * (torch.softmax(b + learner.inner_lr * step, 0) * m).sum()
     return torch.autograd.grad(total, b)[0]
 
 
