@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metaloop.algorithms.base import constructor_accepts
+from metaloop.algorithms.base import NoEmbeddingError, constructor_accepts
 from metaloop.algorithms.registry import available, resolve
 from metaloop.cli.build import build_family, build_learner, build_model, validate
 from metaloop.cli.config import ConfigError, dump_toml, load_config
@@ -206,3 +206,20 @@ def test_embedding_learners_never_get_a_class_head() -> None:
             continue
         model = build_model(load_config(None, [f'algorithm.name="{name}"', *CONV]))
         assert getattr(model, "head", None) is None and model.embedding_dim == 4 * 1 * 1, name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_embed_gives_one_row_per_input_or_names_the_learner(name: str) -> None:
+    """``embed`` is the protocol's embedding: one finite row per input, the same rows
+    however often it is called; a learner without one raises ``NoEmbeddingError``
+    naming itself (what ``metaloop verify`` reports), never another error."""
+    _, learner, batch = build(name)
+    learner.eval()
+    x = batch.support_x[0]
+    try:
+        z = learner.embed(x)
+    except NoEmbeddingError as err:
+        assert type(learner).__name__ in str(err) and "\n" not in str(err)
+        return
+    assert z.shape[0] == x.shape[0] and z.dim() >= 2 and finite(z), (name, z.shape)
+    torch.testing.assert_close(learner.embed(x), z)
