@@ -171,12 +171,7 @@ def leave_one_task_out(
             tasks.ways,
         )
         learner = make_learner()
-        opt = torch.optim.Adam(learner.parameters(), outer_lr)
-        for _ in range(iterations):
-            opt.zero_grad()
-            loss, _ = learner.meta_loss(train)
-            loss.backward()
-            opt.step()
+        adam_meta_train(learner, lambda batch=train: batch, iterations, outer_lr)
         last = lambda r: r[max(r)]["loss"]  # noqa: E731
         results.append(
             (
@@ -189,6 +184,24 @@ def leave_one_task_out(
         sum(r[1] for r in results) / len(results),
         results,
     )
+
+
+def adam_meta_train(
+    learner: MetaLearner, sample_batch: Callable[[], TaskBatch], iterations: int, outer_lr: float
+) -> list[float]:
+    """Meta-train ``learner`` in place, the outer loop every analysis that trains shares:
+    ``iterations`` Adam steps (rate ``outer_lr``) on ``grad_theta meta_loss(B_t)`` with
+    ``B_t = sample_batch()`` drawn afresh each step (or the same batch every step).
+    Returns the meta-losses, one per step."""
+    opt = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], outer_lr)
+    losses = []
+    for _ in range(iterations):
+        opt.zero_grad()
+        loss, _ = learner.meta_loss(sample_batch())
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
 
 
 def linear_regression_oracle(family: LinearRegression, batch: TaskBatch) -> Tensor:

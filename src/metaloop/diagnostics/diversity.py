@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from metaloop.algorithms.base import MetaLearner
+from metaloop.diagnostics.core import adam_meta_train
 from metaloop.tasks.base import TaskFamily
 
 
@@ -84,12 +85,9 @@ def diversity_sweep(
     for width, family in train_families.items():
         torch.manual_seed(seed)
         learner = make_learner()
-        opt = torch.optim.Adam(learner.parameters(), outer_lr)
         gen = torch.Generator().manual_seed(seed + 1)
-        for _ in range(iterations):
-            opt.zero_grad()
-            learner.meta_loss(family.sample(meta_batch_size, gen))[0].backward()
-            opt.step()
+        sample = lambda f=family, g=gen: f.sample(meta_batch_size, g)  # noqa: E731
+        adam_meta_train(learner, sample, iterations, outer_lr)
         point = DiversityPoint(width, iterations)
         for j, (label, test) in enumerate(test_families.items()):
             point.scores[label] = _score(learner, test, episodes, steps, seed + 100 + j)

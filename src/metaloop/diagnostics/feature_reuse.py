@@ -11,6 +11,7 @@ from torch import nn
 
 from metaloop.algorithms.base import MetaLearner
 from metaloop.algorithms.finetune import FineTuneBaseline
+from metaloop.diagnostics.core import adam_meta_train
 
 
 def feature_reuse_model() -> nn.Sequential:
@@ -80,12 +81,9 @@ def feature_reuse_experiment(
 
     def train(learner: MetaLearner, offset: int) -> None:
         gen = torch.Generator().manual_seed(seed + offset)
-        opt = torch.optim.Adam(learner.parameters(), lr=outer_lr)
-        for _ in range(iterations):
-            loss, _ = learner.meta_loss(train_family.sample(meta_batch_size, gen))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        adam_meta_train(
+            learner, lambda: train_family.sample(meta_batch_size, gen), iterations, outer_lr
+        )
 
     def accuracy(
         learner: MetaLearner, family: RotatingBoundary, steps: int, tasks: int = test_tasks

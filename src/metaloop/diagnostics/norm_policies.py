@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from metaloop.algorithms.base import MetaLearner
+from metaloop.diagnostics.core import adam_meta_train
 from metaloop.tasks.base import TaskFamily
 
 
@@ -137,16 +138,10 @@ def norm_policy_sweep(
         torch.manual_seed(seed)
         learner = make_learner(policy)
         learner.train()
-        opt = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], outer_lr)
         gen = torch.Generator().manual_seed(seed + 1)
-        losses = []
         start = time.process_time()
-        for _ in range(iterations):
-            opt.zero_grad()
-            loss, _ = learner.meta_loss(train_family.sample(meta_batch_size, gen))
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+        sample = lambda g=gen: train_family.sample(meta_batch_size, g)  # noqa: E731
+        losses = adam_meta_train(learner, sample, iterations, outer_lr)
         train_seconds = time.process_time() - start
         tail = losses[-max(1, iterations // 10) :]
         start = time.process_time()

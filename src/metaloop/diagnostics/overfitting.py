@@ -26,7 +26,7 @@ from torch import Tensor
 
 from metaloop.algorithms.base import MetaLearner
 from metaloop.data.episodes import EpisodicFamily
-from metaloop.diagnostics.core import LeaveOneOut
+from metaloop.diagnostics.core import LeaveOneOut, adam_meta_train
 from metaloop.tasks.base import TaskBatch, TaskFamily
 
 _Z95 = 1.959963984540054
@@ -158,12 +158,8 @@ def _meta_train(
     meta-batches of ``family`` drawn from ``torch.Generator().manual_seed(seed + 2)``."""
     torch.manual_seed(seed)
     learner = make_learner()
-    opt = torch.optim.Adam(learner.parameters(), outer_lr)
     gen = torch.Generator().manual_seed(seed + 2)
-    for _ in range(iterations):
-        opt.zero_grad()
-        learner.meta_loss(family.sample(meta_batch_size, gen))[0].backward()
-        opt.step()
+    adam_meta_train(learner, lambda: family.sample(meta_batch_size, gen), iterations, outer_lr)
     return learner
 
 
