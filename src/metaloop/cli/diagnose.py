@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from metaloop.cli.args import positive_int
-from metaloop.cli.diagnose_analyses import add_arguments as add_analysis_arguments
+from metaloop.cli.diagnose_options import add_arguments as add_analysis_arguments
 from metaloop.cli.diagnose_sharpness import add_arguments as add_sharpness_arguments
 from metaloop.cli.diagnose_sharpness import run_sharpness
 from metaloop.cli.runs import load_run, runtime
