@@ -5,6 +5,7 @@
     python scripts/sequence_rl.py bandit-baselines --out /work/runs/bandit-baselines
     python scripts/sequence_rl.py rl2 --arms 5 --horizon 10 --out /work/runs/rl2-5-10
     python scripts/sequence_rl.py navigation --out /work/runs/nav-maml-rl
+    python scripts/sequence_rl.py navigation --lvc --iterations 100 --out /work/runs/nav-lvc
     python scripts/sequence_rl.py maml-bandit --arms 5 --horizon 100 --steps 4 --out /work/runs/mb
     python scripts/sequence_rl.py plot --bandits /work/runs/bandit-baselines \\
         --rl2 /work/runs/rl2-5-10 --png docs/sequence-rl-regret.png --out /tmp/plot
@@ -178,7 +179,8 @@ def run_navigation(args: argparse.Namespace) -> dict:
                "baseline": args.baseline, "normalize_advantages": args.normalize,
                "time_average": args.time_average,
                "score_baseline": args.score_baseline,
-               "sampling_term": args.sampling_term}  # fmt: skip
+               "sampling_term": args.sampling_term,
+               "low_variance_curvature": args.lvc}  # fmt: skip
 
     def learner(seed: int, **kw) -> MAMLRL:
         torch.manual_seed(seed)
@@ -188,10 +190,17 @@ def run_navigation(args: argparse.Namespace) -> dict:
     out: dict = {"horizon": args.horizon, "iterations": args.iterations, "lr": args.lr,
                  "meta_batch_size": args.meta_batch_size, **options}  # fmt: skip
     models = {"maml": learner(args.seed)}
-    if args.both_estimators:  # the same with the other meta-gradient estimator
-        models["maml_other_estimator"] = learner(args.seed, sampling_term=not args.sampling_term)
+    if args.both_estimators:  # the same with the other meta-gradient estimator: the
+        # unbiased one beside the original, the original one beside the unbiased one or LVC
+        models["maml_other_estimator"] = learner(
+            args.seed,
+            sampling_term=not (args.sampling_term or args.lvc),
+            low_variance_curvature=False,
+        )
     # multi-task pretraining: no inner step (inner_lr 0), plain policy gradient on all tasks
-    models["pretrained"] = learner(args.seed, inner_lr=0.0, sampling_term=False)
+    models["pretrained"] = learner(
+        args.seed, inner_lr=0.0, sampling_term=False, low_variance_curvature=False
+    )
     for name, model in models.items():
         start, cpu = time.perf_counter(), time.process_time()
         records = fit_meta_rl(
@@ -287,7 +296,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--score-baseline", choices=("batch", "pre_update"), default="pre_update")
     p.add_argument("--sampling-term", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument(
-        "--both-estimators", action="store_true", help="also train with the other estimator"
+        "--lvc", action="store_true", help="ProMP's low-variance curvature (no score term)"
+    )
+    p.add_argument(
+        "--both-estimators",
+        action="store_true",
+        help="also train with the other estimator (the original one beside --lvc)",
     )
     p = sub.add_parser("plot")
     p.add_argument("--bandits", type=Path, required=True)

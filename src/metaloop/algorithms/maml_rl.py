@@ -77,6 +77,37 @@ biased; also tested); ``first_order=True`` also drops ``d g / d theta``.  With s
 inner steps, each samples fresh episodes with the current parameters and the box covers
 all inner samples.
 
+``low_variance_curvature=True`` (with ``sampling_term=False``) is ProMP's low-variance
+curvature (LVC) estimator (Rothfuss et al. 2019, *ProMP: Proximal Meta-Policy Search*): the
+inner surrogate weights the likelihood *ratio* instead of the log-likelihood,
+
+    S_LVC(theta; b) = sum_kt c_kt pi_theta(a_kt | s_kt) / stopgrad(pi_theta(a_kt | s_kt)),
+
+whose value at ``theta`` is ``sum c`` and whose gradient is ``g(theta; b)`` exactly (the
+ratio's gradient is ``grad log pi``: the inner step, the adapted parameters and everything
+evaluated are unchanged), but whose Hessian is ``sum_kt c_kt (grad^2 log pi_kt + grad log
+pi_kt grad log pi_kt^T)``: the ``d g / d theta`` of the plain surrogate plus the outer
+products of each sample's score with itself.  No score term is added, so the meta-gradient is
+
+    grad F_LVC = E_b[ (I + alpha sum_kt c_kt (grad^2 log pi_kt + grad log pi_kt grad log
+                 pi_kt^T))^T grad J(theta') ].
+
+Its bias, exactly: ``grad F_LVC - grad F = E_b[ alpha sum_kt c_kt grad log pi_kt (grad log
+pi_kt^T grad J(theta')) - grad log p_theta(b) J(theta') ]``, i.e. the score term ``E_b[grad
+log p_theta(b) (J(theta') - J(theta))]`` is replaced by the diagonal part of its first-order
+Taylor expansion (``J(theta') - J(theta) ~ alpha g^T grad J``).  Two things are left out:
+the cross products ``grad log pi_kt grad log pi_k't'^T c_k't'`` of *different* samples
+(``(k, t) != (k', t')``: earlier actions of the same episode, and other episodes through
+the leave-one-out baseline and standardisation), an ``O(alpha)`` bias, and the remainder of
+the expansion, ``O(alpha^2)``.  With one sample per inner step (one episode of one step:
+the two-armed bandit of the tests) there are no cross products and the bias is
+``O(alpha^2)``, against ``O(alpha)`` for ``sampling_term=False`` (which drops the whole score
+term).  Its variance is that of the plain second-order estimate plus the ``alpha c grad
+log pi grad log pi^T`` terms, each scaled by its own ``c_kt``, instead of one score summed
+over all ``K T`` inner actions multiplying a whole return (the DiCE term).  With
+``count_inner``, the inner batches' terms are plain surrogates chained through the LVC
+steps (no score prefixes).
+
 ``count_inner=True`` maximises the return of *every* episode, the inner ones included,
 
     F(theta) = E[ sum_s K_s J(theta_s) ] / sum_s K_s,    theta_0 = theta,
@@ -194,6 +225,9 @@ class MAMLRL(nn.Module):
         score_baseline: what the score term's return is compared with: ``"batch"`` (the
             other tasks' mean) or ``"pre_update"`` (this task's own return before adaptation,
             with its known bias added back; see the module docstring).
+        low_variance_curvature: the inner surrogate uses the likelihood ratio ``pi /
+            stopgrad(pi)`` (ProMP's LVC: same step, biased low-variance curvature); needs
+            ``sampling_term=False``, as it replaces the score term.
         normalize_advantages: standardise the inner step's advantages per task.
         time_average: the inner surrogate is a mean over time steps too (divided by ``T``).
     """
@@ -217,8 +251,15 @@ class MAMLRL(nn.Module):
         normalize_advantages: bool = False,
         time_average: bool = False,
         score_baseline: str = "batch",
+        low_variance_curvature: bool = False,
     ) -> None:
         super().__init__()
+        if low_variance_curvature and sampling_term:
+            raise ValueError(
+                "low_variance_curvature replaces the inner samples' score term: "
+                "set sampling_term=False with it"
+            )
+        self.low_variance_curvature = bool(low_variance_curvature)
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
         if score_baseline not in SCORE_BASELINES:
@@ -312,8 +353,12 @@ class MAMLRL(nn.Module):
     def surrogate(self, params: Params, episodes: Episodes, inner: bool = False) -> Tensor:
         """Per-task ``sum_kt c_kt log pi(a_kt | s_kt)``, ``[B]`` (``c = weights(episodes,
         inner)``): its gradient is an unbiased policy-gradient estimate of ``grad J``, or with
-        ``inner`` the inner step's ``g``."""
-        return (self.log_probs(params, episodes) * self.weights(episodes, inner)).sum((1, 2))
+        ``inner`` the inner step's ``g``.  With ``inner`` and ``low_variance_curvature``,
+        ``sum_kt c_kt pi / stopgrad(pi)`` instead: the same gradient, the LVC Hessian."""
+        log_probs = self.log_probs(params, episodes)
+        if inner and self.low_variance_curvature:
+            log_probs = torch.exp(log_probs - log_probs.detach())  # the ratio, value 1
+        return (log_probs * self.weights(episodes, inner)).sum((1, 2))
 
     @torch.no_grad()
     def rollout(
@@ -416,6 +461,8 @@ class MAMLRL(nn.Module):
             "return_before": float(first_returns.mean()),
             "return_after": float(returns.mean()),
         }
+        if not self.discrete:
+            metrics["log_std"] = float(self.log_std.detach().mean())
         return loss, metrics
 
     def extra_repr(self) -> str:
@@ -424,7 +471,8 @@ class MAMLRL(nn.Module):
             f"inner_episodes={self.inner_episodes}, outer_episodes={self.outer_episodes}, "
             f"first_order={self.first_order}, sampling_term={self.sampling_term}, "
             f"baseline={self.baseline}, normalize_advantages={self.normalize_advantages}, "
-            f"time_average={self.time_average}, score_baseline={self.score_baseline}"
+            f"time_average={self.time_average}, score_baseline={self.score_baseline}, "
+            f"low_variance_curvature={self.low_variance_curvature}"
         )
 
 
