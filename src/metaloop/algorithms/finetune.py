@@ -30,6 +30,19 @@ The encoder is used in whatever mode it is in: in ``train()`` mode batch norm us
 running statistics follow) the batches it sees, as in any forward pass; evaluate in
 ``eval()`` mode.  ``finetune="all"`` works on copies of parameters and buffers.
 
+Speed options (``functional.speed.SpeedOptions``, the engine's, as algorithm config keys):
+``autocast="bfloat16"`` runs the encoder forward and the pretraining head of ``meta_loss``
+in mixed precision (parameters, gradients and the cross-entropy stay float32: logits are
+cast back before the loss), and in evaluation (``evaluate_batch``, ``adapt``) the encoder
+forward and every head-fitting step ``z W^T + b`` (the head and its Adam state stay
+float32; embeddings are cast back to float32 before fitting, so only the matmuls round;
+with ``finetune="all"`` the fine-tuned encoder copy's forward too).
+Reported accuracies are then those of the mixed-precision forward.  ``compile=True`` (or
+a dict of ``torch.compile`` options) compiles the encoder forward ``x -> f_phi(x)`` once
+per learner (``SpeedOptions.compiled``; a failed compile warns once and runs eagerly),
+used by ``meta_loss`` and by ``finetune="head"`` evaluation; ``finetune="all"`` runs the
+encoder functionally on per-task parameter copies and stays eager.
+
 Stage 1's training loop, ``pretrain``, is in ``finetune_pretrain.py``;
 ``metaloop.diagnostics.feature_reuse`` holds the seed experiment contrasting this baseline
 with MAML.
@@ -58,7 +71,7 @@ from metaloop.algorithms.metric import (
 )
 from metaloop.algorithms.registry import register
 from metaloop.functional.params import call
-from metaloop.functional.speed import uses_batch_statistics
+from metaloop.functional.speed import SpeedOptions, uses_batch_statistics
 from metaloop.tasks.base import Task, TaskBatch, TaskError
 from metaloop.tasks.registry import TaskSpec
 from metaloop.validate import is_int
@@ -99,6 +112,26 @@ def per_task_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(1)
 
 
+def _encoder_forward(encoder: nn.Module, x: Tensor) -> Tensor:
+    """``f_phi(x)``: the function ``compile=`` compiles (the encoder is an argument, so the
+    cached compiled function never holds the learner)."""
+    return encoder(x)
+
+
+class _SpeedEncoder(nn.Module):
+    """The learner's encoder called through its speed options (``FineTuneBaseline._encode``):
+    a view for ``embed``/``embed_batch``, which see the encoder's modules through it (batch
+    statistics are detected as on the encoder itself).  Built per call, never registered."""
+
+    def __init__(self, learner: FineTuneBaseline) -> None:
+        super().__init__()
+        self.encoder = learner.encoder
+        object.__setattr__(self, "_learner", learner)  # not a submodule: no cycle
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._learner._encode(x)
+
+
 def _last(iterator: Iterator[Any]) -> Any:
     item = None
     for item in iterator:  # noqa: B007 - keep the last yielded value
@@ -123,6 +156,10 @@ class FineTuneBaseline(MetaLearner):
             (``embedding_dim`` defaults to ``encoder.embedding_dim`` when present, as on
             ``Conv4(ways=None)``).
         global_labels_key: ``batch.info`` key holding global labels ``[T, S+Q]``.
+        autocast: ``"bfloat16"`` (or ``"float16"`` on CUDA): mixed precision in pretraining
+            and evaluation (see the module docstring); ``None``: float32.
+        compile: ``True`` or a dict of ``torch.compile`` options: compile the encoder
+            forward (``meta_loss`` and ``finetune="head"`` evaluation).
     """
 
     #: the model is the encoder ``f_phi`` (its pretraining head is built here)
@@ -154,6 +191,8 @@ class FineTuneBaseline(MetaLearner):
         num_classes: int | None = None,
         embedding_dim: int | None = None,
         global_labels_key: str = "global_labels",
+        autocast: str | torch.dtype | None = None,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__("cross_entropy")
         if finetune not in ("head", "all"):
@@ -172,6 +211,7 @@ class FineTuneBaseline(MetaLearner):
         self.backbone_lr = float(backbone_lr if backbone_lr is not None else lr)
         self.optimizer_name, self.weight_decay, self.head_init = optimizer, weight_decay, head_init
         self.global_labels_key = global_labels_key
+        self.speed = SpeedOptions(compile=compile, autocast=autocast)
         self.head: nn.Linear | None = None
         if num_classes is not None:
             embedding_dim = embedding_dim or getattr(encoder, "embedding_dim", None)
@@ -214,7 +254,9 @@ class FineTuneBaseline(MetaLearner):
                 f"labels {int(y.min())}..{int(y.max())} exceed the pretraining "
                 f"head's {self.head.out_features} classes"
             )
-        logits = self.head(embed(self.encoder, x).flatten(1))
+        with self.speed.context(x):
+            logits = self.head(embed(self._speed_encoder(), x).flatten(1))
+        logits = self._unmixed(logits)  # the loss in float32
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(-1) == y).float().mean()
         return loss, {"loss": float(loss.detach()), "accuracy": float(acc)}
@@ -223,6 +265,32 @@ class FineTuneBaseline(MetaLearner):
         """``z = f_phi(x)``: the pretrained encoder's output, the features every episode's
         new head is fit on (``params`` replaces encoder parameters by name)."""
         return encoder_embedding(self.encoder, x, params)
+
+    # -- speed options -----------------------------------------------------------------------
+    def _encode(self, x: Tensor) -> Tensor:
+        """``f_phi(x)``, through the compiled forward when ``compile`` is on (falling back to
+        eager, with one warning, if compilation fails)."""
+        compiled = self.speed.compiled(self, "encoder", _encoder_forward)
+        if compiled is not None:
+            try:
+                return compiled(self.encoder, x)
+            except Exception as err:
+                self.speed.compile_failed("encoder", err)
+        return self.encoder(x)
+
+    def _unmixed(self, t: Tensor) -> Tensor:
+        """``t`` back in float32 after an autocast region (unchanged without autocast)."""
+        return t if self.speed.autocast_dtype is None else t.float()
+
+    def _speed_encoder(self) -> nn.Module:
+        """The encoder itself, or a view of it calling ``_encode`` when compile is on."""
+        return self.encoder if self.speed.compile_options is None else _SpeedEncoder(self)
+
+    def _embed_batch(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        """``embed_batch`` under the speed options; float32 embeddings ``[T, S|Q, D]``."""
+        with self.speed.context(batch.support_x):
+            z_s, z_q = embed_batch(self._speed_encoder(), batch)
+        return self._unmixed(z_s.flatten(2)), self._unmixed(z_q.flatten(2))
 
     # -- stage 2 ---------------------------------------------------------------------------
     def _fit_heads(
@@ -239,7 +307,9 @@ class FineTuneBaseline(MetaLearner):
         for _ in range(steps):
             with torch.enable_grad():
                 # sum of per-task means: each task's head gets exactly its own gradient
-                loss = per_task_cross_entropy(head_logits(z, weight, bias), y).sum()
+                with self.speed.context(z):
+                    logits = head_logits(z, weight, bias)
+                loss = per_task_cross_entropy(self._unmixed(logits), y).sum()
                 opt.zero_grad()
                 loss.backward()
             opt.step()
@@ -252,10 +322,11 @@ class FineTuneBaseline(MetaLearner):
         buffers = {k: v.detach().clone() for k, v in encoder.named_buffers()}
 
         def features(p: dict[str, Tensor], inputs: Tensor) -> Tensor:
-            z = call(encoder, p, buffers, inputs)
+            with self.speed.context(inputs):
+                z = call(encoder, p, buffers, inputs)
             if z.shape[0] != inputs.shape[0]:
                 raise ValueError(f"the encoder mapped {inputs.shape[0]} inputs to {tuple(z.shape)}")
-            return z.flatten(1)
+            return self._unmixed(z.flatten(1))
 
         with torch.no_grad():
             z0 = features(params, x)
@@ -296,23 +367,27 @@ class FineTuneBaseline(MetaLearner):
         check_labels(y.unsqueeze(0), None, ways)
         if self.finetune == "all":
             return _last(self._fit_all(x, y, ways, steps))
-        encoder = self.encoder
+        encoder = self._speed_encoder()
         if uses_batch_statistics(encoder):
             # support and inputs normalised together, as in evaluate_batch: the head is fit
             # on support embeddings that depend on the inputs, so once per call
             def predict_episode(inputs: Tensor) -> Tensor:
-                z_s, z_q = embed_episode(encoder, x, inputs)
-                z_s = z_s.detach().flatten(1).unsqueeze(0)
+                with self.speed.context(x):
+                    z_s, z_q = embed_episode(encoder, x, inputs)
+                z_s, z_q = self._unmixed(z_s.detach()), self._unmixed(z_q)
+                z_s = z_s.flatten(1).unsqueeze(0)
                 weight, bias = _last(self._fit_heads(z_s, y.unsqueeze(0), ways, steps))
                 return z_q.flatten(1) @ weight[0].T + bias[0]
 
             return predict_episode
-        with torch.no_grad():
-            z = embed(encoder, x).flatten(1).unsqueeze(0)
+        with torch.no_grad(), self.speed.context(x):
+            z = self._unmixed(embed(encoder, x)).flatten(1).unsqueeze(0)
         weight, bias = _last(self._fit_heads(z, y.unsqueeze(0), ways, steps))
 
         def predict(inputs: Tensor) -> Tensor:
-            return embed(encoder, inputs).flatten(1) @ weight[0].T + bias[0]
+            with self.speed.context(inputs):
+                z_q = self._unmixed(embed(encoder, inputs))
+            return z_q.flatten(1) @ weight[0].T + bias[0]
 
         return predict
 
@@ -329,8 +404,7 @@ class FineTuneBaseline(MetaLearner):
         last = wanted[-1] if wanted else 0
         records: dict[int, dict[str, Tensor]] = {}
         if self.finetune == "head":
-            z_s, z_q = embed_batch(self.encoder, batch)
-            z_s, z_q = z_s.flatten(2), z_q.flatten(2)
+            z_s, z_q = self._embed_batch(batch)
             for t, (weight, bias) in enumerate(self._fit_heads(z_s, batch.support_y, ways, last)):
                 if t in wanted:
                     logits = head_logits(z_q, weight, bias)
@@ -358,4 +432,5 @@ class FineTuneBaseline(MetaLearner):
         return (
             f"finetune={self.finetune}, steps={self.steps}, lr={self.lr}, "
             f"optimizer={self.optimizer_name}, head_init={self.head_init}"
+            + (f", {self.speed.describe()}" if self.speed.describe() else "")
         )
