@@ -1,9 +1,11 @@
-"""Time per meta-training iteration on CLINC150 episodes: plain, bfloat16 autocast, compiled.
+"""Time per meta-training iteration (and per evaluation episode) on CLINC150: plain, bf16, compiled.
 
 One iteration is what ``metaloop.Trainer`` does per step: ``loss, _ = learner.meta_loss(batch)``,
 ``loss.backward()``, ``optimizer.step()`` on a meta-batch of real episodes (meta-training
 intents of the random split, the configs' episode shapes: ProtoNet 10-way 3-shot 5-query,
-Proto-MAML 5-way 3-shot 5-query with one first-order inner step; meta-batch 4).  The same
+Proto-MAML 5-way 3-shot 5-query with one first-order inner step; the fine-tune baseline
+10-way 3-shot 5-query, its ``meta_loss`` being plain classification over the 100
+meta-training intents; meta-batch 4).  The same
 ``--iterations`` batches are replayed for every variant, after ``--warmup`` untimed
 iterations on other batches (they pay for compilation and recompilation to a dynamic
 utterance length).  Reported: the median CPU time of one iteration (``time.process_time``,
@@ -19,7 +21,14 @@ full-width batches (one shape, so one compilation; on trimmed batches every new 
 recompiles and dynamo runs eagerly after 8): Proto-MAML with the learner's
 ``compile=True`` (its meta-gradient, one compiled ``torch.func.grad`` per task), ProtoNet,
 which has no compile option, with its encoder compiled in place (``nn.Module.compile()``,
-the graphs a compiled encoder gives any embedding learner).
+the graphs a compiled encoder gives any embedding learner); the fine-tune baseline with
+its ``compile=True`` (the encoder forward) and ``autocast="bfloat16"`` options.
+
+The fine-tune baseline is also timed per *evaluation* episode (``evaluate_batch`` on one
+5-way 1-shot 15-query episode of the test intents, the encoder in ``eval()`` mode, its 100
+Adam steps of head fitting; ``--eval-episodes`` timed after ``--eval-warmup`` untimed):
+``eval_cpu_ms``, ``eval_wall_ms``, and ``eval_loss_rel_diff``, the relative difference of
+the first episode's query loss after fitting from the plain variant's.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/clinc_speed.py \
         --tokenizer RUN/tokenizer.json --out speed.json
@@ -36,6 +45,7 @@ from typing import Any
 
 import torch
 
+from metaloop.algorithms.finetune import FineTuneBaseline
 from metaloop.algorithms.protomaml import ProtoMAML
 from metaloop.algorithms.protonet import ProtoNet
 from metaloop.data.text import TextEpisodicFamily, clinc150_split
@@ -44,7 +54,9 @@ from metaloop.models.text import TextCNN, TextTransformer
 VARIANTS = ("plain", "bf16", "plain-full", "compile")
 #: variants run on batches of the full width max_length (``trim=False``): one input shape
 FULL_WIDTH = ("plain-full", "compile")
-EPISODES = {"protonet": (10, 3, 5), "protomaml": (5, 3, 5)}
+EPISODES = {"protonet": (10, 3, 5), "protomaml": (5, 3, 5), "finetune": (10, 3, 5)}
+#: evaluation episodes timed per learner (the configs' eval shape: 5-way 1-shot 15-query)
+EVAL_EPISODES = {"finetune": (5, 1, 15)}
 
 
 def build_encoder(name: str, vocab: int, max_length: int, ways: int | None) -> torch.nn.Module:
@@ -56,9 +68,20 @@ def build_encoder(name: str, vocab: int, max_length: int, ways: int | None) -> t
     raise SystemExit(f"unknown encoder {name!r}; choose text_cnn or text_transformer")
 
 
-def build_learner(learner: str, encoder: str, variant: str, vocab: int, max_length: int):
+def build_learner(
+    learner: str, encoder: str, variant: str, vocab: int, max_length: int, num_classes: int
+):
     """A fresh learner (seed 0, so every variant starts from the same weights)."""
     torch.manual_seed(0)
+    if learner == "finetune":  # configs/clinc-finetune.toml: head, 100 Adam steps, lr 0.01
+        return FineTuneBaseline(
+            build_encoder(encoder, vocab, max_length, None),
+            steps=100,
+            lr=0.01,
+            num_classes=num_classes,
+            autocast="bfloat16" if variant == "bf16" else None,
+            compile=variant == "compile",
+        )
     if learner == "protonet":
         model = build_encoder(encoder, vocab, max_length, None)
         if variant == "compile":
@@ -72,7 +95,7 @@ def build_learner(learner: str, encoder: str, variant: str, vocab: int, max_leng
         return ProtoMAML(
             model, inner_lr=0.1, inner_steps=1, first_order=True, loss="cross_entropy", **options
         )
-    raise SystemExit(f"unknown learner {learner!r}; choose protonet or protomaml")
+    raise SystemExit(f"unknown learner {learner!r}; choose protonet, protomaml or finetune")
 
 
 def step(learner: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Any) -> float:
@@ -105,6 +128,29 @@ def measure(learner, batches: list, warmup: list) -> dict[str, Any]:
     }
 
 
+def measure_eval(learner, episodes: list, warmup: list) -> dict[str, Any]:
+    """Median CPU and wall time of ``evaluate_batch`` on one episode (encoder in eval mode)."""
+    learner.eval()
+    cpu0 = time.process_time()
+    for batch in warmup:
+        learner.evaluate_batch(batch)
+    warmup_cpu = time.process_time() - cpu0
+    cpu, wall, first_loss = [], [], None
+    for batch in episodes:
+        c, w = time.process_time(), time.perf_counter()
+        metrics = learner.evaluate_batch(batch)
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - w)
+        if first_loss is None:
+            first_loss = float(metrics[learner.steps]["loss"].mean())
+    return {
+        "eval_cpu_ms": 1000 * statistics.median(cpu),
+        "eval_wall_ms": 1000 * statistics.median(wall),
+        "eval_warmup_cpu_s": warmup_cpu,
+        "eval_loss": first_loss,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokenizer", required=True, help="a run's tokenizer.json (random split)")
@@ -114,11 +160,13 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--meta-batch", type=int, default=4)
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--eval-warmup", type=int, default=2)
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
     split = clinc150_split(None, "random", seed=0, tokenizer_path=args.tokenizer)
-    train = split.train
+    train, test = split.train, split.test
     rows = []
     for learner_name in args.learners:
         ways, shots, queries = EPISODES[learner_name]
@@ -128,11 +176,26 @@ def main() -> None:
             g = torch.Generator().manual_seed(0)
             warmup = [family.sample(args.meta_batch, g) for _ in range(args.warmup)]
             data[trim] = warmup, [family.sample(args.meta_batch, g) for _ in range(args.iterations)]
+        eval_data = {}
+        if learner_name in EVAL_EPISODES:
+            e_ways, e_shots, e_queries = EVAL_EPISODES[learner_name]
+            for trim in (True, False):
+                family = TextEpisodicFamily(test, e_ways, e_shots, e_queries, trim=trim)
+                g = torch.Generator().manual_seed(1)
+                eval_data[trim] = (
+                    [family.sample(1, g) for _ in range(args.eval_warmup)],
+                    [family.sample(1, g) for _ in range(args.eval_episodes)],
+                )
         for encoder in args.encoders:
-            plain_loss = None
+            plain_loss = plain_eval_loss = None
             for variant in args.variants:
                 learner = build_learner(
-                    learner_name, encoder, variant, train.vocab_size, train.max_length
+                    learner_name,
+                    encoder,
+                    variant,
+                    train.vocab_size,
+                    train.max_length,
+                    train.num_classes,
                 )
                 row = {"learner": learner_name, "encoder": encoder, "variant": variant}
                 warmup, batches = data[variant not in FULL_WIDTH]
@@ -141,6 +204,14 @@ def main() -> None:
                     plain_loss = row["initial_loss"]
                 elif plain_loss is not None:
                     row["loss_rel_diff"] = abs(row["initial_loss"] - plain_loss) / abs(plain_loss)
+                if eval_data:
+                    e_warmup, e_episodes = eval_data[variant not in FULL_WIDTH]
+                    row.update(measure_eval(learner, e_episodes, e_warmup))
+                    if variant == "plain":
+                        plain_eval_loss = row["eval_loss"]
+                    elif plain_eval_loss is not None:
+                        diff = abs(row["eval_loss"] - plain_eval_loss)
+                        row["eval_loss_rel_diff"] = diff / abs(plain_eval_loss)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
