@@ -20,123 +20,49 @@ Images are decoded once and cached (``metaloop.data.folder``).
 ``NORMALIZATION`` holds the per-channel mean and standard deviation the papers'
 pipelines use (ImageNet statistics for the ImageNet-derived sets and CUB, CIFAR-100's
 own for CIFAR-FS and FC100); ``ChannelNormalize`` applies them.
+
+This module holds the loaders, the download and ``load_benchmark``; what each benchmark
+is (names, class counts, image sizes, class splits, normalization) lives in
+``benchmarks_registry``, the safe readers of the pickle formats (tiered-ImageNet,
+CIFAR-100) in ``benchmarks_pickles`` (every public name of both is importable from here).
 """
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch import Tensor
-
+from metaloop.data.benchmarks_pickles import (
+    _DataUnpickler,  # noqa: F401 (named in docs/reliability.md)
+    _safe_unpickle,  # noqa: F401 (re-exported)
+    _tiered_part,
+    _unpickle,  # noqa: F401 (tests import it from here)
+    load_cifar100,
+)
+from metaloop.data.benchmarks_registry import (
+    BENCHMARK_NORMALIZATION,  # noqa: F401 (re-exported)
+    BENCHMARKS,
+    CIFAR_FS_TEST,
+    CIFAR_FS_VAL,
+    FC100_SUPERCLASSES,
+    IMAGE_SIZE,  # noqa: F401 (re-exported)
+    NORMALIZATION,
+    SPLIT_CLASSES,  # noqa: F401 (re-exported)
+    ChannelNormalize,
+    _check_counts,
+    _check_name,
+    benchmark_normalize,
+)
 from metaloop.data.dataset import ClassDataset
 from metaloop.data.folder import (
     ImageDataError,
     ImageSource,
-    decode_image,
     folder_split,
     load_image_classes,
 )
 from metaloop.data.splits import PARTS, ClassSplit, check_disjoint
-
-BENCHMARKS = ("mini-imagenet", "tiered-imagenet", "cifar-fs", "fc100", "cub")
-
-#: per-channel (mean, std) of the papers' pipelines
-NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "cifar100": ((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
-BENCHMARK_NORMALIZATION = {
-    "mini-imagenet": "imagenet",
-    "tiered-imagenet": "imagenet",
-    "cub": "imagenet",
-    "cifar-fs": "cifar100",
-    "fc100": "cifar100",
-}
-IMAGE_SIZE = {"mini-imagenet": 84, "tiered-imagenet": 84, "cub": 84, "cifar-fs": 32, "fc100": 32}
-SPLIT_CLASSES = {
-    "mini-imagenet": (64, 16, 20),
-    "tiered-imagenet": (351, 97, 160),
-    "cifar-fs": (64, 16, 20),
-    "fc100": (60, 20, 20),
-    "cub": (100, 50, 50),
-}
-
-# CIFAR-FS (Bertinetto et al. 2019): the validation and test classes of the authors'
-# split; the other 64 CIFAR-100 classes are the training classes.
-CIFAR_FS_VAL = (
-    "beaver otter flatfish shark lamp television beetle butterfly sea camel cattle crab "
-    "crocodile maple_tree motorcycle tractor"
-).split()
-CIFAR_FS_TEST = (
-    "whale poppy rose sweet_pepper telephone bed table wardrobe leopard plain chimpanzee fox "
-    "snail worm baby man woman bicycle pickup_truck rocket"
-).split()
-# FC100 (Oreshkin et al. 2018): superclasses per part (12/4/4)
-FC100_SUPERCLASSES = {
-    "train": (
-        "fish flowers food_containers fruit_and_vegetables household_electrical_devices "
-        "household_furniture large_man-made_outdoor_things large_natural_outdoor_scenes "
-        "reptiles trees vehicles_1 vehicles_2"
-    ).split(),
-    "val": (
-        "large_carnivores large_omnivores_and_herbivores non-insect_invertebrates small_mammals"
-    ).split(),
-    "test": "aquatic_mammals insects medium_mammals people".split(),
-}
-
-
-class ChannelNormalize:
-    """``(x - mean_c) / std_c`` per channel: an image transform (``EpisodicFamily``'s
-    ``transform``, after any augmentation)."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        if len(mean) != len(std) or any(s <= 0 for s in std):
-            raise ImageDataError(f"need one positive std per mean, got mean={mean}, std={std}")
-        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-
-    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        if images.shape[1] != len(self.mean):
-            raise ImageDataError(
-                f"ChannelNormalize has {len(self.mean)} channels, images have {images.shape[1]}"
-            )
-        shape = (1, -1, 1, 1)
-        mean = torch.tensor(self.mean, dtype=images.dtype).view(shape)
-        std = torch.tensor(self.std, dtype=images.dtype).view(shape)
-        return (images - mean) / std
-
-    def __repr__(self) -> str:
-        return f"ChannelNormalize(mean={self.mean}, std={self.std})"
-
-
-def benchmark_normalize(name: str) -> ChannelNormalize:
-    mean, std = NORMALIZATION[BENCHMARK_NORMALIZATION[_check_name(name)]]
-    return ChannelNormalize(mean, std)
-
-
-def _check_name(name: str) -> str:
-    if name not in BENCHMARKS:
-        raise ImageDataError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
-    return name
-
-
-def _check_counts(split: ClassSplit, name: str, strict: bool) -> ClassSplit:
-    if strict:
-        val = 0 if split.val is None else split.val.num_classes
-        found = (split.train.num_classes, val, split.test.num_classes)
-        if found != SPLIT_CLASSES[name]:
-            raise ImageDataError(
-                f"{name}: found {found[0]}/{found[1]}/{found[2]} train/val/test classes, the "
-                f"benchmark has {'/'.join(map(str, SPLIT_CLASSES[name]))}; the files are "
-                "incomplete or not the benchmark's (strict=False loads them as they are)"
-            )
-    return split
 
 
 # -- mini-ImageNet --------------------------------------------------------------------------
@@ -207,146 +133,7 @@ def tiered_imagenet(
     return _check_counts(split, "tiered-imagenet", strict)
 
 
-class _DataUnpickler(pickle.Unpickler):
-    """Unpickles data only: containers, numbers, strings, bytes and NumPy arrays.  Any other
-    import a pickle asks for (``os.system`` in a planted file, any class) is refused, so a
-    dataset file cannot run code (the benchmark archives are pickles of arrays and dicts)."""
-
-    ALLOWED = (
-        {
-            (module, name)
-            for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-            for name in ("_reconstruct", "scalar")
-        }
-        | {
-            (f"{package}.numeric", "_frombuffer")  # arrays in protocol-5 pickles
-            for package in ("numpy.core", "numpy._core")
-        }
-        | {
-            ("numpy", "ndarray"),
-            ("numpy", "dtype"),
-            ("collections", "OrderedDict"),
-            ("_codecs", "encode"),  # how protocol-2 pickles spell bytes
-            ("builtins", "bytearray"),
-            ("builtins", "set"),
-            ("builtins", "frozenset"),
-            ("builtins", "complex"),
-        }
-    )
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refused to import {module}.{name}: a dataset pickle may hold only arrays, "
-            "numbers, strings and containers"
-        )
-
-
-def _safe_unpickle(data: Any, encoding: str) -> Any:
-    """``pickle.load`` of a file object (or ``bytes``) through ``_DataUnpickler``."""
-    f = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    return _DataUnpickler(f, encoding=encoding).load()
-
-
-def _unpickle(path: Path) -> Any:
-    if not path.is_file():
-        raise ImageDataError(f"{path} not found")
-    try:
-        with open(path, "rb") as f:
-            return _safe_unpickle(f, "latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError, OSError) as err:
-        raise ImageDataError(
-            f"{path} is not a readable pickle ({err}): corrupt or truncated"
-        ) from err
-
-
-def _tiered_part(root: Path, part: str, image_size: int) -> ClassDataset:
-    images_path = root / f"{part}_images_png.pkl"
-    labels_path = root / f"{part}_labels.pkl"
-    encoded = _unpickle(images_path)
-    labels = _unpickle(labels_path)
-    need = ("label_specific", "label_general", "label_specific_str", "label_general_str")
-    if not isinstance(labels, Mapping) or any(k not in labels for k in need):
-        raise ImageDataError(f"{labels_path}: expected a dict with keys {', '.join(need)}")
-    specific = np.asarray(labels["label_specific"], dtype=np.int64)
-    if len(encoded) != len(specific):
-        raise ImageDataError(
-            f"{images_path} holds {len(encoded)} images but {labels_path} labels {len(specific)}"
-        )
-    general = np.asarray(labels["label_general"], dtype=np.int64)
-    names = [str(s) for s in labels["label_specific_str"]]
-    categories = [str(s) for s in labels["label_general_str"]]
-    arrays = [
-        decode_image(
-            bytes(np.asarray(e, dtype=np.uint8).tobytes()), image_size, 3, f"{images_path}[{i}]"
-        )
-        for i, e in enumerate(encoded)
-    ]
-    category_of = {int(c): int(g) for c, g in zip(specific, general)}
-    info = [
-        {"name": names[c], "category": categories[category_of[c]] if c in category_of else ""}
-        for c in range(len(names))
-    ]
-    return ClassDataset(
-        torch.from_numpy(np.stack(arrays)), torch.from_numpy(specific), info, name=f"tiered-{part}"
-    )
-
-
 # -- CIFAR-FS and FC100 ---------------------------------------------------------------------
-def _cifar_source(root: Path) -> tuple[ImageSource, str]:
-    for candidate in (root / "cifar-100-python.tar.gz", root):
-        if candidate.is_file() or (
-            candidate.is_dir() and (candidate / "cifar-100-python").is_dir()
-        ):
-            return ImageSource(candidate), "cifar-100-python/"
-    if root.is_dir() and (root / "meta").is_file():
-        return ImageSource(root), ""
-    raise ImageDataError(
-        f"{root}: expected cifar-100-python.tar.gz (from https://www.cs.toronto.edu/~kriz/) or "
-        "the cifar-100-python/ folder it extracts to (files train, test, meta)"
-    )
-
-
-def load_cifar100(root: str | os.PathLike[str]) -> ClassDataset:
-    """All 60,000 CIFAR-100 images (train and test pooled, as CIFAR-FS and FC100 do),
-    ``uint8 [N, 3, 32, 32]``, classes = the 100 fine labels with their ``superclass``.
-
-    Reads the ``cifar-100-python`` pickles: ``train`` and ``test`` (keys ``data`` ``[N,
-    3072]`` uint8 in R, G, B planes, ``fine_labels``, ``coarse_labels``) and ``meta``
-    (``fine_label_names``, ``coarse_label_names``)."""
-    source, prefix = _cifar_source(Path(root).expanduser())
-    wanted = [f"{prefix}{n}" for n in ("meta", "train", "test")]
-    blobs = source.read_all(wanted)
-    try:
-        meta, train, test = (_safe_unpickle(blobs[n], "bytes") for n in wanted)
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise ImageDataError(f"{source.path}: unreadable cifar-100-python pickle ({err})") from err
-
-    def field(d: Mapping[Any, Any], key: str) -> Any:
-        if key.encode() in d:
-            return d[key.encode()]
-        if key in d:
-            return d[key]
-        raise ImageDataError(f"{source.path}: a cifar-100-python pickle lacks the key {key!r}")
-
-    fine_names = [
-        n.decode() if isinstance(n, bytes) else n for n in field(meta, "fine_label_names")
-    ]
-    coarse_names = [
-        n.decode() if isinstance(n, bytes) else n for n in field(meta, "coarse_label_names")
-    ]
-    data = np.concatenate([np.asarray(field(d, "data"), dtype=np.uint8) for d in (train, test)])
-    if data.ndim != 2 or data.shape[1] != 3072:
-        raise ImageDataError(f"{source.path}: CIFAR data must be [N, 3072], got {data.shape}")
-    fine = np.concatenate([np.asarray(field(d, "fine_labels")) for d in (train, test)])
-    coarse = np.concatenate([np.asarray(field(d, "coarse_labels")) for d in (train, test)])
-    superclass = {int(f): coarse_names[int(c)] for f, c in zip(fine, coarse)}
-    info = [{"name": n, "superclass": superclass.get(i, "")} for i, n in enumerate(fine_names)]
-    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
-    return ClassDataset(images, torch.from_numpy(fine.astype(np.int64)), info, name="cifar100")
-
-
 def _split_by_names(
     dataset: ClassDataset, parts: Mapping[str, Sequence[str]], protocol: str
 ) -> ClassSplit:
