@@ -113,3 +113,10 @@ def test_compiled_encoder_equals_plain(name: str) -> None:
     metrics = plain.evaluate_batch(batch, steps=(10,))
     torch.testing.assert_close(metrics_c[10]["loss"], metrics[10]["loss"])
     torch.testing.assert_close(logits_c, plain.adapt(batch[0], steps=10)(batch[0].query_x))
+
+
+def test_bad_speed_options_name_what_is_allowed() -> None:
+    with pytest.raises(ValueError, match="autocast must be None, a dtype or one of bfloat16"):
+        learner("cnn", autocast="int8")
+    with pytest.raises(ValueError, match="compile must be a bool or a dict"):
+        learner("cnn", compile="yes")
