@@ -79,7 +79,7 @@ def test_bfloat16_pretraining_loss_is_close_to_float32(name: str) -> None:
 
 @pytest.mark.parametrize("name", ENCODERS)
 @pytest.mark.parametrize("finetune", ["head", "all"])
-def test_bfloat16_head_fitting_is_close_to_float32(name: str, finetune: str) -> None:
+def test_bfloat16_evaluation_is_close_to_float32(name: str, finetune: str) -> None:
     """With ``finetune="all"`` at a stable backbone rate (at ``backbone_lr = 0.1`` Adam's
     trajectory on the transformer is chaotic: any rounding changes where it ends)."""
     batch = episodes(seed=2)
