@@ -70,242 +70,49 @@ Engine names: a base, then options joined by ``+``.  Bases: ``plain`` (the plain
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
 import datetime
 import gc
-import os
 import statistics
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaloop.bench.baselines import (
-    HigherMAML,
-    PlainLoopMAML,
-    PlainLoopProtoNet,
-    TorchOptMAML,
-    available_libraries,
+from metaloop.bench.baselines import available_libraries
+from metaloop.bench.engines import build_engine, default_engines, parse_engine
+from metaloop.bench.measure import (
+    _count_flops,
+    _floor_step,
+    _grads,
+    _maybe_threads,
+    _rel_diff,
+    _sync,  # noqa: F401 (importable from here, as before the split)
+    _timed,
+    _timed2,
 )
-from metaloop.bench.report import fmt, load_average, load_text, machine_facts
-from metaloop.bench.sampler import NAME as SAMPLER
-from metaloop.bench.sampler import format_sampler_table
+from metaloop.bench.memory import MEMORY_METHOD_CPU, MEMORY_METHOD_CUDA, PeakMemory
+from metaloop.bench.profiling import profile_engine
+from metaloop.bench.report import load_average, machine_facts
+from metaloop.bench.table import format_table
 from metaloop.bench.workloads import Case, get_workload
-from metaloop.functional.speed import num_threads, retained_memory_threshold
+from metaloop.functional.speed import retained_memory_threshold
 from metaloop.tasks.base import TaskBatch
 
-MEMORY_METHOD_CPU = "peak RSS growth during one meta-step (after gc + malloc_trim), 0.5 ms sampling"
-MEMORY_METHOD_CUDA = "torch.cuda.max_memory_allocated growth during one meta-step"
-
-
-# -- memory probes --------------------------------------------------------------------------
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _malloc_trim() -> None:
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class PeakMemory:
-    """Context manager: ``self.peak`` is the peak memory growth inside it, in bytes."""
-
-    def __init__(self, device: torch.device, interval: float = 0.0005) -> None:
-        self.device, self.interval = device, interval
-        self.peak: int | None = None
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-            return self
-        _malloc_trim()
-        self._start = _rss_bytes()
-        self._max = self._start
-        self._stop = threading.Event()
-        if self._start is not None:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            rss = _rss_bytes()
-            if rss is not None and rss > self._max:
-                self._max = rss
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self._start
-            return
-        if self._start is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        rss = _rss_bytes() or 0
-        self.peak = max(self._max, rss) - self._start
-
-
-# -- engines ---------------------------------------------------------------------------------
-def parse_engine(name: str) -> tuple[str, dict[str, Any]]:
-    """``"vmap+compile+chunk=4"`` -> ``("vmap", {"compile": True, "chunk_size": 4})``."""
-    base, *opts = name.split("+")
-    kwargs: dict[str, Any] = {}
-    for opt in opts:
-        key, _, value = opt.partition("=")
-        if key == "compile":
-            modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-            kwargs["compile"] = (
-                True if not value else {"mode": value} if value in modes else {"backend": value}
-            )
-        elif key == "checkpoint":
-            kwargs["checkpoint"] = True
-        elif key == "channels_last":
-            kwargs["channels_last"] = True
-        elif key == "bf16":
-            kwargs["autocast"] = "bfloat16"
-        elif key == "chunk" and value.isdigit():
-            kwargs["chunk_size"] = int(value)
-        else:
-            raise ValueError(f"unknown engine option {opt!r} in {name!r}")
-    return base, kwargs
-
-
-def build_engine(name: str, case: Case, model: nn.Module) -> nn.Module:
-    """The engine (a ``meta_loss`` learner) for an engine name and a case."""
-    base, kwargs = parse_engine(name)
-    if case.kind == "protonet":
-        channels_last = bool(kwargs.pop("channels_last", False))
-        autocast = kwargs.pop("autocast", None)
-        if kwargs:
-            raise ValueError(f"ProtoNet engines take only +channels_last and +bf16, got {name!r}")
-        if base == "plain":
-            if autocast:
-                raise ValueError(f"the plain ProtoNet loop runs in float32, got {name!r}")
-            if channels_last:  # what a user of the plain loop would do: restride the model
-                model.to(memory_format=torch.channels_last)
-            return PlainLoopProtoNet(model)
-        if base == "protonet":
-            from metaloop.algorithms.protonet import ProtoNet
-
-            return ProtoNet(model, channels_last=channels_last, autocast=autocast)
-        raise ValueError(f"unknown ProtoNet engine {name!r}; use plain or protonet")
-    common = dict(
-        inner_lr=case.inner_lr,
-        inner_steps=case.inner_steps,
-        loss=case.loss,
-        first_order=case.first_order,
-    )
-    if base in ("plain", "higher", "torchopt"):
-        if kwargs:
-            raise ValueError(f"the {base} engine takes no options, got {name!r}")
-        cls = {"plain": PlainLoopMAML, "higher": HigherMAML, "torchopt": TorchOptMAML}[base]
-        return cls(model, **common)
-    if base in ("loop", "vmap"):
-        from metaloop.algorithms.maml import MAML
-
-        return MAML(model, vectorize=base, **common, **kwargs)
-    raise ValueError(f"unknown engine {name!r}; bases: plain, loop, vmap, higher, torchopt")
-
-
-def default_engines(case: Case) -> tuple[str, ...]:
-    engines = list(case.engines)
-    if case.kind == "maml" and not case.first_order:
-        engines += [lib for lib, ok in available_libraries().items() if ok]
-    return tuple(engines)
-
-
-# -- timing ----------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], None], device: torch.device) -> float:
-    return _timed2(fn, device)[0]
-
-
-def _timed2(fn: Callable[[], None], device: torch.device) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of one call."""
-    _sync(device)
-    t0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0, time.process_time() - c0
-
-
-def _floor_step(
-    model: nn.Module,
-    batch: TaskBatch,
-    loss: str,
-    per_task: bool = False,
-    channels_last: bool = False,
-) -> Callable[[], None]:
-    """Forward + backward of the query loss with the shared parameters: all query examples
-    in one call, or (``per_task``) one call per task; ``channels_last``: model and images
-    restrided channels-last (pass a copy of the model)."""
-    loss_fn = F.mse_loss if loss == "mse" else F.cross_entropy
-    params = list(model.parameters())
-    if per_task:
-        chunks = [(batch.query_x[i], batch.query_y[i]) for i in range(len(batch))]
-    else:
-        chunks = [(batch.query_x.flatten(0, 1), batch.query_y.flatten(0, 1))]
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-        chunks = [(x.clone(memory_format=torch.channels_last), y) for x, y in chunks]
-
-    def step() -> None:
-        for p in params:
-            p.grad = None
-        for qx, qy in chunks:
-            out = model(qx)
-            if loss == "cross_entropy" and (out.dim() != 2 or out.shape[-1] <= int(qy.max())):
-                # an encoder without a head (ProtoNet): any scalar of the embedding
-                target = out.flatten(1).pow(2).mean()
-            else:
-                target = loss_fn(out, qy)
-            target.backward()
-
-    return step
-
-
-def _count_flops(fn: Callable[[], None]) -> int | None:
-    """Matrix-product and convolution FLOPs of one call of ``fn`` (eager), or ``None``."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    try:
-        with FlopCounterMode(display=False) as counter:
-            fn()
-    except Exception:  # a kernel the counter cannot trace: no count, not a failed benchmark
-        return None
-    return int(counter.get_total_flops()) or None
-
-
-def _grads(model: nn.Module) -> list[Tensor | None]:
-    return [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
-
-
-def _rel_diff(grads: list[Tensor | None], ref: list[Tensor | None]) -> float | None:
-    pairs = [(g, r) for g, r in zip(grads, ref) if r is not None]
-    if not pairs or any(g is None for g, _ in pairs) or len(grads) != len(ref):
-        return None
-    scale = max(float(r.abs().max()) for _, r in pairs) or 1.0
-    return max(float((g.float() - r.float()).abs().max()) for g, r in pairs) / scale
+__all__ = [
+    "MEMORY_METHOD_CPU",
+    "MEMORY_METHOD_CUDA",
+    "PeakMemory",
+    "build_engine",
+    "default_engines",
+    "format_table",
+    "parse_engine",
+    "profile_engine",
+    "run_benchmark",
+    "run_case",
+]
 
 
 def run_case(
@@ -453,12 +260,6 @@ def run_case(
     }
 
 
-@contextlib.contextmanager
-def _maybe_threads(threads: int | None) -> Iterator[None]:
-    with num_threads(threads):
-        yield
-
-
 def run_benchmark(
     workload: str,
     repeats: int | None = None,
@@ -532,114 +333,3 @@ def run_benchmark(
         "total_seconds": time.perf_counter() - t0,
         "cases": out_cases,
     }
-
-
-def profile_engine(
-    workload: str,
-    engine: str,
-    case: str | None = None,
-    steps: int = 5,
-    warmup: int = 3,
-    device: str | torch.device = "cpu",
-    threads: int | None = None,
-    row_limit: int = 20,
-    seed: int = 0,
-) -> str:
-    """``torch.profiler`` table (ops sorted by self time) of ``steps`` meta-steps of one
-    engine on one case of a workload, after ``warmup`` untimed steps."""
-    from torch.profiler import ProfilerActivity, profile
-
-    spec = get_workload(workload)
-    chosen = [c for c in spec.cases if case is None or c.label == case]
-    if not chosen:
-        raise ValueError(f"no case {case!r} in {workload}")
-    c = chosen[0]
-    device = torch.device(device)
-    with _maybe_threads(threads):
-        batch = c.make_batch(torch.Generator().manual_seed(seed)).to(device)
-        torch.manual_seed(seed)
-        model = c.make_model().to(device)
-        learner = build_engine(engine, c, model)
-        learner.to(device)
-
-        def step() -> None:
-            for p in model.parameters():
-                p.grad = None
-            loss, _ = learner.meta_loss(batch)
-            loss.backward()
-
-        for _ in range(warmup):
-            step()
-        activities = [ProfilerActivity.CPU]
-        if device.type == "cuda":
-            activities.append(ProfilerActivity.CUDA)
-        t0 = time.perf_counter()
-        with profile(activities=activities) as prof:
-            for _ in range(steps):
-                step()
-            _sync(device)
-        wall = (time.perf_counter() - t0) / steps
-        title = (
-            f"{workload} [{c.label}] {engine}: {steps} meta-steps, "
-            f"{torch.get_num_threads()} threads, {wall * 1e3:.2f} ms/step under the profiler"
-        )
-    return (
-        title
-        + "\n"
-        + prof.key_averages().table(
-            sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total",
-            row_limit=row_limit,
-        )
-    )
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """Plain-text tables (one per case) of a ``run_benchmark`` result (or of a
-    ``run_sampler_benchmark`` result: ``metaloop.bench.sampler.format_sampler_table``)."""
-    if result.get("workload") == SAMPLER:
-        return format_sampler_table(result)
-    lines = [
-        f"{result['workload']}: {result['description']}",
-        f"device {result['device']}, torch {result['torch']}, {result['threads']} threads, "
-        f"{result['repeats']} repeats (median), load avg " + load_text(result),
-    ]
-    header = (
-        f"{'engine':<42}{'tasks/s':>10}{'ms/step':>10}{'x plain':>9}{'x floor':>9}"
-        f"{'peak MB':>10}{'grad diff':>11}{'1st step s':>11}{'tasks/cpu-s':>12}"
-        f"{'x plain cpu':>12}"
-    )
-    for case in result["cases"]:
-        floor = case["floor"]
-        lines += [
-            "",
-            f"[{case['case']}] meta-batch {case['meta_batch']}; floor (query fwd+bwd only"
-            + (f", {floor['layout'].replace('_', ' ')}" if floor.get("layout") else "")
-            + f"): {floor['seconds'] * 1e3:.2f} ms = {floor['tasks_per_s']:.1f} tasks/s"
-            + (
-                f" ({case['meta_batch'] / floor['cpu_seconds']:.1f} tasks/cpu-s)"
-                if floor.get("cpu_seconds")
-                else ""
-            ),
-        ]
-        counted = case.get("flops") or {}
-        if counted.get("x_floor"):
-            lines.append(
-                f"work (matmul/conv FLOPs): floor {counted['floor'] / 1e6:,.1f} M, plain "
-                f"meta-step {counted['plain'] / 1e6:,.1f} M = {counted['x_floor']:.2f}x the floor"
-            )
-        lines += [header, "-" * len(header)]
-        for e in case["engines"]:
-            if e["error"]:
-                lines.append(f"{e['engine']:<42}failed: {e['error'][:120]}")
-                continue
-            mem = e["peak_memory_bytes"]
-            lines.append(
-                f"{e['engine']:<42}{fmt(e['tasks_per_s'], '.1f'):>10}"
-                f"{fmt(e['seconds'] and e['seconds'] * 1e3, '.2f'):>10}"
-                f"{fmt(e['ratio_to_plain'], '.2f'):>9}{fmt(e['x_floor'], '.2f'):>9}"
-                f"{fmt(mem and mem / 2**20, '.1f'):>10}{fmt(e['grad_rel_diff'], '.1e'):>11}"
-                f"{fmt(e['first_step_seconds'], '.2f'):>11}"
-                f"{fmt(e.get('tasks_per_cpu_s'), '.1f'):>12}"
-                f"{fmt(e.get('ratio_to_plain_cpu'), '.2f'):>12}"
-            )
-    return "\n".join(lines)
