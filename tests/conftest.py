@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 import pytest
 import torch
 
+from metaloop.tasks.base import TaskBatch
+
 
 @torch.no_grad()
 def central_differences(
@@ -74,3 +76,29 @@ steps = [0, 1]
 def tiny_config() -> str:
     """The TOML text of ``TINY_CONFIG``."""
     return TINY_CONFIG
+
+
+def _token_episodes(
+    vocab: int, length: int, ways: int, shots: int, queries: int, tasks: int, seed: int = 0
+) -> TaskBatch:
+    """``tasks`` text episodes of token ids: [CLS] (id 2) first, ids from 3 to ``vocab``,
+    right padding (id 0) after a random length of 2 to ``length``; labels class by class."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(rows: int) -> torch.Tensor:
+        x = torch.randint(3, vocab, (tasks, rows, length), generator=g)
+        x[..., 0] = 2
+        lengths = torch.randint(2, length + 1, (tasks, rows, 1), generator=g)
+        return x.masked_fill(torch.arange(length) >= lengths, 0)
+
+    labels = torch.arange(ways)
+    sy = labels.repeat_interleave(shots).repeat(tasks, 1)
+    qy = labels.repeat_interleave(queries).repeat(tasks, 1)
+    return TaskBatch(ids(ways * shots), sy, ids(ways * queries), qy)
+
+
+@pytest.fixture(scope="session")
+def token_episodes() -> Callable[..., TaskBatch]:
+    """``token_episodes(vocab, length, ways, shots, queries, tasks, seed=0)``: random
+    padded token-id episodes for the text encoders' tests."""
+    return _token_episodes

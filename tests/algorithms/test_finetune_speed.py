@@ -1,8 +1,8 @@
 """Fine-tune baseline speed options with the text encoders: bfloat16 autocast, compile.
 
-Autocast runs the encoder's convolutions / linear layers (pretraining and evaluation) and
-the per-episode head fitting in bfloat16 from integer token ids; the pretraining loss and
-gradient and the evaluated query loss stay close to float32's.  ``compile`` (dynamo's eager
+Autocast runs the encoder's convolutions / linear layers (pretraining and evaluation) in
+bfloat16 from integer token ids (the per-episode head is fitted in float32); the pretraining
+loss and gradient and the evaluated query loss stay close to float32's.  ``compile`` (dynamo's eager
 backend: the graph capture is what can break, not inductor's kernels) gives the eager
 numbers exactly.
 """
@@ -21,6 +21,14 @@ from metaloop.tasks.base import TaskBatch
 
 VOCAB, LENGTH, WAYS, SHOTS, QUERIES, TASKS = 30, 8, 3, 2, 2, 2
 ENCODERS = ("cnn", "transformer")
+SIZES = {
+    "vocab": VOCAB,
+    "length": LENGTH,
+    "ways": WAYS,
+    "shots": SHOTS,
+    "queries": QUERIES,
+    "tasks": TASKS,
+}
 
 
 def learner(name: str, **options) -> FineTuneBaseline:
@@ -30,22 +38,6 @@ def learner(name: str, **options) -> FineTuneBaseline:
     else:
         encoder = TextTransformer(VOCAB, 16, layers=1, heads=2, max_length=LENGTH)
     return FineTuneBaseline(encoder, steps=10, lr=0.1, num_classes=WAYS, **options)
-
-
-def episodes(seed: int = 0) -> TaskBatch:
-    """``TASKS`` tasks of token ids with [CLS] first and right padding of random length."""
-    g = torch.Generator().manual_seed(seed)
-
-    def ids(rows: int) -> torch.Tensor:
-        x = torch.randint(3, VOCAB, (TASKS, rows, LENGTH), generator=g)
-        x[..., 0] = 2
-        lengths = torch.randint(2, LENGTH + 1, (TASKS, rows, 1), generator=g)
-        return x.masked_fill(torch.arange(LENGTH) >= lengths, 0)
-
-    labels = torch.arange(WAYS)
-    sy = labels.repeat_interleave(SHOTS).repeat(TASKS, 1)
-    qy = labels.repeat_interleave(QUERIES).repeat(TASKS, 1)
-    return TaskBatch(ids(WAYS * SHOTS), sy, ids(WAYS * QUERIES), qy)
 
 
 def loss_and_gradient(model: FineTuneBaseline, batch: TaskBatch) -> tuple[float, torch.Tensor]:
@@ -64,8 +56,8 @@ def matmul_dtypes(model: FineTuneBaseline, name: str) -> list[torch.dtype]:
 
 
 @pytest.mark.parametrize("name", ENCODERS)
-def test_bfloat16_pretraining_loss_is_close_to_float32(name: str) -> None:
-    batch = episodes()
+def test_bfloat16_pretraining_loss_is_close_to_float32(name: str, token_episodes) -> None:
+    batch = token_episodes(**SIZES)
     loss32, grad32 = loss_and_gradient(learner(name), batch)
     mixed = learner(name, autocast="bfloat16")
     dtypes = matmul_dtypes(mixed, name)
@@ -79,10 +71,10 @@ def test_bfloat16_pretraining_loss_is_close_to_float32(name: str) -> None:
 
 @pytest.mark.parametrize("name", ENCODERS)
 @pytest.mark.parametrize("finetune", ["head", "all"])
-def test_bfloat16_evaluation_is_close_to_float32(name: str, finetune: str) -> None:
+def test_bfloat16_evaluation_is_close_to_float32(name: str, finetune: str, token_episodes) -> None:
     """With ``finetune="all"`` at a stable backbone rate (at ``backbone_lr = 0.1`` Adam's
     trajectory on the transformer is chaotic: any rounding changes where it ends)."""
-    batch = episodes(seed=2)
+    batch = token_episodes(**SIZES, seed=2)
     options = {"finetune": finetune, "backbone_lr": 1e-3}
     plain = learner(name, **options).evaluate_batch(batch, steps=(0, 10))
     mixed_learner = learner(name, autocast="bfloat16", **options)
@@ -97,8 +89,8 @@ def test_bfloat16_evaluation_is_close_to_float32(name: str, finetune: str) -> No
 
 
 @pytest.mark.parametrize("name", ENCODERS)
-def test_compiled_encoder_equals_plain(name: str) -> None:
-    batch = episodes(seed=1)
+def test_compiled_encoder_equals_plain(name: str, token_episodes) -> None:
+    batch = token_episodes(**SIZES, seed=1)
     plain = learner(name)
     loss, grad = loss_and_gradient(plain, batch)
     compiled = learner(name, compile={"backend": "eager", "fullgraph": True})

@@ -21,6 +21,14 @@ from metaloop.tasks.base import TaskBatch
 
 VOCAB, LENGTH, WAYS, SHOTS, QUERIES, TASKS = 30, 8, 3, 2, 2, 2
 ENCODERS = ("cnn", "transformer")
+SIZES = {
+    "vocab": VOCAB,
+    "length": LENGTH,
+    "ways": WAYS,
+    "shots": SHOTS,
+    "queries": QUERIES,
+    "tasks": TASKS,
+}
 
 
 def encoder(name: str, ways: int | None = None) -> torch.nn.Module:
@@ -28,22 +36,6 @@ def encoder(name: str, ways: int | None = None) -> torch.nn.Module:
     if name == "cnn":
         return TextCNN(VOCAB, 16, channels=8, kernel_sizes=(2, 3), ways=ways)
     return TextTransformer(VOCAB, 16, layers=1, heads=2, max_length=LENGTH, ways=ways)
-
-
-def episodes(seed: int = 0) -> TaskBatch:
-    """``TASKS`` tasks of token ids with [CLS] first and right padding of random length."""
-    g = torch.Generator().manual_seed(seed)
-
-    def ids(rows: int) -> torch.Tensor:
-        x = torch.randint(3, VOCAB, (TASKS, rows, LENGTH), generator=g)
-        x[..., 0] = 2
-        lengths = torch.randint(2, LENGTH + 1, (TASKS, rows, 1), generator=g)
-        return x.masked_fill(torch.arange(LENGTH) >= lengths, 0)
-
-    labels = torch.arange(WAYS)
-    sy = labels.repeat_interleave(SHOTS).repeat(TASKS, 1)
-    qy = labels.repeat_interleave(QUERIES).repeat(TASKS, 1)
-    return TaskBatch(ids(WAYS * SHOTS), sy, ids(WAYS * QUERIES), qy)
 
 
 def learner(kind: str, name: str, **options) -> torch.nn.Module:
@@ -64,8 +56,8 @@ def loss_and_gradient(model: torch.nn.Module, batch: TaskBatch) -> tuple[float, 
 
 @pytest.mark.parametrize("kind", ["protonet", "protomaml"])
 @pytest.mark.parametrize("name", ENCODERS)
-def test_bfloat16_autocast_is_close_to_float32(kind: str, name: str) -> None:
-    batch = episodes()
+def test_bfloat16_autocast_is_close_to_float32(kind: str, name: str, token_episodes) -> None:
+    batch = token_episodes(**SIZES)
     loss32, grad32 = loss_and_gradient(learner(kind, name), batch)
     mixed = learner(kind, name, autocast="bfloat16")
     dtypes = []
@@ -83,8 +75,8 @@ def test_bfloat16_autocast_is_close_to_float32(kind: str, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ENCODERS)
-def test_compiled_protomaml_equals_eager(name: str) -> None:
-    batch = episodes()
+def test_compiled_protomaml_equals_eager(name: str, token_episodes) -> None:
+    batch = token_episodes(**SIZES)
     loss, grad = loss_and_gradient(learner("protomaml", name), batch)
     compiled = learner("protomaml", name, compile={"backend": "eager"})
     with warnings.catch_warnings():
@@ -97,10 +89,10 @@ def test_compiled_protomaml_equals_eager(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ENCODERS)
-def test_text_encoders_compile_as_one_graph(name: str) -> None:
+def test_text_encoders_compile_as_one_graph(name: str, token_episodes) -> None:
     """``fullgraph=True`` turns any graph break into an error; ProtoNet over the compiled
     encoder then gives the eager loss and gradient."""
-    batch = episodes(seed=1)
+    batch = token_episodes(**SIZES, seed=1)
     loss, grad = loss_and_gradient(learner("protonet", name), batch)
     compiled = learner("protonet", name)
     compiled.encoder.compile(backend="eager", fullgraph=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from metaloop.data.families import OMNIGLOT_DATA_KEYS
+
 
 class ConfigError(ValueError):
     """A configuration key, type or value is not allowed."""
@@ -68,21 +70,8 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "reference_name": "",
     "reference": {},
 }
-DATA_DEFAULTS: dict[str, Any] = {
-    "root": "",
-    "split": "vinyals",
-    "image_size": 28,
-    "rotations": True,
-    "cache_dir": "",
-    "download": False,
-    "shift": 0,
-    # training images: Koch et al.'s random affine distortions (rotation, shear, scale, shift)
-    "affine": False,
-    "train_episodes": "any",
-    # Lake's splits: whole background alphabets held out for meta-validation (0: train on
-    # all 30, no validation; the last checkpoint is then the one evaluated)
-    "val_alphabets": 5,
-}
+#: Omniglot's ``[data]`` keys, in every configuration: the family declares them
+DATA_DEFAULTS: dict[str, Any] = OMNIGLOT_DATA_KEYS
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("train", "optimizer"): ("adam", "sgd", "adamw"),
     ("train", "scheduler"): ("none", "cosine", "step"),
