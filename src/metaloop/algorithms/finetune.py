@@ -43,7 +43,9 @@ per learner (``SpeedOptions.compiled``; a failed compile warns once and runs eag
 used by ``meta_loss`` and by ``finetune="head"`` evaluation; ``finetune="all"`` runs the
 encoder functionally on per-task parameter copies and stays eager.
 
-Stage 1's training loop, ``pretrain``, is in ``finetune_pretrain.py``;
+Stage 1's training loop, ``pretrain``, is in ``finetune_pretrain.py``, stage 2's head
+fitting (``init_heads``, ``fit_heads``) in ``finetune_heads.py``, and the speed options'
+compiled encoder and float32 casts (``FineTuneSpeed``) in ``finetune_speed.py``;
 ``metaloop.diagnostics.feature_reuse`` holds the seed experiment contrasting this baseline
 with MAML.
 """
@@ -58,17 +60,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaloop.algorithms.base import MetaLearner, Predictor, StepMetrics, as_support
+from metaloop.algorithms.finetune_heads import (
+    HeadInit,
+    _last,
+    _torch_optimizer,
+    fit_heads,
+    head_logits,
+    init_heads,
+    per_task_cross_entropy,
+)
 from metaloop.algorithms.finetune_pretrain import PretrainResult, pretrain
+from metaloop.algorithms.finetune_speed import FineTuneSpeed
 from metaloop.algorithms.global_head import episode_global_labels
-from metaloop.algorithms.metric import (
-    check_labels,
-    class_means,
+from metaloop.algorithms.metric_embedding import (
     embed,
-    embed_batch,
     embed_episode,
     encoder_embedding,
-    infer_ways,
 )
+from metaloop.algorithms.metric_ops import check_labels, infer_ways
 from metaloop.algorithms.registry import register
 from metaloop.functional.params import call
 from metaloop.functional.speed import SpeedOptions, uses_batch_statistics
@@ -76,71 +85,23 @@ from metaloop.tasks.base import Task, TaskBatch, TaskError
 from metaloop.tasks.registry import TaskSpec
 from metaloop.validate import is_int
 
+__all__ = [
+    "FineTune",
+    "FineTuneBaseline",
+    "HeadInit",
+    "PretrainResult",
+    "fit_heads",
+    "head_logits",
+    "init_heads",
+    "per_task_cross_entropy",
+    "pretrain",
+]
+
 FineTune = Literal["head", "all"]
-HeadInit = Literal["zeros", "prototypes"]
-
-
-# -- stage 2: per-task heads -----------------------------------------------------------------
-
-
-def _torch_optimizer(name: str, groups: list[dict[str, Any]], weight_decay: float):
-    if name == "adam":
-        return torch.optim.Adam(groups, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(groups, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'sgd'")
-
-
-def init_heads(z: Tensor, y: Tensor, ways: int, init: HeadInit) -> tuple[Tensor, Tensor]:
-    """Initial heads ``W [T, ways, D]``, ``b [T, ways]`` for embeddings ``z [T, S, D]``."""
-    t, _, d = z.shape
-    if init == "zeros":
-        return z.new_zeros(t, ways, d), z.new_zeros(t, ways)
-    if init == "prototypes":
-        c = class_means(z, y, ways)
-        return 2.0 * c, -(c * c).sum(-1)
-    raise ValueError(f"unknown head_init {init!r}; choose 'zeros' or 'prototypes'")
-
-
-def head_logits(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """``z W^T + b`` per task: ``z [T, N, D]``, ``W [T, ways, D]``, ``b [T, ways]``."""
-    return z @ weight.transpose(1, 2) + bias.unsqueeze(1)
-
-
-def per_task_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy of each task: ``[T, N, ways]``, ``[T, N]`` -> ``[T]``."""
-    return F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(1)
-
-
-def _encoder_forward(encoder: nn.Module, x: Tensor) -> Tensor:
-    """``f_phi(x)``: the function ``compile=`` compiles (the encoder is an argument, so the
-    cached compiled function never holds the learner)."""
-    return encoder(x)
-
-
-class _SpeedEncoder(nn.Module):
-    """The learner's encoder called through its speed options (``FineTuneBaseline._encode``):
-    a view for ``embed``/``embed_batch``, which see the encoder's modules through it (batch
-    statistics are detected as on the encoder itself).  Built per call, never registered."""
-
-    def __init__(self, learner: FineTuneBaseline) -> None:
-        super().__init__()
-        self.encoder = learner.encoder
-        object.__setattr__(self, "_learner", learner)  # not a submodule: no cycle
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._learner._encode(x)
-
-
-def _last(iterator: Iterator[Any]) -> Any:
-    item = None
-    for item in iterator:  # noqa: B007 - keep the last yielded value
-        pass
-    return item
 
 
 @register("finetune")
-class FineTuneBaseline(MetaLearner):
+class FineTuneBaseline(FineTuneSpeed, MetaLearner):
     """Pretrained encoder + a new linear head fitted per task (optionally fine-tuning all).
 
     Args:
@@ -266,55 +227,14 @@ class FineTuneBaseline(MetaLearner):
         new head is fit on (``params`` replaces encoder parameters by name)."""
         return encoder_embedding(self.encoder, x, params)
 
-    # -- speed options -----------------------------------------------------------------------
-    def _encode(self, x: Tensor) -> Tensor:
-        """``f_phi(x)``, through the compiled forward when ``compile`` is on (falling back to
-        eager, with one warning, if compilation fails)."""
-        compiled = self.speed.compiled(self, "encoder", _encoder_forward)
-        if compiled is not None:
-            try:
-                return compiled(self.encoder, x)
-            except Exception as err:
-                self.speed.compile_failed("encoder", err)
-        return self.encoder(x)
-
-    def _unmixed(self, t: Tensor) -> Tensor:
-        """``t`` back in float32 after an autocast region (unchanged without autocast)."""
-        return t if self.speed.autocast_dtype is None else t.float()
-
-    def _speed_encoder(self) -> nn.Module:
-        """The encoder itself, or a view of it calling ``_encode`` when compile is on."""
-        return self.encoder if self.speed.compile_options is None else _SpeedEncoder(self)
-
-    def _embed_batch(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
-        """``embed_batch`` under the speed options; float32 embeddings ``[T, S|Q, D]``."""
-        with self.speed.context(batch.support_x):
-            z_s, z_q = embed_batch(self._speed_encoder(), batch)
-        return self._unmixed(z_s.flatten(2)), self._unmixed(z_q.flatten(2))
-
     # -- stage 2 ---------------------------------------------------------------------------
     def _fit_heads(
         self, z: Tensor, y: Tensor, ways: int, steps: int
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield the heads after 0, 1, .., ``steps`` steps on frozen embeddings ``z``."""
-        z = z.detach()
-        weight, bias = init_heads(z, y, ways, self.head_init)
-        weight, bias = weight.requires_grad_(), bias.requires_grad_()
-        opt = _torch_optimizer(
-            self.optimizer_name, [{"params": [weight, bias], "lr": self.lr}], self.weight_decay
+        return fit_heads(
+            z, y, ways, steps, self.head_init, self.optimizer_name, self.lr, self.weight_decay
         )
-        yield weight.detach().clone(), bias.detach().clone()
-        for _ in range(steps):
-            with torch.enable_grad():
-                # sum of per-task means: each task's head gets exactly its own gradient
-                # float32 even under autocast: on a linear head bf16 only adds casts
-                # (measured 8-25% slower per episode, docs/text.md)
-                logits = head_logits(z, weight, bias)
-                loss = per_task_cross_entropy(logits, y).sum()
-                opt.zero_grad()
-                loss.backward()
-            opt.step()
-            yield weight.detach().clone(), bias.detach().clone()
 
     def _fit_all(self, x: Tensor, y: Tensor, ways: int, steps: int) -> Iterator[Predictor]:
         """Yield predictors after 0 .. ``steps`` steps fine-tuning encoder copy and head."""
